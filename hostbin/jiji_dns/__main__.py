@@ -1,0 +1,5 @@
+import sys
+
+from jiji_dns.main import main
+
+sys.exit(main())

@@ -1,0 +1,208 @@
+"""Turns one query packet into one reply packet, without building DNS objects on the hot path.
+
+The fast path handles what real clients send (one question, optional EDNS OPT, opcode QUERY):
+it walks the question's labels, looks the lower-cased question up in the table's pre-encoded
+answers and concatenates bytes. Everything else goes through dnslib once (`_slow`) to be either
+answered with an error code or normalised into a plain query and sent back through the fast path,
+so there is one set of answering rules.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+from dnslib import EDNS0, QTYPE, DNSRecord  # type: ignore[import-untyped]
+
+from . import wire
+from .table import ServiceTable
+
+
+class _Forward:
+    """Sentinel: the query is for a name outside our domain and the client may recurse."""
+
+    def __repr__(self) -> str:
+        return "FORWARD"
+
+
+FORWARD: Final = _Forward()
+
+# Reply flag bytes (QR, AA, RD echoed, RA when recursion is offered), indexed by rd | ra << 1.
+_OK_FLAGS = tuple(bytes([0x84 | (i & 1), 0x80 if i & 2 else 0]) for i in range(4))
+
+
+def _flags(rd: int, ra: bool, rcode: int, authoritative: bool = True, tc: bool = False) -> bytes:
+    hi = 0x80 | (0x04 if authoritative else 0) | (0x02 if tc else 0) | rd
+    return bytes([hi, (0x80 if ra else 0) | rcode])
+
+
+class Responder:
+    """Answers for one domain from a ServiceTable that the subscriber swaps and updates."""
+
+    def __init__(self, domain: str, ttl: int, negative_ttl: int) -> None:
+        self.table = ServiceTable(domain, ttl)
+        self.negative_ttl = negative_ttl
+        # False until the first full snapshot: answers in the domain are SERVFAIL meanwhile.
+        self.ready = False
+        self.serial = 1
+        self._zone = self.table.domain_wire
+        self._soa_by_offset: dict[int, bytes] = {}
+        self._opt = (wire.opt_record(False), wire.opt_record(True))
+
+    def answer(self, data: bytes, recursion: bool, udp: bool) -> bytes | _Forward | None:
+        """The reply to `data`, FORWARD, or None when the packet deserves no reply at all."""
+        n = len(data)
+        if n < 17 or data[2] & 0xFA or data[4:10] != b"\x00\x01\x00\x00\x00\x00" or data[10]:
+            return self._slow(data, recursion, udp)
+        i = 12
+        try:
+            length = data[i]
+            while length:
+                if length > 63:
+                    return self._slow(data, recursion, udp)
+                i += length + 1
+                length = data[i]
+        except IndexError:
+            return self._slow(data, recursion, udp)
+        end = i + 5
+        if data[11] == 0:
+            if end != n:
+                return self._slow(data, recursion, udp)
+            edns = 0
+            limit = wire.PLAIN_UDP_LIMIT
+        elif data[11] == 1:
+            # One OPT record: root owner, type 41, payload, ext-rcode, version, flags, rdlen.
+            if n < end + 11 or data[end : end + 3] != b"\x00\x00\x29" or data[end + 6]:
+                return self._slow(data, recursion, udp)
+            if end + 11 + (data[end + 9] << 8 | data[end + 10]) != n:
+                return self._slow(data, recursion, udp)
+            edns = 1 + (data[end + 7] >> 7)  # 1 without DO, 2 with DO
+            limit = min(max(data[end + 3] << 8 | data[end + 4], wire.PLAIN_UDP_LIMIT), wire.EDNS_PAYLOAD)
+        else:
+            return self._slow(data, recursion, udp)
+        question = data[12:end]
+        # Lower-casing the type and class bytes too is safe: no key we store has a byte in A-Z.
+        hit = self.table.answers.get(question.lower())
+        if hit is not None:
+            flags = _OK_FLAGS[(data[2] & 1) | (2 if recursion else 0)]
+            if edns:
+                reply = data[:2] + flags + hit[1] + question + hit[2] + self._opt[edns - 1]
+            else:
+                reply = data[:2] + flags + hit[0] + question + hit[2]
+            if udp and len(reply) > limit:
+                return self._truncated(data, question, edns, recursion)
+            return reply
+        return self._miss(data, question, i, edns, recursion)
+
+    # ---- names without a pre-encoded answer ------------------------------------------------
+    def _miss(self, data: bytes, question: bytes, name_end: int, edns: int, recursion: bool) -> bytes | _Forward:
+        qname = data[12 : name_end + 1].lower()
+        zone = self._zone
+        zone_start = len(qname) - len(zone)
+        if not (qname.endswith(zone) and self._label_starts_at(qname, zone_start)):
+            return FORWARD if recursion else self._error(data, question, wire.RCODE_REFUSED, edns, recursion)
+        if not self.ready:
+            return self._error(data, question, wire.RCODE_SERVFAIL, edns, recursion)
+        qtype, qclass = struct.unpack_from(">HH", data, name_end + 1)
+        if qclass not in (wire.QCLASS_IN, wire.QTYPE_ANY):
+            return self._error(data, question, wire.RCODE_REFUSED, edns, recursion)
+        soa = self._soa(12 + zone_start)
+        rd = data[2] & 1
+        ar = 1 if edns else 0
+        opt = self._opt[edns - 1] if edns else b""
+        if zone_start == 0 and qtype in (wire.QTYPE_SOA, wire.QTYPE_ANY):
+            return data[:2] + _flags(rd, recursion, 0) + wire.counts(1, 1, 0, ar) + question + soa + opt
+        rcode = wire.RCODE_NOERROR if qname in self.table.existing else wire.RCODE_NXDOMAIN
+        return data[:2] + _flags(rd, recursion, rcode) + wire.counts(1, 0, 1, ar) + question + soa + opt
+
+    @staticmethod
+    def _label_starts_at(qname: bytes, offset: int) -> bool:
+        i = 0
+        while i < offset:
+            i += qname[i] + 1
+        return i == offset
+
+    def _soa(self, zone_offset: int) -> bytes:
+        soa = self._soa_by_offset.get(zone_offset)
+        if soa is None:
+            soa = wire.soa_record(zone_offset, self.negative_ttl, self.serial, self.negative_ttl)
+            self._soa_by_offset[zone_offset] = soa
+        return soa
+
+    def _truncated(self, data: bytes, question: bytes, edns: int, recursion: bool) -> bytes:
+        ar = 1 if edns else 0
+        opt = self._opt[edns - 1] if edns else b""
+        return data[:2] + _flags(data[2] & 1, recursion, 0, tc=True) + wire.counts(1, 0, 0, ar) + question + opt
+
+    def _error(self, data: bytes, question: bytes, rcode: int, edns: int, recursion: bool) -> bytes:
+        ar = 1 if edns else 0
+        opt = self._opt[edns - 1] if edns else b""
+        authoritative = rcode != wire.RCODE_REFUSED
+        return data[:2] + _flags(data[2] & 1, recursion, rcode, authoritative) + wire.counts(1, 0, 0, ar) + question + opt
+
+    def servfail(self, data: bytes, recursion: bool) -> bytes | None:
+        """SERVFAIL for a query that was forwarded and got no upstream answer."""
+        return self._rcode_via_dnslib(data, wire.RCODE_SERVFAIL, recursion)
+
+    # ---- everything unusual, once through dnslib --------------------------------------------
+    def _slow(self, data: bytes, recursion: bool, udp: bool) -> bytes | _Forward | None:
+        if len(data) < wire.HEADER_LEN or data[2] & 0x80:
+            return None  # not even a header, or a response: answering could start a loop
+        try:
+            query = DNSRecord.parse(data)
+        except Exception:
+            return self._header_only(data, wire.RCODE_FORMERR, recursion)
+        opcode = (data[2] >> 3) & 0x0F
+        if opcode != 0:
+            return self._rcode_via_dnslib(data, wire.RCODE_NOTIMP, recursion, query)
+        if len(query.questions) != 1:
+            return self._rcode_via_dnslib(data, wire.RCODE_FORMERR, recursion, query)
+        opts = [rr for rr in query.ar if rr.rtype == QTYPE.OPT]
+        if len(opts) > 1:
+            return self._rcode_via_dnslib(data, wire.RCODE_FORMERR, recursion, query)
+        if opts and (opts[0].ttl >> 16) & 0xFF != 0:
+            return self._badvers(query, recursion)
+        normal = bytearray(data[:2])
+        normal += bytes([data[2] & 0x01, 0]) + wire.counts(1, 0, 0, len(opts))
+        normal += query.questions[0].pack()
+        if opts:
+            payload = opts[0].rclass
+            do = (opts[0].ttl >> 15) & 1
+            normal += b"\x00" + struct.pack(">HHBBHH", wire.QTYPE_OPT, payload, 0, 0, do << 15, 0)
+        normal_bytes = bytes(normal)
+        if normal_bytes == data:
+            # The fast path already refused exactly this packet: it would refuse it again.
+            return self._header_only(data, wire.RCODE_FORMERR, recursion)
+        return self.answer(normal_bytes, recursion, udp)
+
+    def _rcode_via_dnslib(self, data: bytes, rcode: int, recursion: bool, query: DNSRecord | None = None) -> bytes | None:
+        if query is None:
+            try:
+                query = DNSRecord.parse(data)
+            except Exception:
+                return self._header_only(data, wire.RCODE_FORMERR, recursion)
+        reply = query.reply(ra=int(recursion), aa=0)
+        reply.header.rcode = rcode
+        reply.header.opcode = query.header.opcode
+        reply.rr, reply.auth = [], []
+        reply.ar = [rr for rr in reply.ar if rr.rtype == QTYPE.OPT][:1]
+        if query.ar and not reply.ar:
+            for rr in query.ar:
+                if rr.rtype == QTYPE.OPT:
+                    reply.add_ar(EDNS0(udp_len=wire.EDNS_PAYLOAD))
+                    break
+        packed: bytes = reply.pack()
+        return packed
+
+    def _badvers(self, query: DNSRecord, recursion: bool) -> bytes:
+        reply = query.reply(ra=int(recursion), aa=0)
+        reply.ar = []
+        reply.header.rcode = 0
+        reply.add_ar(EDNS0(udp_len=wire.EDNS_PAYLOAD, ext_rcode=wire.EXT_RCODE_BADVERS >> 4))
+        packed: bytes = reply.pack()
+        return packed
+
+    @staticmethod
+    def _header_only(data: bytes, rcode: int, recursion: bool) -> bytes:
+        hi = 0x80 | (data[2] & 0x79)  # keep opcode and RD, set QR
+        return data[:2] + bytes([hi, (0x80 if recursion else 0) | rcode]) + wire.counts(0, 0, 0, 0)

@@ -1,0 +1,93 @@
+"""DNS wire-format constants and byte builders shared by the table and the query path.
+
+Answers are assembled from pre-encoded byte strings: a reply echoes the query's own question
+(at offset 12, so its case survives for 0x20 resolvers) and every owner name in the answer is a
+compression pointer back into that question.
+"""
+
+from __future__ import annotations
+
+import struct
+
+HEADER_LEN = 12
+QTYPE_A = 1
+QTYPE_NS = 2
+QTYPE_SOA = 6
+QTYPE_AAAA = 28
+QTYPE_OPT = 41
+QTYPE_ANY = 255
+QCLASS_IN = 1
+
+RCODE_NOERROR = 0
+RCODE_FORMERR = 1
+RCODE_SERVFAIL = 2
+RCODE_NXDOMAIN = 3
+RCODE_NOTIMP = 4
+RCODE_REFUSED = 5
+EXT_RCODE_BADVERS = 16
+
+FLAG_QR = 0x8000
+FLAG_AA = 0x0400
+FLAG_TC = 0x0200
+FLAG_RD = 0x0100
+FLAG_RA = 0x0080
+
+# What we advertise in our OPT record and the most we send over UDP (the DNS flag day value).
+EDNS_PAYLOAD = 1232
+PLAIN_UDP_LIMIT = 512
+
+POINTER_TO_QNAME = b"\xc0\x0c"
+
+
+class NameError_(ValueError):
+    """A name that cannot be encoded as a DNS name."""
+
+
+def encode_name(name: str) -> bytes:
+    """Wire form of a dotted name, lower-cased, root included: 'a.jiji' -> b'\\x01a\\x04jiji\\x00'."""
+    out = bytearray()
+    for label in name.strip(".").lower().split("."):
+        if not label:
+            continue
+        raw = label.encode("ascii")
+        if len(raw) > 63:
+            raise NameError_(f"label {label!r} is longer than 63 bytes")
+        out.append(len(raw))
+        out += raw
+    out.append(0)
+    if len(out) > 255:
+        raise NameError_(f"name {name!r} is longer than 255 bytes")
+    return bytes(out)
+
+
+def question_key(qname_wire: bytes, qtype: int, qclass: int = QCLASS_IN) -> bytes:
+    """The lookup key of a question: lower-cased wire name followed by type and class."""
+    return qname_wire.lower() + struct.pack(">HH", qtype, qclass)
+
+
+def a_record(ip4: bytes, ttl: int) -> bytes:
+    return POINTER_TO_QNAME + struct.pack(">HHIH", QTYPE_A, QCLASS_IN, ttl, 4) + ip4
+
+
+def aaaa_record(ip6: bytes, ttl: int) -> bytes:
+    return POINTER_TO_QNAME + struct.pack(">HHIH", QTYPE_AAAA, QCLASS_IN, ttl, 16) + ip6
+
+
+def soa_record(zone_offset: int, ttl: int, serial: int, negative_ttl: int) -> bytes:
+    """SOA of the zone whose name starts at `zone_offset` in the reply (a pointer target)."""
+    zone = struct.pack(">H", 0xC000 | zone_offset)
+    rdata = (
+        b"\x02ns" + zone
+        + b"\x0ahostmaster" + zone
+        + struct.pack(">IIIII", serial, 3600, 600, 86400, negative_ttl)
+    )
+    return zone + struct.pack(">HHIH", QTYPE_SOA, QCLASS_IN, ttl, len(rdata)) + rdata
+
+
+def opt_record(do_bit: bool) -> bytes:
+    """Our OPT pseudo-record: version 0, our payload size, the query's DO bit echoed (RFC 3225)."""
+    return b"\x00" + struct.pack(">HHBBHH", QTYPE_OPT, EDNS_PAYLOAD, 0, 0, 0x8000 if do_bit else 0, 0)
+
+
+def counts(qd: int, an: int, ns: int, ar: int) -> bytes:
+    return struct.pack(">HHHH", qd, an, ns, ar)

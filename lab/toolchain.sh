@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Installs what jiji-net needs on this machine, idempotently, caching heavy builds by version:
+#   packages   Debian packages the lab, the tests and the benchmarks use
+#   venv       the project's Python virtualenv (.venv) from pyproject.toml
+#   corrosion  a Corrosion-compatible node (crates.io `klukai`, binary `corrosion`) for the lab
+#   pulumi     the Pulumi CLI, its Python language host and the command provider
+# With no argument it does all of them, in that order.
+set -euo pipefail
+. "$(dirname "$0")/common.sh"
+
+DEB_PACKAGES=(
+    debootstrap systemd-container iproute2 iptables wireguard-tools wireguard-go openssh-client
+    dnsutils dnsperf dnsmasq-base python3-venv
+)
+
+install_packages() {
+    local missing=()
+    for p in "${DEB_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+    done
+    if [ ${#missing[@]} -eq 0 ]; then step "packages: all present"; return; fi
+    need_root apt-get
+    step "packages: installing ${missing[*]}"
+    apt-get update -q >/dev/null || die "apt-get update failed" "check the Debian package sources in /etc/apt"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null \
+        || die "apt-get install ${missing[*]} failed" "run it by hand to see the error"
+}
+
+install_venv() {
+    local venv=$REPO_DIR/.venv stamp
+    stamp=$(sha256sum "$REPO_DIR/pyproject.toml" | cut -c1-16)
+    if [ -f "$venv/.stamp" ] && [ "$(cat "$venv/.stamp")" = "$stamp" ]; then
+        step "venv: up to date ($venv)"; return
+    fi
+    step "venv: installing the project and its dev dependencies into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q -e "$REPO_DIR[dev]" || die "pip install failed" "see the pip output above"
+    echo "$stamp" >"$venv/.stamp"
+}
+
+corrosion_bin() { echo "$JIJI_CACHE/corrosion/klukai-$KLUKAI_VERSION/bin/corrosion"; }
+
+install_corrosion() {
+    local root bin
+    bin=$(corrosion_bin); root=$(dirname "$(dirname "$bin")")
+    if [ -x "$bin" ]; then step "corrosion: cached ($bin)"; return; fi
+    need_cmd cargo "install Rust (rustup) to build the lab's Corrosion node"
+    step "corrosion: building klukai $KLUKAI_VERSION from crates.io (one time, ~15 min on 2 cores)"
+    mkdir -p "$root"
+    local t0=$SECONDS
+    CARGO_TARGET_DIR="$JIJI_CACHE/corrosion/target" \
+        cargo install --locked --quiet --root "$root" --version "$KLUKAI_VERSION" klukai \
+        || die "building klukai $KLUKAI_VERSION failed" "see the cargo output above"
+    rm -rf "$JIJI_CACHE/corrosion/target"
+    note "built in $((SECONDS - t0)) s: $("$bin" --version)"
+}
+
+pulumi_dir() { echo "$JIJI_CACHE/pulumi/v$PULUMI_VERSION"; }
+
+# The Go module proxy we can reach serves github.com/pulumi/pulumi/{pkg,sdk}/v3 at tagged
+# releases, so the CLI builds from a wrapper module. The Python language host (its own untagged
+# module) and the command provider (an untagged subdirectory module at v1.2.1) are refused by it
+# at every version tried (403 "This module version is not available"): see the toolchain issue.
+build_pulumi_cli() {
+    local out=$1 work
+    need_cmd go "install Go to build the Pulumi CLI"
+    work=$(mktemp -d)
+    cat >"$work/go.mod" <<GOMOD
+module jiji-net/pulumi-build
+
+go 1.26
+
+require (
+	github.com/pulumi/pulumi/pkg/v3 v$PULUMI_VERSION
+	github.com/pulumi/pulumi/sdk/v3 v$PULUMI_VERSION
+)
+GOMOD
+    printf '//go:build tools\n\npackage tools\n\nimport _ "github.com/pulumi/pulumi/pkg/v3/cmd/pulumi"\n' >"$work/tools.go"
+    (cd "$work" && go mod tidy >/dev/null 2>&1) || die "resolving pulumi v$PULUMI_VERSION from the Go module proxy failed" "check that the Go module proxy serves github.com/pulumi/pulumi/pkg/v3@v$PULUMI_VERSION"
+    (cd "$work" && CGO_ENABLED=0 go build -trimpath -o "$out/pulumi" \
+        -ldflags "-s -w -X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=v$PULUMI_VERSION" \
+        github.com/pulumi/pulumi/pkg/v3/cmd/pulumi) || die "building the Pulumi CLI failed" "see the go output above"
+    rm -rf "$work"
+}
+
+probe_go_module() {
+    # $1 module path, $2 version: 0 when the Go module proxy will hand out that module version.
+    (cd "$(mktemp -d)" && go mod download -json "$1@$2" >/dev/null 2>&1)
+}
+
+install_pulumi() {
+    local dir
+    if command -v pulumi >/dev/null 2>&1 && [ -z "${JIJI_BUILD_PULUMI:-}" ]; then
+        step "pulumi: using the installed CLI ($(command -v pulumi), $(pulumi version))"; return
+    fi
+    dir=$(pulumi_dir)
+    if [ -x "$dir/bin/pulumi" ]; then
+        step "pulumi: CLI cached ($dir/bin/pulumi)"
+    else
+        step "pulumi: building the CLI v$PULUMI_VERSION from the Go module proxy (one time, tens of minutes)"
+        mkdir -p "$dir/bin"
+        local t0=$SECONDS
+        build_pulumi_cli "$dir/bin"
+        note "built in $((SECONDS - t0)) s: $("$dir/bin/pulumi" version)"
+    fi
+    step "pulumi: looking for the Python language host and the command provider $PULUMI_COMMAND_VERSION"
+    [ -x "$dir/bin/pulumi-language-python" ] && [ -x "$dir/bin/pulumi-resource-command" ] && return
+    local commit_lang=0ac56e876614 time_lang=20260819165155
+    local commit_cmd=7f3eb6f3b77c time_cmd=20260303235922
+    probe_go_module github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3 "v3.0.0-$time_lang-$commit_lang" \
+        || die "the Go module proxy refuses pulumi-language-python at v$PULUMI_VERSION (v3.0.0-$time_lang-$commit_lang)" \
+               "install a pulumi CLI with its language hosts by other means and put it on PATH"
+    probe_go_module github.com/pulumi/pulumi-command/provider "v0.0.0-$time_cmd-$commit_cmd" \
+        || die "the Go module proxy refuses pulumi-command's provider at v$PULUMI_COMMAND_VERSION (v0.0.0-$time_cmd-$commit_cmd)" \
+               "install pulumi-resource-command $PULUMI_COMMAND_VERSION with 'pulumi plugin install resource command $PULUMI_COMMAND_VERSION'"
+}
+
+case "${1:-all}" in
+    packages) install_packages ;;
+    venv) install_venv ;;
+    corrosion) install_corrosion ;;
+    pulumi) install_pulumi ;;
+    all) install_packages; install_venv; install_corrosion; install_pulumi ;;
+    *) die "unknown part '$1'" "use one of: packages venv corrosion pulumi all" ;;
+esac
