@@ -148,13 +148,13 @@ class Responder:
     def _slow(self, data: bytes, recursion: bool, udp: bool) -> bytes | _Forward | None:
         if len(data) < wire.HEADER_LEN or data[2] & 0x80:
             return None  # not even a header, or a response: answering could start a loop
+        if (data[2] >> 3) & 0x0F:
+            # Header only: an UPDATE's or NOTIFY's sections mean something else than a query's.
+            return self._header_only(data, wire.RCODE_NOTIMP, recursion)
         try:
             query = DNSRecord.parse(data)
         except Exception:
             return self._header_only(data, wire.RCODE_FORMERR, recursion)
-        opcode = (data[2] >> 3) & 0x0F
-        if opcode != 0:
-            return self._rcode_via_dnslib(data, wire.RCODE_NOTIMP, recursion, query)
         if len(query.questions) != 1:
             return self._rcode_via_dnslib(data, wire.RCODE_FORMERR, recursion, query)
         opts = [rr for rr in query.ar if rr.rtype == QTYPE.OPT]
@@ -164,7 +164,12 @@ class Responder:
             return self._badvers(query, recursion)
         normal = bytearray(data[:2])
         normal += bytes([data[2] & 0x01, 0]) + wire.counts(1, 0, 0, len(opts))
-        normal += query.questions[0].pack()
+        question = query.questions[0]
+        labels = question.qname.label
+        if any(not 0 < len(label) <= 63 for label in labels) or sum(len(x) + 1 for x in labels) > 254:
+            return self._rcode_via_dnslib(data, wire.RCODE_FORMERR, recursion, query)
+        normal += b"".join(bytes([len(label)]) + label for label in labels) + b"\x00"
+        normal += struct.pack(">HH", question.qtype, question.qclass)
         if opts:
             payload = opts[0].rclass
             do = (opts[0].ttl >> 15) & 1
@@ -191,7 +196,7 @@ class Responder:
                 if rr.rtype == QTYPE.OPT:
                     reply.add_ar(EDNS0(udp_len=wire.EDNS_PAYLOAD))
                     break
-        packed: bytes = reply.pack()
+        packed = bytes(reply.pack())
         return packed
 
     def _badvers(self, query: DNSRecord, recursion: bool) -> bytes:
@@ -199,7 +204,7 @@ class Responder:
         reply.ar = []
         reply.header.rcode = 0
         reply.add_ar(EDNS0(udp_len=wire.EDNS_PAYLOAD, ext_rcode=wire.EXT_RCODE_BADVERS >> 4))
-        packed: bytes = reply.pack()
+        packed = bytes(reply.pack())
         return packed
 
     @staticmethod

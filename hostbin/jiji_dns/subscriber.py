@@ -146,6 +146,9 @@ class Subscriber:
             elif kind == "change":
                 self._apply_change(body, pending)
             elif kind == "error":
+                if not fresh:
+                    # e.g. "subscription already deleted older changes": resuming cannot work.
+                    raise ResyncNeeded(f"resume refused: {body}")
                 raise ConnectionError(f"corrosion error: {body}")
         raise ConnectionError("subscription stream ended")
 

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests import harness
+
+sys.path.insert(0, str(harness.REPO / "hostbin"))
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("jiji")
+
+
+@pytest.fixture(scope="session")
+def pyz(workdir: Path) -> Path:
+    out = workdir / "jiji-dns.pyz"
+    subprocess.run([sys.executable, str(harness.REPO / "hostbin" / "build_zipapp.py"), str(out)], check=True,
+                   stdout=subprocess.DEVNULL)
+    return out
+
+
+@pytest.fixture(scope="session")
+def upstream(workdir: Path) -> Iterator[harness.Dnsmasq]:
+    server = harness.Dnsmasq(workdir, {"www.upstream.test": "198.51.100.7", "api.upstream.test": "198.51.100.8"})
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def corrosion(workdir: Path) -> Iterator[harness.CorrosionNode]:
+    node = harness.CorrosionNode(workdir / "corrosion-shared")
+    yield node
+    node.close()
+
+
+@pytest.fixture(scope="session")
+def daemon(pyz: Path, workdir: Path, corrosion: harness.CorrosionNode,
+           upstream: harness.Dnsmasq) -> Iterator[harness.DnsDaemon]:
+    d = harness.DnsDaemon(pyz, workdir, corrosion.api, upstreams=[upstream.address],
+                          extra=["--recursion-from", "127.0.0.0/8"])
+    d.wait_ready()
+    yield d
+    d.close()
+
+
+@dataclass
+class DigResult:
+    status: str
+    flags: set[str]
+    answers: list[tuple[str, str, str]]  # (name, type, data)
+    authority: list[tuple[str, str, str]]
+    edns_udp: int | None
+    raw: str
+
+
+def dig(port: int, name: str, qtype: str = "A", *options: str, server: str = "127.0.0.1") -> DigResult:
+    """Ask with the real `dig` and parse its presentation output."""
+    out = subprocess.run(
+        ["dig", f"@{server}", "-p", str(port), "+tries=1", "+time=3", "+nocookie", name, qtype, *options],
+        capture_output=True, text=True, timeout=30,
+    ).stdout
+    status = re.search(r"status: (\w+)", out)
+    flags = re.search(r";; flags: ([a-z ]*);", out)
+    edns = re.search(r"udp: (\d+)", out)
+    sections: dict[str, list[tuple[str, str, str]]] = {"ANSWER": [], "AUTHORITY": []}
+    current = None
+    for line in out.splitlines():
+        header = re.match(r";; (\w+) SECTION:", line)
+        if header:
+            current = header.group(1)
+            continue
+        if not line.strip() or line.startswith(";"):
+            if not line.strip():
+                current = None
+            continue
+        if current in sections:
+            parts = line.split(None, 4)
+            sections[current].append((parts[0].lower(), parts[3], parts[4] if len(parts) > 4 else ""))
+    return DigResult(
+        status=status.group(1) if status else "NO-REPLY",
+        flags=set(flags.group(1).split()) if flags else set(),
+        answers=sections["ANSWER"],
+        authority=sections["AUTHORITY"],
+        edns_udp=int(edns.group(1)) if edns else None,
+        raw=out,
+    )

@@ -1,0 +1,298 @@
+"""Real processes for tests and benchmarks: a Corrosion node, jiji-dns, a dnsmasq upstream.
+
+Everything binds to 127.0.0.1 on free ports and is stopped by its own pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+SCHEMA = REPO / "hostbin" / "corrosion-schema.sql"
+
+
+def corrosion_binary() -> Path:
+    """The lab's corrosion binary: $JIJI_CORROSION_BIN, else the toolchain cache."""
+    explicit = os.environ.get("JIJI_CORROSION_BIN")
+    if explicit:
+        return Path(explicit)
+    versions = dict(
+        line.split("=", 1) for line in (REPO / "lab" / "versions.env").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    cache = Path(os.environ.get("JIJI_CACHE", "/var/cache/jiji-net"))
+    return cache / "corrosion" / f"klukai-{versions['KLUKAI_VERSION']}" / "bin" / "corrosion"
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as e:  # noqa: BLE001 - retried until the deadline
+            last_error = e
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}" + (f": {last_error}" if last_error else ""))
+
+
+def _stop(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+class CorrosionNode:
+    """One corrosion agent on loopback with the jiji schema; its data survives restart()."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.binary = corrosion_binary()
+        if not self.binary.exists():
+            raise RuntimeError(f"no corrosion binary at {self.binary}: run `lab/toolchain.sh corrosion` first")
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "schema").mkdir(exist_ok=True)
+        shutil.copy(SCHEMA, self.dir / "schema" / "jiji.sql")
+        self.api_port = free_port()
+        self.gossip_port = free_port(socket.SOCK_DGRAM)
+        self.config = self.dir / "config.toml"
+        self.config.write_text(
+            f'[db]\npath = "{self.dir}/state.db"\nschema_paths = ["{self.dir}/schema"]\n\n'
+            f'[gossip]\naddr = "127.0.0.1:{self.gossip_port}"\nplaintext = true\n\n'
+            f'[api]\naddr = "127.0.0.1:{self.api_port}"\n\n'
+            f'[admin]\npath = "{self.dir}/admin.sock"\n'
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def api(self) -> str:
+        return f"127.0.0.1:{self.api_port}"
+
+    def start(self) -> None:
+        log = open(self.dir / "agent.log", "ab")
+        env = dict(os.environ, TMPDIR=str(self.dir), RUST_LOG=os.environ.get("RUST_LOG", "warn"))
+        self.proc = subprocess.Popen([str(self.binary), "agent", "-c", str(self.config)], stdout=log, stderr=log, env=env)
+        log.close()
+        wait_until(lambda: self.query("SELECT 1") == [[1]], 30, f"corrosion API on {self.api}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+            self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def _post(self, path: str, body: Any, timeout: float = 10) -> bytes:
+        req = urllib.request.Request(
+            f"http://{self.api}{path}", data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"}, method="POST",
+        )
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            data: bytes = resp.read()
+            return data
+
+    def execute(self, *statements: Any) -> Any:
+        """Run statements in one transaction: each 'SQL' or ['SQL ?', [params]]."""
+        return json.loads(self._post("/v1/transactions", list(statements)))
+
+    def query(self, sql: str, params: list[Any] | None = None) -> list[list[Any]]:
+        body: Any = [sql, params] if params else sql
+        rows = []
+        for line in self._post("/v1/queries", body).splitlines():
+            event = json.loads(line)
+            if "row" in event:
+                rows.append(event["row"][1])
+            elif "error" in event:
+                raise RuntimeError(event["error"])
+        return rows
+
+    def add_container(self, cid: str, project: str, service: str, server: str, ip: str,
+                      started_at: int = 1, instance: str = "", health: str = "healthy") -> None:
+        self.execute(
+            ["INSERT INTO services (project, name) VALUES (?, ?) ON CONFLICT DO NOTHING", [project, service]],
+            ["INSERT INTO containers (id, service, project, server_id, ip, health_status, started_at, instance_id)"
+             " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET service = excluded.service,"
+             " project = excluded.project, server_id = excluded.server_id, ip = excluded.ip,"
+             " health_status = excluded.health_status, started_at = excluded.started_at,"
+             " instance_id = excluded.instance_id",
+             [cid, service, project, server, ip, health, started_at, instance]],
+        )
+
+    def close(self) -> None:
+        self.stop()
+
+
+class DnsDaemon:
+    """jiji-dns from the built zipapp (what servers run), on loopback."""
+
+    def __init__(self, pyz: Path, workdir: Path, corrosion_api: str, upstreams: list[str] | None = None,
+                 extra: list[str] | None = None, python: str = sys.executable) -> None:
+        self.port = free_port(socket.SOCK_DGRAM)
+        self.host = "127.0.0.1"
+        self.stats_socket = workdir / f"stats-{self.port}.sock"
+        self.log_path = workdir / f"jiji-dns-{self.port}.log"
+        args = [python, str(pyz), "--listen", f"127.0.0.1:{self.port}", "--corrosion-api", corrosion_api,
+                "--reconnect-interval", "200", "--stats-socket", str(self.stats_socket),
+                "--upstream", ",".join(upstreams or ["127.0.0.1:9"]), "--upstream-timeout", "1"]
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(args + (extra or []), stdout=log, stderr=log)
+        log.close()
+        wait_until(lambda: self.stats_socket.exists(), 10, "jiji-dns stats socket")
+
+    def stats(self) -> dict[str, Any]:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(str(self.stats_socket))
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        result: dict[str, Any] = json.loads(data)
+        return result
+
+    def wait_ready(self, timeout: float = 15) -> None:
+        wait_until(lambda: self.stats()["ready"], timeout, "jiji-dns first snapshot")
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def close(self) -> None:
+        _stop(self.proc)
+
+
+class Dnsmasq:
+    """A dnsmasq upstream on loopback serving names from a hosts file, authoritative for them."""
+
+    def __init__(self, workdir: Path, hosts: dict[str, str], domain: str = "upstream.test") -> None:
+        self.port = free_port(socket.SOCK_DGRAM)
+        hosts_file = workdir / f"hosts-{self.port}"
+        hosts_file.write_text("".join(f"{ip} {name}\n" for name, ip in hosts.items()))
+        self.proc = subprocess.Popen(
+            ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", f"--addn-hosts={hosts_file}",
+             f"--local=/{domain}/", "--listen-address=127.0.0.1", "--bind-interfaces", f"--port={self.port}",
+             "--pid-file=", "--user=root", "--cache-size=0"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_until(lambda: _udp_port_bound(self.port), 10, "dnsmasq to listen")
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        _stop(self.proc)
+
+
+def _udp_port_bound(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def tempdir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+class CuttableProxy:
+    """A loopback TCP proxy whose connections can be cut and refused, to disconnect a client."""
+
+    def __init__(self, target_port: int) -> None:
+        import threading
+
+        self.target_port = target_port
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.open = True
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.open:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        """Refuse new connections and break every open one."""
+        self.open = False
+        with self._lock:
+            for s in self._conns:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+            self._conns.clear()
+
+    def restore(self) -> None:
+        self.open = True
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()

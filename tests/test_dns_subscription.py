@@ -1,0 +1,107 @@
+"""jiji-dns follows a real Corrosion node through changes, restarts and lost change history."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import harness
+from tests.conftest import dig
+
+
+@pytest.fixture
+def node(workdir: Path, request: pytest.FixtureRequest) -> Iterator[harness.CorrosionNode]:
+    n = harness.CorrosionNode(workdir / f"corrosion-{request.node.name}")
+    yield n
+    n.close()
+
+
+@pytest.fixture
+def proxy(node: harness.CorrosionNode) -> Iterator[harness.CuttableProxy]:
+    p = harness.CuttableProxy(node.api_port)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def dnsd(pyz: Path, workdir: Path, proxy: harness.CuttableProxy) -> Iterator[harness.DnsDaemon]:
+    d = harness.DnsDaemon(pyz, workdir, proxy.address)
+    d.wait_ready()
+    yield d
+    d.close()
+
+
+def answers(d: harness.DnsDaemon, name: str) -> list[str]:
+    return sorted(a[2] for a in dig(d.port, name, "A", "+tcp").answers)
+
+
+def eventually(d: harness.DnsDaemon, name: str, expected: list[str], timeout: float = 2.0) -> None:
+    harness.wait_until(lambda: answers(d, name) == expected, timeout, f"{name} -> {expected}")
+
+
+def test_insert_update_health_and_delete_show_up_in_answers(node: harness.CorrosionNode, dnsd: harness.DnsDaemon) -> None:
+    node.add_container("a", "shop", "api", "s1", "10.210.0.2", 1)
+    eventually(dnsd, "shop-api.jiji", ["10.210.0.2"])
+    node.add_container("b", "shop", "api", "s2", "10.210.1.2", 1)
+    eventually(dnsd, "shop-api.jiji", ["10.210.0.2", "10.210.1.2"])
+    node.execute(["UPDATE containers SET ip = ? WHERE id = ?", ["10.210.0.3", "a"]])
+    eventually(dnsd, "shop-api.jiji", ["10.210.0.3", "10.210.1.2"])
+    node.execute(["UPDATE containers SET health_status = 'unhealthy' WHERE id = ?", ["b"]])
+    eventually(dnsd, "shop-api.jiji", ["10.210.0.3"])
+    node.execute(["UPDATE containers SET health_status = 'healthy' WHERE id = ?", ["b"]])
+    eventually(dnsd, "shop-api.jiji", ["10.210.0.3", "10.210.1.2"])
+    node.add_container("a2", "shop", "api", "s1", "10.210.0.4", 2)  # newer container on s1 wins
+    eventually(dnsd, "shop-api.jiji", ["10.210.0.4", "10.210.1.2"])
+    node.execute(["DELETE FROM containers WHERE id IN (?, ?, ?)", ["a", "a2", "b"]])
+    eventually(dnsd, "shop-api.jiji", [])
+    assert dig(dnsd.port, "shop-api.jiji").status == "NXDOMAIN"
+
+
+def test_answers_continue_from_cache_while_corrosion_is_away(node: harness.CorrosionNode, proxy: harness.CuttableProxy,
+                                                             dnsd: harness.DnsDaemon) -> None:
+    node.add_container("a", "shop", "api", "s1", "10.210.0.2", 1)
+    eventually(dnsd, "shop-api.jiji", ["10.210.0.2"])
+    proxy.cut()
+    harness.wait_until(lambda: dnsd.stats()["subscription_state"] != "live", 5, "the daemon to notice")
+    assert answers(dnsd, "shop-api.jiji") == ["10.210.0.2"]
+    proxy.restore()
+
+
+def test_restarting_corrosion_while_rows_are_deleted_leaves_no_stale_answer(
+        node: harness.CorrosionNode, proxy: harness.CuttableProxy, dnsd: harness.DnsDaemon) -> None:
+    for i in range(5):
+        node.add_container(f"c{i}", "shop", "api", f"s{i}", f"10.210.{i}.2", 1)
+    eventually(dnsd, "shop-api.jiji", sorted(f"10.210.{i}.2" for i in range(5)))
+    before = dnsd.stats()
+    node.stop()
+    harness.wait_until(lambda: dnsd.stats()["subscription_state"] != "live", 5, "the daemon to notice")
+    node.start()
+    node.execute(["DELETE FROM containers WHERE id IN ('c0', 'c1', 'c2')"])
+    eventually(dnsd, "shop-api.jiji", ["10.210.3.2", "10.210.4.2"], timeout=15)
+    after = dnsd.stats()
+    assert after["reconnects"] > before["reconnects"]
+    time.sleep(0.5)
+    assert answers(dnsd, "shop-api.jiji") == ["10.210.3.2", "10.210.4.2"]
+
+
+def test_lost_change_history_forces_a_full_resync(node: harness.CorrosionNode, proxy: harness.CuttableProxy,
+                                                  dnsd: harness.DnsDaemon) -> None:
+    node.add_container("keep", "shop", "api", "s1", "10.210.0.2", 1)
+    node.add_container("gone", "shop", "web", "s1", "10.210.0.5", 1)
+    eventually(dnsd, "shop-web.jiji", ["10.210.0.5"])
+    proxy.cut()
+    harness.wait_until(lambda: dnsd.stats()["subscription_state"] != "live", 5, "the daemon to notice")
+    # More changes than the node keeps per subscription (500), then a restart, which purges the rest.
+    for i in range(0, 600, 50):
+        node.execute(*[["UPDATE containers SET started_at = ? WHERE id = 'keep'", [i + j + 2]] for j in range(50)])
+    node.execute("DELETE FROM containers WHERE id = 'gone'")
+    node.restart()
+    resyncs = dnsd.stats()["resyncs"]
+    proxy.restore()
+    harness.wait_until(lambda: dnsd.stats()["resyncs"] > resyncs, 15, "a resync")
+    eventually(dnsd, "shop-web.jiji", [])
+    assert answers(dnsd, "shop-api.jiji") == ["10.210.0.2"]
+    assert "event=subscription_resync" in dnsd.log()
