@@ -48,8 +48,10 @@ install_corrosion() {
     step "corrosion: building klukai $KLUKAI_VERSION from crates.io (one time, ~15 min on 2 cores)"
     mkdir -p "$root"
     local t0=$SECONDS
-    CARGO_TARGET_DIR="$JIJI_CACHE/corrosion/target" \
-        cargo install --locked --quiet --root "$root" --version "$KLUKAI_VERSION" klukai \
+    # klukai reads tokio's runtime metrics, which exist only with --cfg tokio_unstable (upstream
+    # sets it in its .cargo/config.toml, which the published crate does not carry).
+    CARGO_TARGET_DIR="$JIJI_CACHE/corrosion/target" RUSTFLAGS="--cfg tokio_unstable" \
+        cargo install --locked --root "$root" --version "$KLUKAI_VERSION" klukai \
         || die "building klukai $KLUKAI_VERSION failed" "see the cargo output above"
     rm -rf "$JIJI_CACHE/corrosion/target"
     note "built in $((SECONDS - t0)) s: $("$bin" --version)"

@@ -31,6 +31,20 @@ FORWARD: Final = _Forward()
 _OK_FLAGS = tuple(bytes([0x84 | (i & 1), 0x80 if i & 2 else 0]) for i in range(4))
 
 
+# Authoritative reply flags per rcode, indexed like _OK_FLAGS.
+_AUTH_FLAGS = tuple(tuple(bytes([0x84 | (i & 1), (0x80 if i & 2 else 0) | rcode]) for i in range(4)) for rcode in range(16))
+_COUNTS_SOA_AUTHORITY = (wire.counts(1, 0, 1, 0), wire.counts(1, 0, 1, 1))
+_COUNTS_SOA_ANSWER = (wire.counts(1, 1, 0, 0), wire.counts(1, 1, 0, 1))
+
+
+def _udp_limit(data: bytes, end: int, edns: int) -> int:
+    """Largest UDP reply the client accepts: 512 without EDNS, else its payload size, capped by ours."""
+    if not edns:
+        return wire.PLAIN_UDP_LIMIT
+    payload = data[end + 3] << 8 | data[end + 4]
+    return min(max(payload, wire.PLAIN_UDP_LIMIT), wire.EDNS_PAYLOAD)
+
+
 def _flags(rd: int, ra: bool, rcode: int, authoritative: bool = True, tc: bool = False) -> bytes:
     hi = 0x80 | (0x04 if authoritative else 0) | (0x02 if tc else 0) | rd
     return bytes([hi, (0x80 if ra else 0) | rcode])
@@ -46,6 +60,7 @@ class Responder:
         self.ready = False
         self.serial = 1
         self._zone = self.table.domain_wire
+        self._zone_len = len(self._zone)
         self._soa_by_offset: dict[int, bytes] = {}
         self._opt = (wire.opt_record(False), wire.opt_record(True))
 
@@ -69,51 +84,52 @@ class Responder:
             if end != n:
                 return self._slow(data, recursion, udp)
             edns = 0
-            limit = wire.PLAIN_UDP_LIMIT
         elif data[11] == 1:
             # One OPT record: root owner, type 41, payload, ext-rcode, version, flags, rdlen.
-            if n < end + 11 or data[end : end + 3] != b"\x00\x00\x29" or data[end + 6]:
+            opt = data[end:]
+            if len(opt) < 11 or opt[:3] != b"\x00\x00\x29" or opt[6] or len(opt) != 11 + (opt[9] << 8 | opt[10]):
                 return self._slow(data, recursion, udp)
-            if end + 11 + (data[end + 9] << 8 | data[end + 10]) != n:
-                return self._slow(data, recursion, udp)
-            edns = 1 + (data[end + 7] >> 7)  # 1 without DO, 2 with DO
-            limit = min(max(data[end + 3] << 8 | data[end + 4], wire.PLAIN_UDP_LIMIT), wire.EDNS_PAYLOAD)
+            edns = 1 + (opt[7] >> 7)  # 1 without DO, 2 with DO
         else:
             return self._slow(data, recursion, udp)
         question = data[12:end]
         # Lower-casing the type and class bytes too is safe: no key we store has a byte in A-Z.
         hit = self.table.answers.get(question.lower())
-        if hit is not None:
-            flags = _OK_FLAGS[(data[2] & 1) | (2 if recursion else 0)]
-            if edns:
-                reply = data[:2] + flags + hit[1] + question + hit[2] + self._opt[edns - 1]
-            else:
-                reply = data[:2] + flags + hit[0] + question + hit[2]
-            if udp and len(reply) > limit:
-                return self._truncated(data, question, edns, recursion)
-            return reply
-        return self._miss(data, question, i, edns, recursion)
+        if hit is None:
+            reply = self._miss(data, question, edns, recursion)
+            if reply is FORWARD:
+                return reply
+        elif edns:
+            reply = data[:2] + _OK_FLAGS[(data[2] & 1) | (2 if recursion else 0)] + hit[1] + question + hit[2] + self._opt[edns - 1]
+        else:
+            reply = data[:2] + _OK_FLAGS[(data[2] & 1) | (2 if recursion else 0)] + hit[0] + question + hit[2]
+        # Every reply fits 512 bytes except large answer sets: only those pay for the limit check.
+        if udp and len(reply) > wire.PLAIN_UDP_LIMIT and len(reply) > _udp_limit(data, end, edns):
+            return self._truncated(data, question, edns, recursion)
+        return reply
 
     # ---- names without a pre-encoded answer ------------------------------------------------
-    def _miss(self, data: bytes, question: bytes, name_end: int, edns: int, recursion: bool) -> bytes | _Forward:
-        qname = data[12 : name_end + 1].lower()
-        zone = self._zone
-        zone_start = len(qname) - len(zone)
-        if not (qname.endswith(zone) and self._label_starts_at(qname, zone_start)):
-            return FORWARD if recursion else self._error(data, question, wire.RCODE_REFUSED, edns, recursion)
+    def _miss(self, data: bytes, question: bytes, edns: int, recursion: bool) -> bytes | _Forward:
+        qname = question[:-4].lower()
+        zone_start = len(qname) - self._zone_len
+        if zone_start < 0 or qname[zone_start:] != self._zone or not self._label_starts_at(qname, zone_start):
+            if recursion:
+                return FORWARD
+            return self._error(data, question, wire.RCODE_REFUSED, edns, recursion)
         if not self.ready:
             return self._error(data, question, wire.RCODE_SERVFAIL, edns, recursion)
-        qtype, qclass = struct.unpack_from(">HH", data, name_end + 1)
-        if qclass not in (wire.QCLASS_IN, wire.QTYPE_ANY):
+        qclass = question[-2:]
+        if qclass != b"\x00\x01" and qclass != b"\x00\xff":
             return self._error(data, question, wire.RCODE_REFUSED, edns, recursion)
-        soa = self._soa(12 + zone_start)
-        rd = data[2] & 1
-        ar = 1 if edns else 0
-        opt = self._opt[edns - 1] if edns else b""
-        if zone_start == 0 and qtype in (wire.QTYPE_SOA, wire.QTYPE_ANY):
-            return data[:2] + _flags(rd, recursion, 0) + wire.counts(1, 1, 0, ar) + question + soa + opt
-        rcode = wire.RCODE_NOERROR if qname in self.table.existing else wire.RCODE_NXDOMAIN
-        return data[:2] + _flags(rd, recursion, rcode) + wire.counts(1, 0, 1, ar) + question + soa + opt
+        soa = self._soa_by_offset.get(12 + zone_start) or self._soa(12 + zone_start)
+        flag_index = (data[2] & 1) | (2 if recursion else 0)
+        if zone_start == 0 and question[-4:-2] in (b"\x00\x06", b"\x00\xff"):
+            head = _AUTH_FLAGS[wire.RCODE_NOERROR][flag_index] + _COUNTS_SOA_ANSWER[edns > 0]
+        elif qname in self.table.existing:
+            head = _AUTH_FLAGS[wire.RCODE_NOERROR][flag_index] + _COUNTS_SOA_AUTHORITY[edns > 0]
+        else:
+            head = _AUTH_FLAGS[wire.RCODE_NXDOMAIN][flag_index] + _COUNTS_SOA_AUTHORITY[edns > 0]
+        return data[:2] + head + question + soa + (self._opt[edns - 1] if edns else b"")
 
     @staticmethod
     def _label_starts_at(qname: bytes, offset: int) -> bool:

@@ -96,32 +96,34 @@ class DNSServer:
         log("listening", addresses=",".join(str(ep) for ep in self.config.listen), proto="udp+tcp")
 
     def _on_udp(self, sock: socket.socket) -> None:
-        responder = self.responder
+        # The hot loop: locals only, no per-packet allocation beyond the reply bytes.
+        answer = self.responder.answer
         rcodes = self.rcodes
-        counters = self.counters
-        for _ in range(64):
-            try:
-                data, addr = sock.recvfrom(4096)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                continue
-            counters.queries_udp += 1
-            recursion = self._recursion.get(addr[0])
-            if recursion is None:
-                recursion = self.recursion_allowed(addr[0])
-            reply = responder.answer(data, recursion, True)
-            if reply is None:
-                continue
-            if reply is FORWARD:
-                self._spawn(self._forward_udp(sock, data, addr))
-                continue
-            assert isinstance(reply, bytes)
-            rcodes[reply[3] & 15] += 1
-            try:
-                sock.sendto(reply, addr)
-            except OSError:
-                pass
+        allowed = self._recursion
+        recvfrom, sendto = sock.recvfrom, sock.sendto
+        received = 0
+        try:
+            for _ in range(64):
+                data, addr = recvfrom(4096)
+                received += 1
+                recursion = allowed.get(addr[0])
+                if recursion is None:
+                    recursion = self.recursion_allowed(addr[0])
+                reply = answer(data, recursion, True)
+                if reply.__class__ is bytes:
+                    rcodes[reply[3] & 15] += 1  # type: ignore[index]
+                    try:
+                        sendto(reply, addr)  # type: ignore[arg-type]
+                    except OSError:
+                        pass
+                elif reply is FORWARD:
+                    self._spawn(self._forward_udp(sock, data, addr))
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as e:
+            log("udp_error", error=str(e))
+        finally:
+            self.counters.queries_udp += received
 
     async def _forward_udp(self, sock: socket.socket, data: bytes, addr: Any) -> None:
         reply = await self.forwarder.forward_udp(data)

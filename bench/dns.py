@@ -1,0 +1,224 @@
+"""jiji-dns against dnsmasq, side by side in one run, plus change latency and snapshot load.
+
+    .venv/bin/python bench/dns.py [--seconds 10] [--names 1000] [--snapshot 64768]
+
+Each server runs pinned to core 0 (one at a time), dnsperf pinned to core 1. The honest figure is
+the server's CPU time per answered query (utime+stime from /proc/PID/stat around the run): dnsperf
+is single-threaded and may be the bottleneck, which caps queries/s but not CPU per query.
+Everything binds to 127.0.0.1; every process is stopped by its own pid; every run is bounded by -l.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests import harness  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def dnsperf(port: int, datafile: Path, seconds: int) -> tuple[float, int, int]:
+    """(queries/s, completed, lost) of one bounded dnsperf run from core 1."""
+    out = subprocess.run(
+        ["taskset", "-c", "1", "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(datafile),
+         "-l", str(seconds), "-q", "200", "-t", "2"],
+        capture_output=True, text=True, timeout=seconds + 60,
+    ).stdout
+    qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    completed = int(re.search(r"Queries completed:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
+    lost = int(re.search(r"Queries lost:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
+    return qps, completed, lost
+
+
+def measure(pid: int, port: int, datafile: Path, seconds: int) -> dict[str, float]:
+    before = cpu_seconds(pid)
+    qps, completed, lost = dnsperf(port, datafile, seconds)
+    used = cpu_seconds(pid) - before
+    return {"qps": qps, "cpu_us": used / max(completed, 1) * 1e6, "completed": completed, "lost": lost}
+
+
+def write_queries(path: Path, names: list[str], qtype: str = "A") -> Path:
+    path.write_text("".join(f"{n} {qtype}\n" for n in names))
+    return path
+
+
+def start_pinned(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as f:
+        return subprocess.Popen(["taskset", "-c", "0", *args], stdout=f, stderr=f)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def udp_ask(sock: socket.socket, port: int, qname: bytes, qid: int) -> bytes:
+    sock.sendto(struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + qname + b"\x00\x01\x00\x01", ("127.0.0.1", port))
+    return sock.recvfrom(4096)[0]
+
+
+def wire_name(name: str) -> bytes:
+    return b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\x00"
+
+
+def bench_qps(work: Path, pyz: Path, node: harness.CorrosionNode, names: int, seconds: int) -> None:
+    print(f"\n== query cost: {names} names x 3 A records, {seconds} s per run, servers on core 0, dnsperf on core 1")
+    hosts_lines, stmts = [], []
+    for i in range(names):
+        for j in range(3):
+            ip = f"10.210.{j}.{(i % 250) + 2}"
+            hosts_lines.append(f"{ip} shop-svc{i}.jiji\n")
+            stmts.append((f"b{i}-{j}", "shop", f"svc{i}", f"s{j}", ip))
+    for k in range(0, len(stmts), 1000):
+        node.execute(*[["INSERT INTO services (project, name) VALUES (?, ?) ON CONFLICT DO NOTHING", [p, s]]
+                       for _, p, s, _, _ in stmts[k:k + 1000]],
+                     *[["INSERT INTO containers (id, project, service, server_id, ip, started_at) VALUES (?,?,?,?,?,1)",
+                        [cid, p, s, srv, ip]] for cid, p, s, srv, ip in stmts[k:k + 1000]])
+    hosts = work / "bench-hosts"
+    hosts.write_text("".join(hosts_lines))
+    upstream = harness.Dnsmasq(work, {f"fwd{i}.upstream.test": f"198.51.100.{i % 250 + 1}" for i in range(100)})
+    mixes = {
+        "jiji hit": write_queries(work / "q-hit", [f"shop-svc{i}.jiji" for i in range(names)]),
+        "NXDOMAIN": write_queries(work / "q-nx", [f"missing{i}.jiji" for i in range(names)]),
+        "forwarded": write_queries(work / "q-fwd", [f"fwd{i}.upstream.test" for i in range(100)]),
+    }
+    jport, mport = harness.free_port(socket.SOCK_DGRAM), harness.free_port(socket.SOCK_DGRAM)
+    jiji = start_pinned([sys.executable, str(pyz), "--listen", f"127.0.0.1:{jport}", "--corrosion-api", node.api,
+                         "--upstream", upstream.address, "--stats-socket", "none"], work / "bench-jiji.log")
+    # cache-size=0: dnsmasq forwards every query, as jiji-dns does (neither caches upstream answers).
+    dnsmasq = start_pinned(["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", f"--addn-hosts={hosts}",
+                            "--local=/jiji/", f"--server=127.0.0.1#{upstream.port}", "--listen-address=127.0.0.1",
+                            "--bind-interfaces", f"--port={mport}", "--pid-file=", "--user=root", "--cache-size=0",
+                            "--dns-forward-max=1000"], work / "bench-dnsmasq.log")
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(0.5)
+            q = wire_name(f"shop-svc{names - 1}.jiji")
+            harness.wait_until(lambda: struct.unpack(">H", udp_ask(s, jport, q, 1)[6:8])[0] == 3, 60, "jiji-dns data")
+            harness.wait_until(lambda: struct.unpack(">H", udp_ask(s, mport, q, 1)[6:8])[0] == 3, 10, "dnsmasq data")
+        print(f"{'mix':<10} {'server':<9} {'queries/s':>10} {'CPU us/query':>13} {'lost':>6} {'CPU ratio':>10}")
+        for mix, datafile in mixes.items():
+            results = {}
+            for label, proc, port in (("dnsmasq", dnsmasq, mport), ("jiji-dns", jiji, jport)):
+                results[label] = measure(proc.pid, port, datafile, seconds)
+            base = results["dnsmasq"]["cpu_us"]
+            for label, r in results.items():
+                ratio = r["cpu_us"] / base
+                print(f"{mix:<10} {label:<9} {r['qps']:>10.0f} {r['cpu_us']:>13.2f} {r['lost']:>6.0f} {ratio:>9.2f}x")
+    finally:
+        stop(jiji)
+        stop(dnsmasq)
+        upstream.close()
+
+
+def bench_change_latency(work: Path, pyz: Path, node: harness.CorrosionNode, rounds: int) -> None:
+    print(f"\n== change visibility: write through Corrosion's API, poll jiji-dns over UDP ({rounds} rounds)")
+    d = harness.DnsDaemon(pyz, work, node.api)
+    try:
+        d.wait_ready()
+        node.add_container("lat", "bench", "latency", "s1", "10.210.9.1", 1)
+        q = wire_name("bench-latency.jiji")
+        samples = []
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(1)
+            for n in range(rounds):
+                ip = f"10.210.9.{n % 200 + 2}"
+                want = socket.inet_aton(ip)
+                t0 = time.perf_counter()
+                node.execute(["UPDATE containers SET ip = ? WHERE id = 'lat'", [ip]])
+                deadline = t0 + 2
+                while time.perf_counter() < deadline:
+                    if udp_ask(s, d.port, q, n & 0xFFFF).endswith(want):
+                        samples.append((time.perf_counter() - t0) * 1000)
+                        break
+                    time.sleep(0.0002)
+                else:
+                    samples.append(float("inf"))
+        samples.sort()
+        p50 = statistics.median(samples)
+        p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+        print(f"write -> answer: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {samples[-1]:.1f} ms (target p99 < 20 ms)")
+    finally:
+        d.close()
+
+
+def bench_snapshot(work: Path, pyz: Path, total: int) -> None:
+    servers = 256
+    per_server = max(1, total // servers)
+    print(f"\n== snapshot load: {servers * per_server} containers ({servers} servers x {per_server}),"
+          f" {per_server} services, one instance name per container")
+    node = harness.CorrosionNode(work / "corrosion-snapshot")
+    try:
+        batch = []
+        for srv in range(servers):
+            for k in range(per_server):
+                batch.append([f"x{srv}-{k}", "big", f"svc{k}", f"srv{srv}", f"10.{210 + srv // 256}.{srv % 256}.{k + 2}",
+                              f"i{srv}"])
+        node.execute(*[["INSERT INTO services (project, name) VALUES ('big', ?)", [f"svc{k}"]] for k in range(per_server)])
+        for k in range(0, len(batch), 4000):
+            node.execute(*[["INSERT INTO containers (id, project, service, server_id, ip, instance_id, started_at)"
+                            " VALUES (?,?,?,?,?,?,1)", row] for row in batch[k:k + 4000]])
+        t0 = time.perf_counter()
+        d = harness.DnsDaemon(pyz, work, node.api)
+        try:
+            d.wait_ready(timeout=120)
+            ready_s = time.perf_counter() - t0
+            load_ms = re.search(r"event=snapshot_loaded containers=(\d+) names=(\d+) load_ms=([\d.]+)", d.log())
+            assert load_ms is not None
+            print(f"containers {load_ms.group(1)}, names {load_ms.group(2)}: table built in {float(load_ms.group(3)):.0f} ms;"
+                  f" start to ready (process start, stream, build) {ready_s:.2f} s; peak RSS {peak_rss_mb(d.proc.pid):.0f} MB"
+                  f" (targets: < 2 s, < 150 MB)")
+        finally:
+            d.close()
+    finally:
+        node.close()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=int, default=10)
+    p.add_argument("--names", type=int, default=1000)
+    p.add_argument("--latency-rounds", type=int, default=300)
+    p.add_argument("--snapshot", type=int, default=64768)
+    a = p.parse_args()
+    work = harness.tempdir("jiji-bench-")
+    pyz = work / "jiji-dns.pyz"
+    subprocess.run([sys.executable, str(harness.REPO / "hostbin" / "build_zipapp.py"), str(pyz)], check=True)
+    node = harness.CorrosionNode(work / "corrosion")
+    try:
+        bench_qps(work, pyz, node, a.names, a.seconds)
+        bench_change_latency(work, pyz, node, a.latency_rounds)
+    finally:
+        node.close()
+    bench_snapshot(work, pyz, a.snapshot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

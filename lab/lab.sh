@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# The local lab: N booted Debian hosts (systemd-nspawn, each in its own network namespace) on an
+# underlay in the RFC 2544 benchmarking range, plus an upstream DNS resolver serving a test zone.
+#   lab/lab.sh up [N]     bring up N hosts (default 3), idempotent
+#   lab/lab.sh down       remove everything the lab made: hosts, mounts, namespaces, links, files
+#   lab/lab.sh status     what is running
+#   lab/lab.sh ssh I CMD  run CMD on host I
+# Hosts reach each other and the resolver, nothing else (no default route, no NAT).
+set -euo pipefail
+. "$(dirname "$0")/common.sh"
+
+LAB=$JIJI_STATE/lab
+BRIDGE=jiji-lab0
+UNDERLAY_PREFIX=198.18.0
+ROOTFS_PACKAGES=systemd,systemd-sysv,dbus,openssh-server,wireguard-tools,wireguard-go,iproute2,iputils-ping,python3,dnsutils,ca-certificates,iptables,sqlite3
+ROOTFS=$JIJI_CACHE/rootfs/$DEBIAN_SUITE-$(printf '%s' "$ROOTFS_PACKAGES" | sha256sum | cut -c1-12)
+KEY=$LAB/id_ed25519
+
+host_ip() { echo "$UNDERLAY_PREFIX.$((10 + $1))"; }
+host_ns() { echo "jiji-lab-h$1"; }
+RESOLVER_NS=jiji-lab-dns
+RESOLVER_IP=$UNDERLAY_PREFIX.2
+
+debian_mirror() {
+    # The machine's own Debian source, so the lab uses whatever mirror apt already uses.
+    local uri
+    uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+    [ -n "$uri" ] || uri=$(awk '$1 == "deb" && $0 !~ /security/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+    [ -n "$uri" ] || die "cannot find a Debian mirror in /etc/apt" "configure apt, or set JIJI_DEBIAN_MIRROR"
+    echo "${JIJI_DEBIAN_MIRROR:-$uri}"
+}
+
+build_rootfs() {
+    if [ -f "$ROOTFS/.complete" ]; then step "rootfs: cached ($ROOTFS)"; return; fi
+    need_cmd debootstrap "run lab/toolchain.sh packages"
+    step "rootfs: debootstrap $DEBIAN_SUITE into $ROOTFS (one time, ~2 min)"
+    rm -rf "$ROOTFS.tmp"
+    mkdir -p "$(dirname "$ROOTFS")"
+    local t0=$SECONDS
+    debootstrap --variant=minbase --include="$ROOTFS_PACKAGES" "$DEBIAN_SUITE" "$ROOTFS.tmp" "$(debian_mirror)" \
+        >"$ROOTFS.log" 2>&1 || die "debootstrap failed (log: $ROOTFS.log)" "check that Debian's packages are reachable"
+    # Per-host identity is made at boot of each host; the shared image has none.
+    rm -f "$ROOTFS.tmp/etc/machine-id" "$ROOTFS.tmp/var/lib/dbus/machine-id" "$ROOTFS.tmp"/etc/ssh/ssh_host_*
+    : >"$ROOTFS.tmp/etc/machine-id"
+    chroot "$ROOTFS.tmp" systemctl enable ssh >/dev/null 2>&1 || true
+    chroot "$ROOTFS.tmp" apt-get clean
+    touch "$ROOTFS.tmp/.complete"
+    mv "$ROOTFS.tmp" "$ROOTFS"
+    note "built in $((SECONDS - t0)) s, $(du -sm "$ROOTFS" | cut -f1) MB"
+}
+
+check_prereqs() {
+    need_root "network namespaces and systemd-nspawn"
+    need_cmd systemd-nspawn "run lab/toolchain.sh packages (Debian package systemd-container)"
+    need_cmd ip "run lab/toolchain.sh packages (iproute2)"
+    need_cmd dnsmasq "run lab/toolchain.sh packages (dnsmasq-base)"
+    grep -q overlay /proc/filesystems || modprobe overlay 2>/dev/null || die "no overlayfs in this kernel" "load the overlay module"
+}
+
+ensure_bridge() {
+    if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+        step "network: bridge $BRIDGE with $UNDERLAY_PREFIX.1/24"
+        ip link add "$BRIDGE" type bridge
+        ip addr add "$UNDERLAY_PREFIX.1/24" dev "$BRIDGE"
+        ip link set "$BRIDGE" up
+    fi
+}
+
+attach_ns() {
+    # $1 namespace, $2 address, $3 root-side link name: a veth into the namespace, as eth0.
+    local ns=$1 addr=$2 link=$3
+    ip netns list | grep -qw "$ns" || ip netns add "$ns"
+    if ! ip link show "$link" >/dev/null 2>&1; then
+        ip link add "$link" type veth peer name eth0 netns "$ns"
+        ip link set "$link" master "$BRIDGE" up
+        ip -n "$ns" addr add "$addr/24" dev eth0
+        ip -n "$ns" link set eth0 up
+        ip -n "$ns" link set lo up
+    fi
+}
+
+start_resolver() {
+    local pidfile=$LAB/resolver.pid
+    if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then return; fi
+    attach_ns "$RESOLVER_NS" "$RESOLVER_IP" jl-dns
+    step "resolver: dnsmasq on $RESOLVER_IP:53 serving lab.test"
+    cat >"$LAB/resolver.hosts" <<HOSTS
+198.18.0.200 www.lab.test
+198.18.0.201 api.lab.test
+HOSTS
+    ip netns exec "$RESOLVER_NS" dnsmasq --keep-in-foreground --no-resolv --no-hosts \
+        --addn-hosts="$LAB/resolver.hosts" --local=/lab.test/ --listen-address="$RESOLVER_IP" \
+        --bind-interfaces --pid-file= --user=root >"$LAB/resolver.log" 2>&1 &
+    echo $! >"$pidfile"
+}
+
+prepare_host() {
+    local i=$1 dir=$LAB/h$1 root
+    root=$dir/root
+    mkdir -p "$dir/upper" "$dir/work" "$root"
+    mountpoint -q "$root" || mount -t overlay overlay -o "lowerdir=$ROOTFS,upperdir=$dir/upper,workdir=$dir/work" "$root"
+    if [ ! -s "$root/etc/machine-id" ]; then
+        # A fresh identity per host: machine-id, SSH host keys, hostname, the lab's key.
+        tr -d '-' </proc/sys/kernel/random/uuid >"$root/etc/machine-id"
+        ssh-keygen -A -f "$root" >/dev/null
+        echo "lab$i" >"$root/etc/hostname"
+        install -d -m 700 "$root/root/.ssh"
+        install -m 600 "$KEY.pub" "$root/root/.ssh/authorized_keys"
+        printf 'nameserver %s\n' "$RESOLVER_IP" >"$root/etc/resolv.conf"
+    fi
+}
+
+start_host() {
+    local i=$1 dir=$LAB/h$1 ns
+    ns=$(host_ns "$i")
+    if [ -f "$dir/nspawn.pid" ] && kill -0 "$(cat "$dir/nspawn.pid")" 2>/dev/null; then
+        note "host $i already running"; return
+    fi
+    attach_ns "$ns" "$(host_ip "$i")" "jl-h$i"
+    prepare_host "$i"
+    systemd-nspawn --quiet --register=no --keep-unit --resolv-conf=off --timezone=off -D "$dir/root" -M "lab$i" \
+        --network-namespace-path="/run/netns/$ns" --capability=CAP_NET_ADMIN -b >"$dir/console.log" 2>&1 &
+    echo $! >"$dir/nspawn.pid"
+}
+
+lab_ssh() {
+    local i=$1; shift
+    ssh -i "$KEY" -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+        -o LogLevel=ERROR -o ConnectTimeout=3 "root@$(host_ip "$i")" "$@"
+}
+
+wait_ssh() {
+    local i=$1 t0=$SECONDS
+    until lab_ssh "$i" true 2>/dev/null; do
+        kill -0 "$(cat "$LAB/h$i/nspawn.pid")" 2>/dev/null \
+            || die "host $i exited while booting (see $LAB/h$i/console.log)" "run lab/lab.sh down, then up again"
+        [ $((SECONDS - t0)) -lt 90 ] || die "host $i ($(host_ip "$i")) did not answer SSH within 90 s" "see $LAB/h$i/console.log"
+        sleep 1
+    done
+}
+
+up() {
+    local n=${1:-3}
+    [ "$n" -ge 1 ] && [ "$n" -le 50 ] || die "host count '$n' out of range" "use 1-50"
+    check_prereqs
+    build_rootfs
+    mkdir -p "$LAB"
+    [ -f "$KEY" ] || { step "ssh: lab key $KEY"; ssh-keygen -q -t ed25519 -N '' -C jiji-lab -f "$KEY"; }
+    ensure_bridge
+    start_resolver
+    for ((i = 0; i < n; i++)); do step "host $i: booting at $(host_ip "$i")"; start_host "$i"; done
+    for ((i = 0; i < n; i++)); do wait_ssh "$i"; note "host $i: ssh ready ($(lab_ssh "$i" 'systemctl is-system-running' 2>/dev/null || true))"; done
+    echo "$n" >"$LAB/hosts"
+    step "lab up: $n hosts; key $KEY"
+}
+
+down() {
+    need_root "network namespaces and systemd-nspawn"
+    step "lab down"
+    local dir i pid
+    for dir in "$LAB"/h*; do
+        [ -d "$dir" ] || continue
+        i=${dir##*/h}
+        if [ -f "$dir/nspawn.pid" ]; then
+            pid=$(cat "$dir/nspawn.pid")
+            if kill -0 "$pid" 2>/dev/null; then
+                note "host $i: powering off"
+                kill -TERM "$pid"   # nspawn asks the host's systemd to power off
+                for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+                kill -0 "$pid" 2>/dev/null && { note "host $i: still up, killing"; kill -KILL "$pid"; sleep 1; }
+            fi
+        fi
+        mountpoint -q "$dir/root" && umount "$dir/root"
+        ip link del "jl-h$i" 2>/dev/null || true
+        ip netns del "$(host_ns "$i")" 2>/dev/null || true
+    done
+    if [ -f "$LAB/resolver.pid" ]; then
+        kill "$(cat "$LAB/resolver.pid")" 2>/dev/null || true
+    fi
+    ip link del jl-dns 2>/dev/null || true
+    ip netns del "$RESOLVER_NS" 2>/dev/null || true
+    ip link del "$BRIDGE" 2>/dev/null || true
+    rm -rf "$LAB"
+    step "lab down: nothing left"
+}
+
+status() {
+    [ -f "$LAB/hosts" ] || { echo "lab: down"; return; }
+    local n i
+    n=$(cat "$LAB/hosts")
+    for ((i = 0; i < n; i++)); do
+        printf 'host %d %s: %s\n' "$i" "$(host_ip "$i")" "$(lab_ssh "$i" 'systemctl is-system-running' 2>/dev/null || echo unreachable)"
+    done
+}
+
+case "${1:-}" in
+    up) up "${2:-3}" ;;
+    down) down ;;
+    status) status ;;
+    ssh) shift; lab_ssh "$@" ;;
+    rootfs) check_prereqs; build_rootfs ;;
+    *) die "usage: lab/lab.sh up [N] | down | status | ssh I CMD" "pick one of those" ;;
+esac
