@@ -4,7 +4,7 @@
 #   venv       the project's Python virtualenv (.venv) from pyproject.toml
 #   corrosion  a Corrosion-compatible node (crates.io `klukai`, binary `corrosion`) for the lab
 #   pulumi     the Pulumi CLI, its Python language host and the command provider
-# With no argument it does all of them, in that order.
+# With no argument it does all of them, in that order; several parts may be named.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
@@ -117,11 +117,14 @@ install_pulumi() {
                "install pulumi-resource-command $PULUMI_COMMAND_VERSION with 'pulumi plugin install resource command $PULUMI_COMMAND_VERSION'"
 }
 
-case "${1:-all}" in
-    packages) install_packages ;;
-    venv) install_venv ;;
-    corrosion) install_corrosion ;;
-    pulumi) install_pulumi ;;
-    all) install_packages; install_venv; install_corrosion; install_pulumi ;;
-    *) die "unknown part '$1'" "use one of: packages venv corrosion pulumi all" ;;
-esac
+[ $# -gt 0 ] || set -- all
+for part in "$@"; do
+    case "$part" in
+        packages) install_packages ;;
+        venv) install_venv ;;
+        corrosion) install_corrosion ;;
+        pulumi) install_pulumi ;;
+        all) install_packages; install_venv; install_corrosion; install_pulumi ;;
+        *) die "unknown part '$part'" "use any of: packages venv corrosion pulumi all" ;;
+    esac
+done

@@ -1,0 +1,42 @@
+# The two set-up commands of the README, and the steps they are made of.
+SHELL := /bin/bash
+STACK ?= lab
+HOSTS ?= 3
+JIJI_CACHE ?= /var/cache/jiji-net
+VENV := .venv
+# A fully offline Pulumi: local state in an ignored directory, no update check, no plugin download.
+PULUMI_ENV := PULUMI_BACKEND_URL=file://$(CURDIR)/.lab/state PULUMI_CONFIG_PASSPHRASE= \
+	PULUMI_SKIP_UPDATE_CHECK=true PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true \
+	PULUMI_HOME=$(JIJI_CACHE)/pulumi/home PATH=$(JIJI_CACHE)/pulumi/v$$(. lab/versions.env; echo $$PULUMI_VERSION)/bin:$$PATH
+
+.PHONY: test up lab-up lab-down toolchain bench-dns lint
+
+## test: install what the tests need (cached), then run every test
+test:
+	bash lab/toolchain.sh packages venv corrosion
+	$(VENV)/bin/python -m pytest
+
+## up: the main job: toolchain, lab hosts, then `pulumi up` of the lab stack
+up: toolchain lab-up
+	mkdir -p .lab/state
+	$(PULUMI_ENV) pulumi stack select --create $(STACK)
+	$(PULUMI_ENV) pulumi config set --secret sshPrivateKey --stack $(STACK) < .lab/lab/id_ed25519
+	$(PULUMI_ENV) pulumi up --yes --stack $(STACK)
+
+toolchain:
+	bash lab/toolchain.sh all
+
+lab-up:
+	bash lab/lab.sh up $(HOSTS)
+
+lab-down:
+	bash lab/lab.sh down
+
+## bench-dns: jiji-dns against dnsmasq (queries/s, CPU per query), change latency, snapshot load
+bench-dns:
+	bash lab/toolchain.sh packages venv corrosion
+	$(VENV)/bin/python bench/dns.py
+
+lint:
+	$(VENV)/bin/ruff check hostbin tests bench components __main__.py
+	$(VENV)/bin/mypy hostbin/jiji_dns

@@ -1,0 +1,1 @@
+"""jiji-net's ComponentResources and the pure planning and rendering they wire."""

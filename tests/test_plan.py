@@ -1,0 +1,146 @@
+"""Address plan, validation, endpoints and peers (pure), and rendered files against golden copies."""
+
+from __future__ import annotations
+
+import os
+import time
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from components.model import CorrosionSource, MeshSettings, Server
+from components.plan import ConfigError, endpoint_for, peers_of, plan_addresses, validate
+from components.render import corrosion_config, wireguard_config
+
+GOLDEN = Path(__file__).parent / "golden"
+LOCAL = CorrosionSource(local_path="/cache/corrosion")
+
+
+def servers(n: int = 3) -> list[Server]:
+    return [Server(name=f"web{i}", host=f"198.18.0.{10 + i}", index=i, endpoint=f"198.18.0.{10 + i}") for i in range(n)]
+
+
+def settings(**kw: object) -> MeshSettings:
+    values: dict[str, object] = {"corrosion": LOCAL, "container_engine": "none", **kw}
+    return MeshSettings(**values)  # type: ignore[arg-type]
+
+
+def test_server_n_gets_the_nth_subnet_and_its_first_host() -> None:
+    plans = plan_addresses(settings(), [Server(name="a", host="h1", index=0, endpoint="203.0.113.1"),
+                                        Server(name="b", host="h2", index=7, endpoint="203.0.113.2")])
+    assert plans["a"].subnet == "10.210.0.0/24" and plans["a"].mesh_address == "10.210.0.1"
+    assert plans["b"].subnet == "10.210.7.0/24" and plans["b"].mesh_address == "10.210.7.1"
+    assert plans["b"].container_range == "10.210.7.2-10.210.7.254"
+
+
+def test_other_prefix_lengths() -> None:
+    plans = plan_addresses(settings(cluster_cidr="10.0.0.0/8", subnet_prefix_len=20),
+                           [Server(name="a", host="h", index=3, endpoint="203.0.113.1")])
+    assert plans["a"].subnet == "10.0.48.0/20" and plans["a"].container_last == "10.0.63.254"
+
+
+def test_removing_a_server_renumbers_nobody() -> None:
+    before = plan_addresses(settings(), servers(4))
+    after = plan_addresses(settings(), [s for s in servers(4) if s.index != 1])
+    assert {k: v for k, v in before.items() if k != "web1"} == after
+
+
+@pytest.mark.parametrize(("change", "fragment"), [
+    ({"cluster_cidr": "10.210.0.0/33"}, "cluster_cidr: '10.210.0.0/33' is not a CIDR"),
+    ({"cluster_cidr": "10.210.0.5/16"}, "has host bits set; use 10.210.0.0/16"),
+    ({"subnet_prefix_len": 16}, "subnet_prefix_len: 16 must be longer than the cluster prefix /16"),
+    ({"subnet_prefix_len": 31}, "leaves no room for containers"),
+    ({"container_engine": "lxc"}, "container_engine: 'lxc' is not one of docker, podman, none"),
+    ({"mtu": 9000}, "mtu: 9000 is outside 1280-1500"),
+    ({"corrosion": CorrosionSource(url="https://example.invalid/c.tgz")}, "corrosion.sha256"),
+    ({"corrosion": CorrosionSource()}, "set exactly one of corrosion.url"),
+])
+def test_bad_settings_are_named_with_a_fix(change: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        validate(settings(**change), servers())
+    assert fragment in str(err.value)
+
+
+def test_bad_servers_are_named_with_a_fix() -> None:
+    bad = [
+        Server(name="a", host="h1", index=0, endpoint="203.0.113.1"),
+        Server(name="a", host="h1", index=0, endpoint="203.0.113.1"),
+        Server(name="c", host="h3", index=300, endpoint="10.210.5.5"),
+        Server(name="d", host="h4", index=4),
+        Server(name="e_x", host="h5", index=5, endpoint="not-an-ip", port=70000),
+    ]
+    with pytest.raises(ConfigError) as err:
+        validate(settings(), bad)
+    text = str(err.value)
+    for fragment in ["name 'a' is used by both", "index 0 is used by both", "host 'h1' is used by both",
+                     "endpoint '203.0.113.1' is used by both", "servers[c].index: 300 is out of range 0-255",
+                     "servers[c].endpoint: 10.210.5.5 is inside cluster_cidr", "servers[d]: neither endpoint",
+                     "servers[e_x].endpoint: 'not-an-ip' is not an IP address", "servers[e_x].port: 70000",
+                     "name 'e_x' must be letters, digits and '-'"]:
+        assert fragment in text, fragment
+
+
+def test_more_servers_than_subnets() -> None:
+    many = [Server(name=f"s{i}", host=f"h{i}", index=i, endpoint=f"203.0.113.{i + 1}") for i in range(5)]
+    with pytest.raises(ConfigError) as err:
+        validate(settings(cluster_cidr="10.210.0.0/22"), many)
+    assert "5 servers but 10.210.0.0/22 holds only 4 /24 subnets" in str(err.value)
+
+
+def test_endpoint_prefers_a_shared_private_network() -> None:
+    a = Server(name="a", host="h1", index=0, endpoint="203.0.113.1", private_address="10.0.1.5")
+    b = Server(name="b", host="h2", index=1, endpoint="203.0.113.2", private_address="10.0.1.6")
+    c = Server(name="c", host="h3", index=2, endpoint="100.64.3.3:41820", private_address="10.9.9.9")
+    assert endpoint_for(a, b, 51820) == "10.0.1.6:51820"
+    assert endpoint_for(a, c, 51820) == "100.64.3.3:41820"  # other private network: its own endpoint
+    assert endpoint_for(c, a, 51820) == "203.0.113.1:51820"
+
+
+def test_peers_are_every_other_server_in_index_order() -> None:
+    ss = servers(4)
+    plans = plan_addresses(settings(), ss)
+    peers = peers_of(ss[2], list(reversed(ss)), plans, 51820)
+    assert [(p.name, p.subnet, p.endpoint) for p in peers] == [
+        ("web0", "10.210.0.0/24", "198.18.0.10:51820"),
+        ("web1", "10.210.1.0/24", "198.18.0.11:51820"),
+        ("web3", "10.210.3.0/24", "198.18.0.13:51820"),
+    ]
+
+
+def golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("JIJI_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text(), f"{name} differs from its golden copy (JIJI_UPDATE_GOLDEN=1 to accept)"
+
+
+def test_wireguard_config_golden_and_secret_free() -> None:
+    ss = servers(3)
+    plans = plan_addresses(settings(), ss)
+    keys = {s.name: f"PUBKEY{s.index}" + "A" * 37 + "=" for s in ss}
+    text = wireguard_config(settings(), plans["web1"], peers_of(ss[1], ss, plans, 51820), keys)
+    golden("web1-jiji0.conf", text)
+    assert "PrivateKey" not in text
+
+
+def test_corrosion_config_golden() -> None:
+    ss = servers(3)
+    plans = plan_addresses(settings(), ss)
+    golden("web0-corrosion.toml", corrosion_config(settings(), plans["web0"], [plans["web1"], plans["web2"]]))
+
+
+def test_256_server_plan_renders_65280_peer_entries_quickly() -> None:
+    # Not a speed test (bench/ has those): a guard against quadratic work per peer entry.
+    ss = [Server(name=f"s{i}", host=f"h{i}", index=i, endpoint=f"203.0.{i // 250}.{i % 250 + 1}") for i in range(256)]
+    st = settings()
+    validate(st, ss)
+    tracemalloc.start()
+    started = time.process_time()
+    plans = plan_addresses(st, ss)
+    keys = {s.name: "K" * 43 + "=" for s in ss}
+    entries = sum(wireguard_config(st, plans[s.name], peers_of(s, ss, plans, 51820), keys).count("[Peer]") for s in ss)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert entries == 256 * 255
+    assert time.process_time() - started < 60 and peak < 200 * 2**20
