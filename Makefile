@@ -20,7 +20,7 @@ test:
 up: toolchain lab-up
 	mkdir -p .lab/state
 	$(PULUMI_ENV) pulumi stack select --create $(STACK)
-	$(PULUMI_ENV) pulumi config set --secret sshPrivateKey --stack $(STACK) < .lab/lab/id_ed25519
+	$(PULUMI_ENV) pulumi config set --secret ssh_private_key --stack $(STACK) < .lab/lab/id_ed25519
 	$(PULUMI_ENV) pulumi up --yes --stack $(STACK)
 
 toolchain:
