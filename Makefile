@@ -39,4 +39,4 @@ bench-dns:
 
 lint:
 	$(VENV)/bin/ruff check hostbin tests bench components __main__.py
-	$(VENV)/bin/mypy hostbin/jiji_dns
+	$(VENV)/bin/mypy hostbin/jiji_dns components

@@ -10,13 +10,16 @@ plans = plan_addresses(settings, servers)
 
 pulumi.export("cluster_cidr", settings.cluster_cidr)
 pulumi.export("domain", settings.domain)
-pulumi.export("servers", {
-    name: {
-        "index": p.index,
-        "subnet": p.subnet,
-        "mesh_address": p.mesh_address,
-        "container_range": p.container_range,
-        "dns_address": p.mesh_address,
-    }
-    for name, p in plans.items()
-})
+pulumi.export(
+    "servers",
+    {
+        name: {
+            "index": p.index,
+            "subnet": p.subnet,
+            "mesh_address": p.mesh_address,
+            "container_range": p.container_range,
+            "dns_address": p.mesh_address,
+        }
+        for name, p in plans.items()
+    },
+)

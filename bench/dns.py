@@ -42,9 +42,27 @@ def peak_rss_mb(pid: int) -> float:
 def dnsperf(port: int, datafile: Path, seconds: int) -> tuple[float, int, int]:
     """(queries/s, completed, lost) of one bounded dnsperf run from core 1."""
     out = subprocess.run(
-        ["taskset", "-c", "1", "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(datafile),
-         "-l", str(seconds), "-q", "200", "-t", "2"],
-        capture_output=True, text=True, timeout=seconds + 60,
+        [
+            "taskset",
+            "-c",
+            "1",
+            "dnsperf",
+            "-s",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-d",
+            str(datafile),
+            "-l",
+            str(seconds),
+            "-q",
+            "200",
+            "-t",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
     ).stdout
     qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     completed = int(re.search(r"Queries completed:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
@@ -96,10 +114,19 @@ def bench_qps(work: Path, pyz: Path, node: harness.CorrosionNode, names: int, se
             hosts_lines.append(f"{ip} shop-svc{i}.jiji\n")
             stmts.append((f"b{i}-{j}", "shop", f"svc{i}", f"s{j}", ip))
     for k in range(0, len(stmts), 1000):
-        node.execute(*[["INSERT INTO services (project, name) VALUES (?, ?) ON CONFLICT DO NOTHING", [p, s]]
-                       for _, p, s, _, _ in stmts[k:k + 1000]],
-                     *[["INSERT INTO containers (id, project, service, server_id, ip, started_at) VALUES (?,?,?,?,?,1)",
-                        [cid, p, s, srv, ip]] for cid, p, s, srv, ip in stmts[k:k + 1000]])
+        node.execute(
+            *[
+                ["INSERT INTO services (project, name) VALUES (?, ?) ON CONFLICT DO NOTHING", [p, s]]
+                for _, p, s, _, _ in stmts[k : k + 1000]
+            ],
+            *[
+                [
+                    "INSERT INTO containers (id, project, service, server_id, ip, started_at) VALUES (?,?,?,?,?,1)",
+                    [cid, p, s, srv, ip],
+                ]
+                for cid, p, s, srv, ip in stmts[k : k + 1000]
+            ],
+        )
     hosts = work / "bench-hosts"
     hosts.write_text("".join(hosts_lines))
     upstream = harness.Dnsmasq(work, {f"fwd{i}.upstream.test": f"198.51.100.{i % 250 + 1}" for i in range(100)})
@@ -109,13 +136,41 @@ def bench_qps(work: Path, pyz: Path, node: harness.CorrosionNode, names: int, se
         "forwarded": write_queries(work / "q-fwd", [f"fwd{i}.upstream.test" for i in range(100)]),
     }
     jport, mport = harness.free_port(socket.SOCK_DGRAM), harness.free_port(socket.SOCK_DGRAM)
-    jiji = start_pinned([sys.executable, str(pyz), "--listen", f"127.0.0.1:{jport}", "--corrosion-api", node.api,
-                         "--upstream", upstream.address, "--stats-socket", "none"], work / "bench-jiji.log")
+    jiji = start_pinned(
+        [
+            sys.executable,
+            str(pyz),
+            "--listen",
+            f"127.0.0.1:{jport}",
+            "--corrosion-api",
+            node.api,
+            "--upstream",
+            upstream.address,
+            "--stats-socket",
+            "none",
+        ],
+        work / "bench-jiji.log",
+    )
     # cache-size=0: dnsmasq forwards every query, as jiji-dns does (neither caches upstream answers).
-    dnsmasq = start_pinned(["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", f"--addn-hosts={hosts}",
-                            "--local=/jiji/", f"--server=127.0.0.1#{upstream.port}", "--listen-address=127.0.0.1",
-                            "--bind-interfaces", f"--port={mport}", "--pid-file=", "--user=root", "--cache-size=0",
-                            "--dns-forward-max=1000"], work / "bench-dnsmasq.log")
+    dnsmasq = start_pinned(
+        [
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            f"--addn-hosts={hosts}",
+            "--local=/jiji/",
+            f"--server=127.0.0.1#{upstream.port}",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            f"--port={mport}",
+            "--pid-file=",
+            "--user=root",
+            "--cache-size=0",
+            "--dns-forward-max=1000",
+        ],
+        work / "bench-dnsmasq.log",
+    )
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(0.5)
@@ -171,19 +226,39 @@ def bench_change_latency(work: Path, pyz: Path, node: harness.CorrosionNode, rou
 def bench_snapshot(work: Path, pyz: Path, total: int) -> None:
     servers = 256
     per_server = max(1, total // servers)
-    print(f"\n== snapshot load: {servers * per_server} containers ({servers} servers x {per_server}),"
-          f" {per_server} services, one instance name per container")
+    print(
+        f"\n== snapshot load: {servers * per_server} containers ({servers} servers x {per_server}),"
+        f" {per_server} services, one instance name per container"
+    )
     node = harness.CorrosionNode(work / "corrosion-snapshot")
     try:
         batch = []
         for srv in range(servers):
             for k in range(per_server):
-                batch.append([f"x{srv}-{k}", "big", f"svc{k}", f"srv{srv}", f"10.{210 + srv // 256}.{srv % 256}.{k + 2}",
-                              f"i{srv}"])
-        node.execute(*[["INSERT INTO services (project, name) VALUES ('big', ?)", [f"svc{k}"]] for k in range(per_server)])
+                batch.append(
+                    [
+                        f"x{srv}-{k}",
+                        "big",
+                        f"svc{k}",
+                        f"srv{srv}",
+                        f"10.{210 + srv // 256}.{srv % 256}.{k + 2}",
+                        f"i{srv}",
+                    ]
+                )
+        node.execute(
+            *[["INSERT INTO services (project, name) VALUES ('big', ?)", [f"svc{k}"]] for k in range(per_server)]
+        )
         for k in range(0, len(batch), 4000):
-            node.execute(*[["INSERT INTO containers (id, project, service, server_id, ip, instance_id, started_at)"
-                            " VALUES (?,?,?,?,?,?,1)", row] for row in batch[k:k + 4000]])
+            node.execute(
+                *[
+                    [
+                        "INSERT INTO containers (id, project, service, server_id, ip, instance_id, started_at)"
+                        " VALUES (?,?,?,?,?,?,1)",
+                        row,
+                    ]
+                    for row in batch[k : k + 4000]
+                ]
+            )
         t0 = time.perf_counter()
         d = harness.DnsDaemon(pyz, work, node.api)
         try:
@@ -191,9 +266,11 @@ def bench_snapshot(work: Path, pyz: Path, total: int) -> None:
             ready_s = time.perf_counter() - t0
             load_ms = re.search(r"event=snapshot_loaded containers=(\d+) names=(\d+) load_ms=([\d.]+)", d.log())
             assert load_ms is not None
-            print(f"containers {load_ms.group(1)}, names {load_ms.group(2)}: table built in {float(load_ms.group(3)):.0f} ms;"
-                  f" start to ready (process start, stream, build) {ready_s:.2f} s; peak RSS {peak_rss_mb(d.proc.pid):.0f} MB"
-                  f" (targets: < 2 s, < 150 MB)")
+            print(
+                f"containers {load_ms.group(1)}, names {load_ms.group(2)}: table built in {float(load_ms.group(3)):.0f} ms;"
+                f" start to ready (process start, stream, build) {ready_s:.2f} s; peak RSS {peak_rss_mb(d.proc.pid):.0f} MB"
+                f" (targets: < 2 s, < 150 MB)"
+            )
         finally:
             d.close()
     finally:

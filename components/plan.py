@@ -13,6 +13,7 @@ import netaddr
 
 from .model import CONTAINER_ENGINES, MeshSettings, Server
 
+
 class ConfigError(ValueError):
     """Bad stack configuration; every line names the setting, the bad value and the fix."""
 
@@ -66,20 +67,28 @@ def validate(settings: MeshSettings, servers: list[Server]) -> None:
         elif cluster.ip != cluster.network:
             problems.append(f"cluster_cidr: {settings.cluster_cidr} has host bits set; use {cluster.cidr}")
         elif not settings.subnet_prefix_len > cluster.prefixlen:
-            problems.append(f"subnet_prefix_len: {settings.subnet_prefix_len} must be longer than the cluster prefix"
-                            f" /{cluster.prefixlen}; use e.g. {min(cluster.prefixlen + 8, 30)}")
+            problems.append(
+                f"subnet_prefix_len: {settings.subnet_prefix_len} must be longer than the cluster prefix"
+                f" /{cluster.prefixlen}; use e.g. {min(cluster.prefixlen + 8, 30)}"
+            )
         elif settings.subnet_prefix_len > 30:
-            problems.append(f"subnet_prefix_len: /{settings.subnet_prefix_len} leaves no room for containers"
-                            " (a subnet needs the mesh address and at least one container); use 30 or less")
+            problems.append(
+                f"subnet_prefix_len: /{settings.subnet_prefix_len} leaves no room for containers"
+                " (a subnet needs the mesh address and at least one container); use 30 or less"
+            )
         else:
             count = subnet_count(settings)
             if len(servers) > count:
-                problems.append(f"servers: {len(servers)} servers but {settings.cluster_cidr} holds only {count}"
-                                f" /{settings.subnet_prefix_len} subnets; widen cluster_cidr or lengthen subnet_prefix_len")
+                problems.append(
+                    f"servers: {len(servers)} servers but {settings.cluster_cidr} holds only {count}"
+                    f" /{settings.subnet_prefix_len} subnets; widen cluster_cidr or lengthen subnet_prefix_len"
+                )
             for s in servers:
                 if not 0 <= s.index < count:
-                    problems.append(f"servers[{s.name}].index: {s.index} is out of range 0-{count - 1}"
-                                    f" for {settings.cluster_cidr} in /{settings.subnet_prefix_len} subnets")
+                    problems.append(
+                        f"servers[{s.name}].index: {s.index} is out of range 0-{count - 1}"
+                        f" for {settings.cluster_cidr} in /{settings.subnet_prefix_len} subnets"
+                    )
     _unique(servers, "name", problems)
     _unique(servers, "index", problems)
     _unique(servers, "host", problems)
@@ -90,19 +99,31 @@ def validate(settings: MeshSettings, servers: list[Server]) -> None:
         if not 0 < s.port < 65536:
             problems.append(f"servers[{s.name}].port: {s.port} is not a TCP port; use 1-65535 (usually 22)")
         if s.endpoint is None and s.private_address is None:
-            problems.append(f"servers[{s.name}]: neither endpoint nor private_address is set; peers need one to reach it")
+            problems.append(
+                f"servers[{s.name}]: neither endpoint nor private_address is set; peers need one to reach it"
+            )
         for field in ("endpoint", "private_address"):
             value = getattr(s, field)
-            if value is not None and _address(value, f"servers[{s.name}].{field}", problems) is not None and cluster is not None:
+            if (
+                value is not None
+                and _address(value, f"servers[{s.name}].{field}", problems) is not None
+                and cluster is not None
+            ):
                 if netaddr.IPAddress(_host_part(value)) in cluster:
-                    problems.append(f"servers[{s.name}].{field}: {value} is inside cluster_cidr {settings.cluster_cidr};"
-                                    " the underlay and the overlay must not overlap")
+                    problems.append(
+                        f"servers[{s.name}].{field}: {value} is inside cluster_cidr {settings.cluster_cidr};"
+                        " the underlay and the overlay must not overlap"
+                    )
     if settings.container_engine not in CONTAINER_ENGINES:
         problems.append(f"container_engine: {settings.container_engine!r} is not one of {', '.join(CONTAINER_ENGINES)}")
     if not 1280 <= settings.mtu <= 1500:
         problems.append(f"mtu: {settings.mtu} is outside 1280-1500; WireGuard in a 1500-byte network wants 1420")
-    ports = {"wireguard_port": settings.wireguard_port, "gossip_port": settings.gossip_port,
-             "api_port": settings.api_port, "dns_port": settings.dns_port}
+    ports = {
+        "wireguard_port": settings.wireguard_port,
+        "gossip_port": settings.gossip_port,
+        "api_port": settings.api_port,
+        "dns_port": settings.dns_port,
+    }
     for key, port in ports.items():
         if not 0 < port < 65536:
             problems.append(f"{key}: {port} is not a port; use 1-65535")
@@ -175,7 +196,9 @@ def _unique(servers: list[Server], field: str, problems: list[str]) -> None:
         if field in ("endpoint", "host") and isinstance(value, str):
             value = _host_part(value)
         if value in seen:
-            problems.append(f"servers: {field} {value!r} is used by both {seen[value]!r} and {s.name!r}; each server needs its own")
+            problems.append(
+                f"servers: {field} {value!r} is used by both {seen[value]!r} and {s.name!r}; each server needs its own"
+            )
         else:
             seen[value] = s.name
 

@@ -33,8 +33,10 @@ def wireguard_config(settings: MeshSettings, plan: ServerPlan, peers: list[Peer]
         mtu=settings.mtu,
         key_path=KEY_PATH,
         keepalive=settings.keepalive,
-        peers=[{"name": p.name, "subnet": p.subnet, "endpoint": p.endpoint, "public_key": public_keys[p.name]}
-               for p in peers],
+        peers=[
+            {"name": p.name, "subnet": p.subnet, "endpoint": p.endpoint, "public_key": public_keys[p.name]}
+            for p in peers
+        ],
     )
 
 

@@ -32,10 +32,18 @@ def servers_from(raw: Any) -> list[Server]:
         if unknown or missing:
             continue
         try:
-            out.append(Server(name=str(item["name"]), host=str(item["host"]), index=int(item["index"]),
-                              port=int(item.get("port", 22)), user=str(item.get("user", "root")),
-                              endpoint=item.get("endpoint"), private_address=item.get("private_address"),
-                              host_key=item.get("host_key")))
+            out.append(
+                Server(
+                    name=str(item["name"]),
+                    host=str(item["host"]),
+                    index=int(item["index"]),
+                    port=int(item.get("port", 22)),
+                    user=str(item.get("user", "root")),
+                    endpoint=item.get("endpoint"),
+                    private_address=item.get("private_address"),
+                    host_key=item.get("host_key"),
+                )
+            )
         except (TypeError, ValueError) as e:
             problems.append(f"servers[{i}]: {e}; index and port are whole numbers")
     if problems:
@@ -55,11 +63,16 @@ def load() -> tuple[MeshSettings, list[Server], pulumi.Output[str]]:
         domain=cfg.get("domain") or MeshSettings.domain,
         dns_ttl=cfg.get_int("dns_ttl") or MeshSettings.dns_ttl,
         container_engine=cfg.get("container_engine") or MeshSettings.container_engine,
-        corrosion=CorrosionSource(url=cfg.get("corrosion_url") or None, sha256=cfg.get("corrosion_sha256") or None,
-                                  local_path=cfg.get("corrosion_local_path") or None),
+        corrosion=CorrosionSource(
+            url=cfg.get("corrosion_url") or None,
+            sha256=cfg.get("corrosion_sha256") or None,
+            local_path=cfg.get("corrosion_local_path") or None,
+        ),
     )
     validate(settings, servers)
     key = cfg.get_secret("ssh_private_key")
     if key is None:
-        raise ConfigError(["ssh_private_key: missing; set it with `pulumi config set --secret ssh_private_key < KEYFILE`"])
+        raise ConfigError(
+            ["ssh_private_key: missing; set it with `pulumi config set --secret ssh_private_key < KEYFILE`"]
+        )
     return settings, servers, key

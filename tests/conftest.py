@@ -22,8 +22,11 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def pyz(workdir: Path) -> Path:
     out = workdir / "jiji-dns.pyz"
-    subprocess.run([sys.executable, str(harness.REPO / "hostbin" / "build_zipapp.py"), str(out)], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, str(harness.REPO / "hostbin" / "build_zipapp.py"), str(out)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return out
 
 
@@ -42,10 +45,12 @@ def corrosion(workdir: Path) -> Iterator[harness.CorrosionNode]:
 
 
 @pytest.fixture(scope="session")
-def daemon(pyz: Path, workdir: Path, corrosion: harness.CorrosionNode,
-           upstream: harness.Dnsmasq) -> Iterator[harness.DnsDaemon]:
-    d = harness.DnsDaemon(pyz, workdir, corrosion.api, upstreams=[upstream.address],
-                          extra=["--recursion-from", "127.0.0.0/8"])
+def daemon(
+    pyz: Path, workdir: Path, corrosion: harness.CorrosionNode, upstream: harness.Dnsmasq
+) -> Iterator[harness.DnsDaemon]:
+    d = harness.DnsDaemon(
+        pyz, workdir, corrosion.api, upstreams=[upstream.address], extra=["--recursion-from", "127.0.0.0/8"]
+    )
     d.wait_ready()
     yield d
     d.close()
@@ -65,7 +70,9 @@ def dig(port: int, name: str, qtype: str = "A", *options: str, server: str = "12
     """Ask with the real `dig` and parse its presentation output."""
     out = subprocess.run(
         ["dig", f"@{server}", "-p", str(port), "+tries=1", "+time=3", "+nocookie", name, qtype, *options],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     ).stdout
     status = re.search(r"status: (\w+)", out)
     flags = re.search(r";; flags: ([a-z ]*);", out)

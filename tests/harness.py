@@ -28,7 +28,8 @@ def corrosion_binary() -> Path:
     if explicit:
         return Path(explicit)
     versions = dict(
-        line.split("=", 1) for line in (REPO / "lab" / "versions.env").read_text().splitlines()
+        line.split("=", 1)
+        for line in (REPO / "lab" / "versions.env").read_text().splitlines()
         if "=" in line and not line.startswith("#")
     )
     cache = Path(os.environ.get("JIJI_CACHE", "/var/cache/jiji-net"))
@@ -95,7 +96,9 @@ class CorrosionNode:
     def start(self) -> None:
         log = open(self.dir / "agent.log", "ab")
         env = dict(os.environ, TMPDIR=str(self.dir), RUST_LOG=os.environ.get("RUST_LOG", "warn"))
-        self.proc = subprocess.Popen([str(self.binary), "agent", "-c", str(self.config)], stdout=log, stderr=log, env=env)
+        self.proc = subprocess.Popen(
+            [str(self.binary), "agent", "-c", str(self.config)], stdout=log, stderr=log, env=env
+        )
         log.close()
         wait_until(lambda: self.query("SELECT 1") == [[1]], 30, f"corrosion API on {self.api}")
 
@@ -110,8 +113,10 @@ class CorrosionNode:
 
     def _post(self, path: str, body: Any, timeout: float = 10) -> bytes:
         req = urllib.request.Request(
-            f"http://{self.api}{path}", data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"}, method="POST",
+            f"http://{self.api}{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
         )
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             data: bytes = resp.read()
@@ -132,16 +137,27 @@ class CorrosionNode:
                 raise RuntimeError(event["error"])
         return rows
 
-    def add_container(self, cid: str, project: str, service: str, server: str, ip: str,
-                      started_at: int = 1, instance: str = "", health: str = "healthy") -> None:
+    def add_container(
+        self,
+        cid: str,
+        project: str,
+        service: str,
+        server: str,
+        ip: str,
+        started_at: int = 1,
+        instance: str = "",
+        health: str = "healthy",
+    ) -> None:
         self.execute(
             ["INSERT INTO services (project, name) VALUES (?, ?) ON CONFLICT DO NOTHING", [project, service]],
-            ["INSERT INTO containers (id, service, project, server_id, ip, health_status, started_at, instance_id)"
-             " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET service = excluded.service,"
-             " project = excluded.project, server_id = excluded.server_id, ip = excluded.ip,"
-             " health_status = excluded.health_status, started_at = excluded.started_at,"
-             " instance_id = excluded.instance_id",
-             [cid, service, project, server, ip, health, started_at, instance]],
+            [
+                "INSERT INTO containers (id, service, project, server_id, ip, health_status, started_at, instance_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET service = excluded.service,"
+                " project = excluded.project, server_id = excluded.server_id, ip = excluded.ip,"
+                " health_status = excluded.health_status, started_at = excluded.started_at,"
+                " instance_id = excluded.instance_id",
+                [cid, service, project, server, ip, health, started_at, instance],
+            ],
         )
 
     def close(self) -> None:
@@ -151,15 +167,35 @@ class CorrosionNode:
 class DnsDaemon:
     """jiji-dns from the built zipapp (what servers run), on loopback."""
 
-    def __init__(self, pyz: Path, workdir: Path, corrosion_api: str, upstreams: list[str] | None = None,
-                 extra: list[str] | None = None, python: str = sys.executable) -> None:
+    def __init__(
+        self,
+        pyz: Path,
+        workdir: Path,
+        corrosion_api: str,
+        upstreams: list[str] | None = None,
+        extra: list[str] | None = None,
+        python: str = sys.executable,
+    ) -> None:
         self.port = free_port(socket.SOCK_DGRAM)
         self.host = "127.0.0.1"
         self.stats_socket = workdir / f"stats-{self.port}.sock"
         self.log_path = workdir / f"jiji-dns-{self.port}.log"
-        args = [python, str(pyz), "--listen", f"127.0.0.1:{self.port}", "--corrosion-api", corrosion_api,
-                "--reconnect-interval", "200", "--stats-socket", str(self.stats_socket),
-                "--upstream", ",".join(upstreams or ["127.0.0.1:9"]), "--upstream-timeout", "1"]
+        args = [
+            python,
+            str(pyz),
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--corrosion-api",
+            corrosion_api,
+            "--reconnect-interval",
+            "200",
+            "--stats-socket",
+            str(self.stats_socket),
+            "--upstream",
+            ",".join(upstreams or ["127.0.0.1:9"]),
+            "--upstream-timeout",
+            "1",
+        ]
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(args + (extra or []), stdout=log, stderr=log)
         log.close()
@@ -193,10 +229,22 @@ class Dnsmasq:
         hosts_file = workdir / f"hosts-{self.port}"
         hosts_file.write_text("".join(f"{ip} {name}\n" for name, ip in hosts.items()))
         self.proc = subprocess.Popen(
-            ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", f"--addn-hosts={hosts_file}",
-             f"--local=/{domain}/", "--listen-address=127.0.0.1", "--bind-interfaces", f"--port={self.port}",
-             "--pid-file=", "--user=root", "--cache-size=0"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "dnsmasq",
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                f"--addn-hosts={hosts_file}",
+                f"--local=/{domain}/",
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+                f"--port={self.port}",
+                "--pid-file=",
+                "--user=root",
+                "--cache-size=0",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_until(lambda: _udp_port_bound(self.port), 10, "dnsmasq to listen")
 

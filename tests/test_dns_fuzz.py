@@ -10,9 +10,9 @@ import time
 import dns.message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from jiji_dns.responder import FORWARD, Responder
 from jiji_dns.table import Container
+
 from tests import harness
 from tests.conftest import dig
 
@@ -28,9 +28,15 @@ def loaded_responder() -> Responder:
 
 def seeds() -> list[bytes]:
     out = []
-    for name, qtype, edns in [("shop-api.jiji", "A", 0), ("SHOP-api-primary.jiji", "AAAA", -1),
-                              ("nope.jiji", "TXT", 0), ("example.test", "A", 0), ("jiji", "SOA", -1),
-                              ("_srv._tcp.shop-api.jiji", "SRV", 0), ("shop-api.jiji", "ANY", 0)]:
+    for name, qtype, edns in [
+        ("shop-api.jiji", "A", 0),
+        ("SHOP-api-primary.jiji", "AAAA", -1),
+        ("nope.jiji", "TXT", 0),
+        ("example.test", "A", 0),
+        ("jiji", "SOA", -1),
+        ("_srv._tcp.shop-api.jiji", "SRV", 0),
+        ("shop-api.jiji", "ANY", 0),
+    ]:
         q = dns.message.make_query(name, qtype, use_edns=edns, want_dnssec=edns == 0)
         out.append(q.to_wire())
     return out
@@ -43,7 +49,7 @@ def mutate(rng: random.Random, packet: bytes) -> bytes:
         if op == 0 and data:
             data[rng.randrange(len(data))] = rng.randrange(256)
         elif op == 1 and data:
-            del data[rng.randrange(len(data)):]
+            del data[rng.randrange(len(data)) :]
         elif op == 2:
             data.insert(rng.randrange(len(data) + 1), rng.randrange(256))
         elif op == 3 and len(data) > 12:
@@ -87,8 +93,11 @@ def test_100k_random_and_mutated_packets() -> None:
 
 
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(header=st.binary(min_size=12, max_size=12), labels=st.lists(st.binary(min_size=0, max_size=70), max_size=6),
-       tail=st.binary(max_size=40))
+@given(
+    header=st.binary(min_size=12, max_size=12),
+    labels=st.lists(st.binary(min_size=0, max_size=70), max_size=6),
+    tail=st.binary(max_size=40),
+)
 def test_structured_queries_never_escape(header: bytes, labels: list[bytes], tail: bytes) -> None:
     name = b"".join(bytes([len(label) & 0xFF]) + label for label in labels) + b"\x00"
     check(FUZZ_RESPONDER, header + name + tail, recursion=True, udp=True)

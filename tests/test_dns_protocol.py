@@ -32,8 +32,9 @@ def rows(corrosion: harness.CorrosionNode, daemon: harness.DnsDaemon) -> None:
     corrosion.add_container("c-sick", "shop", "worker", "s1", "10.210.0.3", 100, health="unhealthy")
     for i in range(MANY):
         corrosion.add_container(f"c-many-{i}", "shop", "many", f"s{i}", f"10.210.{i}.20", 1)
-    harness.wait_until(lambda: len(dig(daemon.port, "shop-many.jiji", "A", "+tcp").answers) == MANY, 10,
-                       "rows to reach jiji-dns")
+    harness.wait_until(
+        lambda: len(dig(daemon.port, "shop-many.jiji", "A", "+tcp").answers) == MANY, 10, "rows to reach jiji-dns"
+    )
 
 
 def ask(daemon: harness.DnsDaemon, name: str, qtype: str = "A", tcp: bool = False, **kw: object) -> dns.message.Message:
@@ -194,8 +195,13 @@ def udp_raw(daemon: harness.DnsDaemon, packet: bytes) -> bytes:
 @pytest.fixture
 def closed_daemon(pyz: Path, workdir: Path, corrosion: harness.CorrosionNode) -> Iterator[harness.DnsDaemon]:
     """Recursion allowed only from 10.0.0.0/8 (not us), upstream a port nobody answers."""
-    d = harness.DnsDaemon(pyz, workdir, corrosion.api, upstreams=[f"127.0.0.1:{harness.free_port(socket.SOCK_DGRAM)}"],
-                          extra=["--recursion-from", "10.0.0.0/8"])
+    d = harness.DnsDaemon(
+        pyz,
+        workdir,
+        corrosion.api,
+        upstreams=[f"127.0.0.1:{harness.free_port(socket.SOCK_DGRAM)}"],
+        extra=["--recursion-from", "10.0.0.0/8"],
+    )
     d.wait_ready()
     yield d
     d.close()
@@ -232,9 +238,22 @@ def test_servfail_not_nxdomain_before_the_first_snapshot(pyz: Path, workdir: Pat
 def test_ipv6_listener(pyz: Path, workdir: Path, corrosion: harness.CorrosionNode) -> None:
     port = harness.free_port(socket.SOCK_DGRAM)
     stats = workdir / f"v6-{port}.sock"
-    proc = subprocess.Popen([sys.executable, str(pyz), "--listen", f"[::1]:{port}", "--corrosion-api", corrosion.api,
-                             "--stats-socket", str(stats), "--upstream", "127.0.0.1:9"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(pyz),
+            "--listen",
+            f"[::1]:{port}",
+            "--corrosion-api",
+            corrosion.api,
+            "--stats-socket",
+            str(stats),
+            "--upstream",
+            "127.0.0.1:9",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         harness.wait_until(lambda: dig(port, "shop-api.jiji", server="::1").status == "NOERROR", 10, "v6 answers")
         assert len(dig(port, "shop-api.jiji", "A", "+tcp", server="::1").answers) == 2
@@ -244,15 +263,23 @@ def test_ipv6_listener(pyz: Path, workdir: Path, corrosion: harness.CorrosionNod
 
 
 def test_port_in_use_is_named_clearly(pyz: Path, daemon: harness.DnsDaemon) -> None:
-    out = subprocess.run([sys.executable, str(pyz), "--listen", f"127.0.0.1:{daemon.port}", "--stats-socket", "none"],
-                         capture_output=True, text=True, timeout=20)
+    out = subprocess.run(
+        [sys.executable, str(pyz), "--listen", f"127.0.0.1:{daemon.port}", "--stats-socket", "none"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert out.returncode == 1
     assert f"port {daemon.port} on 127.0.0.1 is already in use" in out.stderr
 
 
 def test_bad_settings_are_named_before_anything_binds(pyz: Path) -> None:
-    out = subprocess.run([sys.executable, str(pyz), "--listen", "10.210.0.1:53", "--ttl", "soon"],
-                         capture_output=True, text=True, timeout=20)
+    out = subprocess.run(
+        [sys.executable, str(pyz), "--listen", "10.210.0.1:53", "--ttl", "soon"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert out.returncode == 2 and "--ttl" in out.stderr
     out = subprocess.run([sys.executable, str(pyz)], capture_output=True, text=True, timeout=20)
     assert out.returncode == 2 and "--listen" in out.stderr and "0.0.0.0" in out.stderr

@@ -49,13 +49,25 @@ class ScriptedCorrosion:
         writer.close()
 
 
-def run_subscriber(scripts: list[tuple[int, list[dict[str, Any]]]], until: Any) -> tuple[Responder, Counters, list[str]]:
+def run_subscriber(
+    scripts: list[tuple[int, list[dict[str, Any]]]], until: Any
+) -> tuple[Responder, Counters, list[str]]:
     async def main() -> tuple[Responder, Counters, list[str]]:
         fake = ScriptedCorrosion(scripts)
         server = await asyncio.start_server(fake.handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        cfg = config_mod.load(["--listen", "127.0.0.1:5353", "--corrosion-api", f"127.0.0.1:{port}",
-                               "--reconnect-interval", "10", "--upstream", "127.0.0.1:9"])
+        cfg = config_mod.load(
+            [
+                "--listen",
+                "127.0.0.1:5353",
+                "--corrosion-api",
+                f"127.0.0.1:{port}",
+                "--reconnect-interval",
+                "10",
+                "--upstream",
+                "127.0.0.1:9",
+            ]
+        )
         responder, counters = Responder("jiji", 60, 5), Counters()
         sub = Subscriber(cfg, responder, counters)
         task = asyncio.ensure_future(sub.run())
@@ -72,13 +84,19 @@ def run_subscriber(scripts: list[tuple[int, list[dict[str, Any]]]], until: Any) 
 
 
 def test_v1_resume_with_a_gap_throws_the_cache_away() -> None:
-    first = [{"columns": COLS}, {"row": [1, row("a", "10.210.0.2")]}, {"row": [2, row("b", "10.210.0.3")]},
-             {"eoq": {"time": 0.1, "change_id": 7}}, {"change": ["insert", 3, row("c", "10.210.0.4"), 8]}]
+    first = [
+        {"columns": COLS},
+        {"row": [1, row("a", "10.210.0.2")]},
+        {"row": [2, row("b", "10.210.0.3")]},
+        {"eoq": {"time": 0.1, "change_id": 7}},
+        {"change": ["insert", 3, row("c", "10.210.0.4"), 8]},
+    ]
     resumed_with_gap = [{"change": ["delete", 1, row("a", "10.210.0.2"), 20]}]
     fresh = [{"columns": COLS}, {"row": [2, row("b", "10.210.0.3")]}, {"eoq": {"time": 0.1, "change_id": 30}}]
     responder, counters, requests = run_subscriber(
         [(200, first), (200, resumed_with_gap), (200, fresh)],
-        lambda r, c, f: len(f.requests) == 3 and c.last_change_id == 30)
+        lambda r, c, f: len(f.requests) == 3 and c.last_change_id == 30,
+    )
     assert requests[0].startswith("POST /v1/subscriptions ")
     assert requests[1] == "GET /v1/subscriptions/sub-1?from=8 HTTP/1.1"
     assert requests[2].startswith("POST /v1/subscriptions ")
@@ -88,9 +106,13 @@ def test_v1_resume_with_a_gap_throws_the_cache_away() -> None:
 
 def test_v1_contiguous_resume_keeps_the_cache() -> None:
     first = [{"columns": COLS}, {"row": [1, row("a", "10.210.0.2")]}, {"eoq": {"time": 0.1, "change_id": 4}}]
-    resumed = [{"change": ["insert", 2, row("b", "10.210.0.3"), 5]}, {"change": ["delete", 1, row("a", "10.210.0.2"), 6]}]
+    resumed = [
+        {"change": ["insert", 2, row("b", "10.210.0.3"), 5]},
+        {"change": ["delete", 1, row("a", "10.210.0.2"), 6]},
+    ]
     responder, counters, requests = run_subscriber(
-        [(200, first), (200, resumed)], lambda r, c, f: c.last_change_id == 6)
+        [(200, first), (200, resumed)], lambda r, c, f: c.last_change_id == 6
+    )
     assert counters.resyncs == 0
     assert requests[1].endswith("?from=4 HTTP/1.1")
     assert responder.table.names() == {"shop-api.jiji": ["10.210.0.3"]}
@@ -100,15 +122,22 @@ def test_vanished_subscription_resubscribes_from_scratch() -> None:
     first = [{"columns": COLS}, {"row": [1, row("a", "10.210.0.2")]}, {"eoq": {"time": 0.1, "change_id": 4}}]
     fresh = [{"columns": COLS}, {"eoq": {"time": 0.1, "change_id": 1}}]
     responder, counters, requests = run_subscriber(
-        [(200, first), (404, []), (200, fresh)], lambda r, c, f: len(f.requests) == 3 and c.last_change_id == 1)
+        [(200, first), (404, []), (200, fresh)], lambda r, c, f: len(f.requests) == 3 and c.last_change_id == 1
+    )
     assert counters.resyncs == 1 and responder.table.names() == {}
 
 
 def test_v0_shapes_without_change_ids() -> None:
-    events = [{"columns": COLS}, {"row": [1, row("a", "10.210.0.2")]}, {"eoq": {"time": 0.1}},
-              {"change": ["insert", 2, row("b", "10.210.0.3")]}, {"change": ["update", 2, row("b", "10.210.0.9")]}]
-    responder, counters, _ = run_subscriber([(200, events)],
-                                            lambda r, c, f: r.table.names().get("shop-api.jiji") == ["10.210.0.2", "10.210.0.9"])
+    events = [
+        {"columns": COLS},
+        {"row": [1, row("a", "10.210.0.2")]},
+        {"eoq": {"time": 0.1}},
+        {"change": ["insert", 2, row("b", "10.210.0.3")]},
+        {"change": ["update", 2, row("b", "10.210.0.9")]},
+    ]
+    responder, counters, _ = run_subscriber(
+        [(200, events)], lambda r, c, f: r.table.names().get("shop-api.jiji") == ["10.210.0.2", "10.210.0.9"]
+    )
     assert responder.ready
     assert responder.table.names() == {"shop-api.jiji": ["10.210.0.2", "10.210.0.9"]}
     assert counters.last_change_id is None

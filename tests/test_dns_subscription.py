@@ -42,7 +42,9 @@ def eventually(d: harness.DnsDaemon, name: str, expected: list[str], timeout: fl
     harness.wait_until(lambda: answers(d, name) == expected, timeout, f"{name} -> {expected}")
 
 
-def test_insert_update_health_and_delete_show_up_in_answers(node: harness.CorrosionNode, dnsd: harness.DnsDaemon) -> None:
+def test_insert_update_health_and_delete_show_up_in_answers(
+    node: harness.CorrosionNode, dnsd: harness.DnsDaemon
+) -> None:
     node.add_container("a", "shop", "api", "s1", "10.210.0.2", 1)
     eventually(dnsd, "shop-api.jiji", ["10.210.0.2"])
     node.add_container("b", "shop", "api", "s2", "10.210.1.2", 1)
@@ -60,8 +62,9 @@ def test_insert_update_health_and_delete_show_up_in_answers(node: harness.Corros
     assert dig(dnsd.port, "shop-api.jiji").status == "NXDOMAIN"
 
 
-def test_answers_continue_from_cache_while_corrosion_is_away(node: harness.CorrosionNode, proxy: harness.CuttableProxy,
-                                                             dnsd: harness.DnsDaemon) -> None:
+def test_answers_continue_from_cache_while_corrosion_is_away(
+    node: harness.CorrosionNode, proxy: harness.CuttableProxy, dnsd: harness.DnsDaemon
+) -> None:
     node.add_container("a", "shop", "api", "s1", "10.210.0.2", 1)
     eventually(dnsd, "shop-api.jiji", ["10.210.0.2"])
     proxy.cut()
@@ -71,7 +74,8 @@ def test_answers_continue_from_cache_while_corrosion_is_away(node: harness.Corro
 
 
 def test_restarting_corrosion_while_rows_are_deleted_leaves_no_stale_answer(
-        node: harness.CorrosionNode, proxy: harness.CuttableProxy, dnsd: harness.DnsDaemon) -> None:
+    node: harness.CorrosionNode, proxy: harness.CuttableProxy, dnsd: harness.DnsDaemon
+) -> None:
     for i in range(5):
         node.add_container(f"c{i}", "shop", "api", f"s{i}", f"10.210.{i}.2", 1)
     eventually(dnsd, "shop-api.jiji", sorted(f"10.210.{i}.2" for i in range(5)))
@@ -87,8 +91,9 @@ def test_restarting_corrosion_while_rows_are_deleted_leaves_no_stale_answer(
     assert answers(dnsd, "shop-api.jiji") == ["10.210.3.2", "10.210.4.2"]
 
 
-def test_lost_change_history_forces_a_full_resync(node: harness.CorrosionNode, proxy: harness.CuttableProxy,
-                                                  dnsd: harness.DnsDaemon) -> None:
+def test_lost_change_history_forces_a_full_resync(
+    node: harness.CorrosionNode, proxy: harness.CuttableProxy, dnsd: harness.DnsDaemon
+) -> None:
     node.add_container("keep", "shop", "api", "s1", "10.210.0.2", 1)
     node.add_container("gone", "shop", "web", "s1", "10.210.0.5", 1)
     eventually(dnsd, "shop-web.jiji", ["10.210.0.5"])

@@ -8,8 +8,9 @@ from jiji_dns import wire
 from jiji_dns.table import Container, ServiceTable
 
 
-def c(cid: str, server: str, ip: str, started: int = 1, project: str = "shop", service: str = "api",
-      instance: str = "") -> Container:
+def c(
+    cid: str, server: str, ip: str, started: int = 1, project: str = "shop", service: str = "api", instance: str = ""
+) -> Container:
     return Container(cid, project, service, server, ip, started, instance)
 
 
@@ -52,8 +53,13 @@ def test_same_service_name_in_two_projects_does_not_collide() -> None:
 
 def test_instance_names_answer_their_own_newest_container() -> None:
     t = ServiceTable("jiji", 60)
-    t.load([c("p1", "s1", "10.210.0.2", 1, instance="primary"), c("p2", "s1", "10.210.0.3", 5, instance="primary"),
-            c("r1", "s2", "10.210.1.2", 3, instance="replica")])
+    t.load(
+        [
+            c("p1", "s1", "10.210.0.2", 1, instance="primary"),
+            c("p2", "s1", "10.210.0.3", 5, instance="primary"),
+            c("r1", "s2", "10.210.1.2", 3, instance="replica"),
+        ]
+    )
     assert ips(t, "shop-api-primary.jiji") == ["10.210.0.3"]
     assert ips(t, "shop-api-replica.jiji") == ["10.210.1.2"]
 

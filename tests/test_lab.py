@@ -24,7 +24,9 @@ def leftovers() -> dict[str, str]:
     mounts = Path("/proc/mounts").read_text()
     return {
         "netns": " ".join(line.split()[0] for line in netns.splitlines() if "jiji-lab" in line),
-        "links": " ".join(line.split(":")[1].strip() for line in links.splitlines() if "jl-" in line or "jiji-lab" in line),
+        "links": " ".join(
+            line.split(":")[1].strip() for line in links.splitlines() if "jl-" in line or "jiji-lab" in line
+        ),
         "processes": procs.strip(),
         "mounts": " ".join(line.split()[1] for line in mounts.splitlines() if "/.lab/" in line),
     }
@@ -53,9 +55,13 @@ def test_lab_up_and_down_twice_leaves_nothing() -> None:
             assert sh("ssh", "0", "dig +short www.lab.test").stdout.strip() == "198.18.0.200"
             outside = sh("ssh", "1", "ip route get 192.0.2.1 2>&1 || true")
             assert "unreachable" in outside.stdout, "lab hosts have no route out of the lab"
-            wg = sh("ssh", "1", "umask 077; wg genkey >/tmp/k; printf '[Interface]\\nAddress = 10.99.0.1/24\\n"
-                                 "PostUp = wg set %%i private-key /tmp/k\\n' >/etc/wireguard/t0.conf;"
-                                 " wg-quick up t0 >/dev/null 2>&1 && wg show t0 public-key; wg-quick down t0 >/dev/null 2>&1")
+            wg = sh(
+                "ssh",
+                "1",
+                "umask 077; wg genkey >/tmp/k; printf '[Interface]\\nAddress = 10.99.0.1/24\\n"
+                "PostUp = wg set %%i private-key /tmp/k\\n' >/etc/wireguard/t0.conf;"
+                " wg-quick up t0 >/dev/null 2>&1 && wg show t0 public-key; wg-quick down t0 >/dev/null 2>&1",
+            )
             assert len(wg.stdout.strip()) == 44, f"userspace WireGuard came up: {wg.stdout} {wg.stderr}"
         finally:
             down = sh("down")

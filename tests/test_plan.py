@@ -27,16 +27,23 @@ def settings(**kw: object) -> MeshSettings:
 
 
 def test_server_n_gets_the_nth_subnet_and_its_first_host() -> None:
-    plans = plan_addresses(settings(), [Server(name="a", host="h1", index=0, endpoint="203.0.113.1"),
-                                        Server(name="b", host="h2", index=7, endpoint="203.0.113.2")])
+    plans = plan_addresses(
+        settings(),
+        [
+            Server(name="a", host="h1", index=0, endpoint="203.0.113.1"),
+            Server(name="b", host="h2", index=7, endpoint="203.0.113.2"),
+        ],
+    )
     assert plans["a"].subnet == "10.210.0.0/24" and plans["a"].mesh_address == "10.210.0.1"
     assert plans["b"].subnet == "10.210.7.0/24" and plans["b"].mesh_address == "10.210.7.1"
     assert plans["b"].container_range == "10.210.7.2-10.210.7.254"
 
 
 def test_other_prefix_lengths() -> None:
-    plans = plan_addresses(settings(cluster_cidr="10.0.0.0/8", subnet_prefix_len=20),
-                           [Server(name="a", host="h", index=3, endpoint="203.0.113.1")])
+    plans = plan_addresses(
+        settings(cluster_cidr="10.0.0.0/8", subnet_prefix_len=20),
+        [Server(name="a", host="h", index=3, endpoint="203.0.113.1")],
+    )
     assert plans["a"].subnet == "10.0.48.0/20" and plans["a"].container_last == "10.0.63.254"
 
 
@@ -46,16 +53,19 @@ def test_removing_a_server_renumbers_nobody() -> None:
     assert {k: v for k, v in before.items() if k != "web1"} == after
 
 
-@pytest.mark.parametrize(("change", "fragment"), [
-    ({"cluster_cidr": "10.210.0.0/33"}, "cluster_cidr: '10.210.0.0/33' is not a CIDR"),
-    ({"cluster_cidr": "10.210.0.5/16"}, "has host bits set; use 10.210.0.0/16"),
-    ({"subnet_prefix_len": 16}, "subnet_prefix_len: 16 must be longer than the cluster prefix /16"),
-    ({"subnet_prefix_len": 31}, "leaves no room for containers"),
-    ({"container_engine": "lxc"}, "container_engine: 'lxc' is not one of docker, podman, none"),
-    ({"mtu": 9000}, "mtu: 9000 is outside 1280-1500"),
-    ({"corrosion": CorrosionSource(url="https://example.invalid/c.tgz")}, "corrosion.sha256"),
-    ({"corrosion": CorrosionSource()}, "set exactly one of corrosion.url"),
-])
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"cluster_cidr": "10.210.0.0/33"}, "cluster_cidr: '10.210.0.0/33' is not a CIDR"),
+        ({"cluster_cidr": "10.210.0.5/16"}, "has host bits set; use 10.210.0.0/16"),
+        ({"subnet_prefix_len": 16}, "subnet_prefix_len: 16 must be longer than the cluster prefix /16"),
+        ({"subnet_prefix_len": 31}, "leaves no room for containers"),
+        ({"container_engine": "lxc"}, "container_engine: 'lxc' is not one of docker, podman, none"),
+        ({"mtu": 9000}, "mtu: 9000 is outside 1280-1500"),
+        ({"corrosion": CorrosionSource(url="https://example.invalid/c.tgz")}, "corrosion.sha256"),
+        ({"corrosion": CorrosionSource()}, "set exactly one of corrosion.url"),
+    ],
+)
 def test_bad_settings_are_named_with_a_fix(change: dict[str, object], fragment: str) -> None:
     with pytest.raises(ConfigError) as err:
         validate(settings(**change), servers())
@@ -73,11 +83,18 @@ def test_bad_servers_are_named_with_a_fix() -> None:
     with pytest.raises(ConfigError) as err:
         validate(settings(), bad)
     text = str(err.value)
-    for fragment in ["name 'a' is used by both", "index 0 is used by both", "host 'h1' is used by both",
-                     "endpoint '203.0.113.1' is used by both", "servers[c].index: 300 is out of range 0-255",
-                     "servers[c].endpoint: 10.210.5.5 is inside cluster_cidr", "servers[d]: neither endpoint",
-                     "servers[e_x].endpoint: 'not-an-ip' is not an IP address", "servers[e_x].port: 70000",
-                     "name 'e_x' must be letters, digits and '-'"]:
+    for fragment in [
+        "name 'a' is used by both",
+        "index 0 is used by both",
+        "host 'h1' is used by both",
+        "endpoint '203.0.113.1' is used by both",
+        "servers[c].index: 300 is out of range 0-255",
+        "servers[c].endpoint: 10.210.5.5 is inside cluster_cidr",
+        "servers[d]: neither endpoint",
+        "servers[e_x].endpoint: 'not-an-ip' is not an IP address",
+        "servers[e_x].port: 70000",
+        "name 'e_x' must be letters, digits and '-'",
+    ]:
         assert fragment in text, fragment
 
 

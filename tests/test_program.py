@@ -29,8 +29,10 @@ class Mocks(pulumi.runtime.Mocks):
 def run_program(config: dict[str, Any]) -> tuple[Mocks, dict[str, Any]]:
     mocks = Mocks()
     pulumi.runtime.set_mocks(mocks, project="jiji-net", stack="test", preview=False)
-    pulumi.runtime.set_all_config({f"jiji-net:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()},
-                                  secret_keys=["jiji-net:ssh_private_key"])
+    pulumi.runtime.set_all_config(
+        {f"jiji-net:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()},
+        secret_keys=["jiji-net:ssh_private_key"],
+    )
     exported: dict[str, Any] = {}
     original = pulumi.export
 
@@ -47,7 +49,9 @@ def run_program(config: dict[str, Any]) -> tuple[Mocks, dict[str, Any]]:
 
 
 LAB = {
-    "servers": [{"name": f"lab{i}", "host": f"198.18.0.1{i}", "index": i, "endpoint": f"198.18.0.1{i}"} for i in range(3)],
+    "servers": [
+        {"name": f"lab{i}", "host": f"198.18.0.1{i}", "index": i, "endpoint": f"198.18.0.1{i}"} for i in range(3)
+    ],
     "ssh_private_key": SECRET_KEY,
     "container_engine": "none",
     "corrosion_local_path": "/cache/corrosion",
@@ -59,8 +63,13 @@ def test_outputs_carry_the_address_plan() -> Any:
     _, exported = run_program(LAB)
 
     def check(servers: dict[str, Any]) -> None:
-        assert servers["lab2"] == {"index": 2, "subnet": "10.210.2.0/24", "mesh_address": "10.210.2.1",
-                                   "container_range": "10.210.2.2-10.210.2.254", "dns_address": "10.210.2.1"}
+        assert servers["lab2"] == {
+            "index": 2,
+            "subnet": "10.210.2.0/24",
+            "mesh_address": "10.210.2.1",
+            "container_range": "10.210.2.2-10.210.2.254",
+            "dns_address": "10.210.2.1",
+        }
         assert SECRET_KEY not in json.dumps(servers)
 
     assert exported["cluster_cidr"] == "10.210.0.0/16" and exported["domain"] == "jiji"
@@ -68,7 +77,9 @@ def test_outputs_carry_the_address_plan() -> Any:
 
 
 def test_bad_config_fails_before_any_resource() -> None:
-    bad = dict(LAB, servers=[{"name": "a", "host": "h", "index": 0, "endpoint": "10.210.0.9"}], cluster_cidr="10.210.0.0/16")
+    bad = dict(
+        LAB, servers=[{"name": "a", "host": "h", "index": 0, "endpoint": "10.210.0.9"}], cluster_cidr="10.210.0.0/16"
+    )
     with pytest.raises(ConfigError) as err:
         run_program(bad)
     assert "servers[a].endpoint: 10.210.0.9 is inside cluster_cidr" in str(err.value)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 FALLBACK_UPSTREAMS = ("8.8.8.8", "1.1.1.1")
 
@@ -65,7 +65,9 @@ def parse_endpoint(text: str, default_port: int, setting: str) -> Endpoint:
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        raise ConfigError(f"{setting}: {text!r} is not an IP address[:port]; write e.g. 10.210.0.1:53 or [fd00::1]:53") from None
+        raise ConfigError(
+            f"{setting}: {text!r} is not an IP address[:port]; write e.g. 10.210.0.1:53 or [fd00::1]:53"
+        ) from None
     return Endpoint(host, port)
 
 
@@ -114,10 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upstream", help="comma-separated upstream resolvers (env JIJI_UPSTREAMS; default: resolv.conf)")
     p.add_argument("--resolv-conf", default="/etc/resolv.conf", help="where to read upstreams when none are given")
     p.add_argument("--upstream-timeout", help="seconds per upstream (env JIJI_UPSTREAM_TIMEOUT; default 5)")
-    p.add_argument("--recursion-from", help="comma-separated CIDRs allowed to recurse (env JIJI_RECURSION_FROM; default 10.210.0.0/16,127.0.0.0/8,::1/128)")
-    p.add_argument("--reconnect-interval", help="first reconnect delay in ms (env JIJI_RECONNECT_INTERVAL; default 5000)")
+    p.add_argument(
+        "--recursion-from",
+        help="comma-separated CIDRs allowed to recurse (env JIJI_RECURSION_FROM; default 10.210.0.0/16,127.0.0.0/8,::1/128)",
+    )
+    p.add_argument(
+        "--reconnect-interval", help="first reconnect delay in ms (env JIJI_RECONNECT_INTERVAL; default 5000)"
+    )
     p.add_argument("--max-inflight", help="most forwarded queries at once (env JIJI_MAX_INFLIGHT; default 1024)")
-    p.add_argument("--stats-socket", help="Unix socket that answers counters as JSON (env JIJI_STATS_SOCKET; default /run/jiji-dns/stats.sock; 'none' disables)")
+    p.add_argument(
+        "--stats-socket",
+        help="Unix socket that answers counters as JSON (env JIJI_STATS_SOCKET; default /run/jiji-dns/stats.sock; 'none' disables)",
+    )
     return p
 
 
@@ -125,9 +135,13 @@ def load(argv: Sequence[str] | None = None) -> Config:
     args = build_parser().parse_args(argv)
     listen_text = args.listen or _env(["JIJI_LISTEN_ADDR"], None)
     if not listen_text:
-        raise ConfigError("--listen (JIJI_LISTEN_ADDR) is required: give the mesh address, e.g. 10.210.0.1:53; jiji-dns never binds 0.0.0.0 by default")
+        raise ConfigError(
+            "--listen (JIJI_LISTEN_ADDR) is required: give the mesh address, e.g. 10.210.0.1:53; jiji-dns never binds 0.0.0.0 by default"
+        )
     listen = tuple(parse_endpoint(t, 53, "--listen") for t in listen_text.split(",") if t.strip())
-    api = parse_endpoint(args.corrosion_api or _env(["JIJI_CORROSION_API"], "127.0.0.1:9220") or "", 9220, "--corrosion-api")
+    api = parse_endpoint(
+        args.corrosion_api or _env(["JIJI_CORROSION_API"], "127.0.0.1:9220") or "", 9220, "--corrosion-api"
+    )
     domain = (args.domain or _env(["JIJI_SERVICE_DOMAIN"], "jiji") or "jiji").strip(".").lower()
     if not domain or any(not label or len(label) > 63 for label in domain.split(".")):
         raise ConfigError(f"--domain: {domain!r} is not a DNS name; use e.g. jiji")
@@ -144,7 +158,9 @@ def load(argv: Sequence[str] | None = None) -> Config:
         nets = tuple(ipaddress.ip_network(t.strip(), strict=False) for t in nets_text.split(",") if t.strip())
     except ValueError as e:
         raise ConfigError(f"--recursion-from: {e}; give CIDRs such as 10.210.0.0/16") from None
-    reconnect_ms = _int(args.reconnect_interval or _env(["JIJI_RECONNECT_INTERVAL"], "5000"), "--reconnect-interval", 10, 600000)
+    reconnect_ms = _int(
+        args.reconnect_interval or _env(["JIJI_RECONNECT_INTERVAL"], "5000"), "--reconnect-interval", 10, 600000
+    )
     inflight = _int(args.max_inflight or _env(["JIJI_MAX_INFLIGHT"], "1024"), "--max-inflight", 1, 65535)
     stats = args.stats_socket or _env(["JIJI_STATS_SOCKET"], "/run/jiji-dns/stats.sock")
     return Config(

@@ -74,7 +74,7 @@ class Forwarder:
                 sock.sendto(struct.pack(">H", new_id) + query[2:], (upstream.host, upstream.port))
                 reply = await asyncio.wait_for(fut, self.timeout)
                 return query[:2] + reply[2:]
-            except (asyncio.TimeoutError, OSError):
+            except (TimeoutError, OSError):
                 self.counters.upstream_failures += 1
             finally:
                 self._pending.pop(key, None)
@@ -85,12 +85,14 @@ class Forwarder:
         for upstream in self.upstreams:
             writer = None
             try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(upstream.host, upstream.port), self.timeout)
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(upstream.host, upstream.port), self.timeout
+                )
                 writer.write(struct.pack(">H", len(query)) + query)
                 await writer.drain()
                 size = struct.unpack(">H", await asyncio.wait_for(reader.readexactly(2), self.timeout))[0]
                 return await asyncio.wait_for(reader.readexactly(size), self.timeout)
-            except (asyncio.TimeoutError, OSError, asyncio.IncompleteReadError):
+            except (TimeoutError, OSError, asyncio.IncompleteReadError):
                 self.counters.upstream_failures += 1
             finally:
                 if writer is not None:

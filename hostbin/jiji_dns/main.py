@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from . import __version__, config as config_mod
+from . import __version__
+from . import config as config_mod
 from .events import Counters, log
 from .forwarder import Forwarder
 from .responder import Responder
@@ -30,8 +32,12 @@ async def run(cfg: config_mod.Config) -> int:
 
     def stats() -> dict[str, Any]:
         out = counters.snapshot(len(responder.table.containers), len(responder.table.existing) - 1, responder.ready)
-        out.update(answers=server.answers_by_rcode(), forwards_inflight=forwarder.inflight,
-                   upstreams=[str(u) for u in cfg.upstreams], version=__version__)
+        out.update(
+            answers=server.answers_by_rcode(),
+            forwards_inflight=forwarder.inflight,
+            upstreams=[str(u) for u in cfg.upstreams],
+            version=__version__,
+        )
         return out
 
     stats_server = await serve_stats(cfg.stats_socket, stats) if cfg.stats_socket else None
@@ -41,8 +47,13 @@ async def run(cfg: config_mod.Config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log("started", version=__version__, domain=cfg.domain, corrosion=str(cfg.corrosion_api),
-        upstreams=",".join(str(u) for u in cfg.upstreams))
+    log(
+        "started",
+        version=__version__,
+        domain=cfg.domain,
+        corrosion=str(cfg.corrosion_api),
+        upstreams=",".join(str(u) for u in cfg.upstreams),
+    )
     notify("READY=1\nSTATUS=listening; waiting for the first Corrosion snapshot")
     await stop.wait()
     notify("STOPPING=1")

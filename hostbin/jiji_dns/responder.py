@@ -32,7 +32,9 @@ _OK_FLAGS = tuple(bytes([0x84 | (i & 1), 0x80 if i & 2 else 0]) for i in range(4
 
 
 # Authoritative reply flags per rcode, indexed like _OK_FLAGS.
-_AUTH_FLAGS = tuple(tuple(bytes([0x84 | (i & 1), (0x80 if i & 2 else 0) | rcode]) for i in range(4)) for rcode in range(16))
+_AUTH_FLAGS = tuple(
+    tuple(bytes([0x84 | (i & 1), (0x80 if i & 2 else 0) | rcode]) for i in range(4)) for rcode in range(16)
+)
 _COUNTS_SOA_AUTHORITY = (wire.counts(1, 0, 1, 0), wire.counts(1, 0, 1, 1))
 _COUNTS_SOA_ANSWER = (wire.counts(1, 1, 0, 0), wire.counts(1, 1, 0, 1))
 
@@ -96,11 +98,17 @@ class Responder:
         # Lower-casing the type and class bytes too is safe: no key we store has a byte in A-Z.
         hit = self.table.answers.get(question.lower())
         if hit is None:
-            reply = self._miss(data, question, edns, recursion)
-            if reply is FORWARD:
-                return reply
-        elif edns:
-            reply = data[:2] + _OK_FLAGS[(data[2] & 1) | (2 if recursion else 0)] + hit[1] + question + hit[2] + self._opt[edns - 1]
+            # Negative answers (question + SOA + OPT) always fit 512 bytes: no limit check.
+            return self._miss(data, question, edns, recursion)
+        if edns:
+            reply = (
+                data[:2]
+                + _OK_FLAGS[(data[2] & 1) | (2 if recursion else 0)]
+                + hit[1]
+                + question
+                + hit[2]
+                + self._opt[edns - 1]
+            )
         else:
             reply = data[:2] + _OK_FLAGS[(data[2] & 1) | (2 if recursion else 0)] + hit[0] + question + hit[2]
         # Every reply fits 512 bytes except large answer sets: only those pay for the limit check.
@@ -154,7 +162,9 @@ class Responder:
         ar = 1 if edns else 0
         opt = self._opt[edns - 1] if edns else b""
         authoritative = rcode != wire.RCODE_REFUSED
-        return data[:2] + _flags(data[2] & 1, recursion, rcode, authoritative) + wire.counts(1, 0, 0, ar) + question + opt
+        return (
+            data[:2] + _flags(data[2] & 1, recursion, rcode, authoritative) + wire.counts(1, 0, 0, ar) + question + opt
+        )
 
     def servfail(self, data: bytes, recursion: bool) -> bytes | None:
         """SERVFAIL for a query that was forwarded and got no upstream answer."""
@@ -196,7 +206,9 @@ class Responder:
             return self._header_only(data, wire.RCODE_FORMERR, recursion)
         return self.answer(normal_bytes, recursion, udp)
 
-    def _rcode_via_dnslib(self, data: bytes, rcode: int, recursion: bool, query: DNSRecord | None = None) -> bytes | None:
+    def _rcode_via_dnslib(
+        self, data: bytes, rcode: int, recursion: bool, query: DNSRecord | None = None
+    ) -> bytes | None:
         if query is None:
             try:
                 query = DNSRecord.parse(data)

@@ -9,7 +9,8 @@ import json
 import os
 import socket
 import struct
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .config import Config, Endpoint
 from .events import RCODE_NAMES, Counters, log
@@ -49,12 +50,14 @@ def _bind(sock: socket.socket, ep: Endpoint, proto: str) -> None:
     except OSError as e:
         sock.close()
         if e.errno == errno.EADDRINUSE:
-            hint = "stop whatever holds it (ss -lpn sport = :%d)" % ep.port
+            hint = f"stop whatever holds it (ss -lpn sport = :{ep.port})"
             if ep.port == 53:
                 hint += "; on port 53 this is often systemd-resolved (DNSStubListener) or dnsmasq"
             raise BindError(f"{proto} port {ep.port} on {ep.host} is already in use: {hint}") from None
         if e.errno == errno.EADDRNOTAVAIL:
-            raise BindError(f"{ep.host} is not an address of this host ({proto}): is the interface that carries it (jiji0 or the bridge) up?") from None
+            raise BindError(
+                f"{ep.host} is not an address of this host ({proto}): is the interface that carries it (jiji0 or the bridge) up?"
+            ) from None
         if e.errno == errno.EACCES:
             raise BindError(f"no permission to bind {proto} {ep}: run as root or grant CAP_NET_BIND_SERVICE") from None
         raise BindError(f"cannot bind {proto} {ep}: {e.strerror}") from None
@@ -154,7 +157,7 @@ class DNSServer:
                 self.rcodes[reply[3] & 15] += 1
                 writer.write(struct.pack(">H", len(reply)) + reply)
                 await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
             writer.close()

@@ -15,7 +15,8 @@ import asyncio
 import json
 import random
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import httpstream
 from .config import Config
@@ -64,8 +65,15 @@ class Subscriber:
                 self.sub_id = None
                 self.last_change_id = None
                 continue
-            except (OSError, ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError,
-                    httpstream.HTTPError, ValueError, KeyError) as e:
+            except (
+                TimeoutError,
+                OSError,
+                ConnectionError,
+                asyncio.IncompleteReadError,
+                httpstream.HTTPError,
+                ValueError,
+                KeyError,
+            ) as e:
                 failures += 1
                 log("subscription_error", error=f"{type(e).__name__}: {e}", attempt=failures)
             if self._stopping:
@@ -138,9 +146,13 @@ class Subscriber:
                 self.last_change_id = change_id if isinstance(change_id, int) else None
                 self.counters.last_change_id = self.last_change_id
                 self.counters.subscription_state = "live"
-                log("snapshot_loaded", containers=len(self.responder.table.containers),
-                    names=len(self.responder.table.names()), load_ms=f"{(time.perf_counter() - started) * 1000:.1f}",
-                    change_id=self.last_change_id)
+                log(
+                    "snapshot_loaded",
+                    containers=len(self.responder.table.containers),
+                    names=len(self.responder.table.names()),
+                    load_ms=f"{(time.perf_counter() - started) * 1000:.1f}",
+                    change_id=self.last_change_id,
+                )
                 if self.on_change:
                     self.on_change()
             elif kind == "change":

@@ -10,8 +10,9 @@ O(servers of that name), never a rebuild of the whole table.
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from . import wire
 

@@ -76,11 +76,7 @@ def aaaa_record(ip6: bytes, ttl: int) -> bytes:
 def soa_record(zone_offset: int, ttl: int, serial: int, negative_ttl: int) -> bytes:
     """SOA of the zone whose name starts at `zone_offset` in the reply (a pointer target)."""
     zone = struct.pack(">H", 0xC000 | zone_offset)
-    rdata = (
-        b"\x02ns" + zone
-        + b"\x0ahostmaster" + zone
-        + struct.pack(">IIIII", serial, 3600, 600, 86400, negative_ttl)
-    )
+    rdata = b"\x02ns" + zone + b"\x0ahostmaster" + zone + struct.pack(">IIIII", serial, 3600, 600, 86400, negative_ttl)
     return zone + struct.pack(">HHIH", QTYPE_SOA, QCLASS_IN, ttl, len(rdata)) + rdata
 
 
