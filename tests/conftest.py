@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -99,3 +100,37 @@ def dig(port: int, name: str, qtype: str = "A", *options: str, server: str = "12
         edns_udp=int(edns.group(1)) if edns else None,
         raw=out,
     )
+
+
+class Lab:
+    """The lab hosts, up for one test session; commands run over SSH with the lab's key."""
+
+    script = harness.REPO / "lab" / "lab.sh"
+
+    def __init__(self, hosts: int) -> None:
+        self.hosts = hosts
+        up = subprocess.run(["bash", str(self.script), "up", str(hosts)], capture_output=True, text=True, timeout=900)
+        if up.returncode != 0:
+            raise RuntimeError(f"lab up failed:\n{up.stderr}")
+
+    def ip(self, i: int) -> str:
+        return f"198.18.0.{10 + i}"
+
+    def run(self, i: int, command: str, stdin: str = "", check: bool = True) -> str:
+        out = subprocess.run(["bash", str(self.script), "ssh", str(i), command], input=stdin,
+                             capture_output=True, text=True, timeout=120)
+        if check and out.returncode != 0:
+            raise RuntimeError(f"host {i}: {command!r} failed ({out.returncode}): {out.stderr}")
+        return out.stdout
+
+    def down(self) -> None:
+        subprocess.run(["bash", str(self.script), "down"], capture_output=True, text=True, timeout=300, check=True)
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Lab]:
+    if os.geteuid() != 0:
+        pytest.fail("the lab needs root: run the tests as root (CI does)")
+    instance = Lab(3)
+    yield instance
+    instance.down()
