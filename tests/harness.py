@@ -80,11 +80,13 @@ class CorrosionNode:
         self.api_port = free_port()
         self.gossip_port = free_port(socket.SOCK_DGRAM)
         self.config = self.dir / "config.toml"
+        # Unix socket paths are limited to 107 bytes: keep the admin socket in a short directory.
+        self.admin_dir = Path(tempfile.mkdtemp(prefix="jc-"))
         self.config.write_text(
             f'[db]\npath = "{self.dir}/state.db"\nschema_paths = ["{self.dir}/schema"]\n\n'
             f'[gossip]\naddr = "127.0.0.1:{self.gossip_port}"\nplaintext = true\n\n'
             f'[api]\naddr = "127.0.0.1:{self.api_port}"\n\n'
-            f'[admin]\npath = "{self.dir}/admin.sock"\n'
+            f'[admin]\npath = "{self.admin_dir}/admin.sock"\n'
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
@@ -137,6 +139,18 @@ class CorrosionNode:
                 raise RuntimeError(event["error"])
         return rows
 
+    def first_resume_event(self, sub_id: str, from_change_id: int) -> dict[str, Any] | None:
+        """The first event a resume of `sub_id` from `from_change_id` gets, or None if none in 2 s."""
+        try:
+            with urllib.request.urlopen(
+                f"http://{self.api}/v1/subscriptions/{sub_id}?from={from_change_id}", timeout=2
+            ) as resp:
+                line = resp.readline()
+        except (TimeoutError, OSError):
+            return None
+        event: dict[str, Any] = json.loads(line)
+        return event
+
     def add_container(
         self,
         cid: str,
@@ -162,6 +176,7 @@ class CorrosionNode:
 
     def close(self) -> None:
         self.stop()
+        shutil.rmtree(self.admin_dir, ignore_errors=True)
 
 
 class DnsDaemon:
@@ -304,6 +319,7 @@ class CuttableProxy:
                 continue
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+                upstream.settimeout(None)  # a subscription stream may be quiet for a long time
             except OSError:
                 client.close()
                 continue

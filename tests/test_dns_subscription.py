@@ -83,7 +83,7 @@ def test_restarting_corrosion_while_rows_are_deleted_leaves_no_stale_answer(
     node.stop()
     harness.wait_until(lambda: dnsd.stats()["subscription_state"] != "live", 5, "the daemon to notice")
     node.start()
-    node.execute(["DELETE FROM containers WHERE id IN ('c0', 'c1', 'c2')"])
+    node.execute("DELETE FROM containers WHERE id IN ('c0', 'c1', 'c2')")
     eventually(dnsd, "shop-api.jiji", ["10.210.3.2", "10.210.4.2"], timeout=15)
     after = dnsd.stats()
     assert after["reconnects"] > before["reconnects"]
@@ -99,14 +99,20 @@ def test_lost_change_history_forces_a_full_resync(
     eventually(dnsd, "shop-web.jiji", ["10.210.0.5"])
     proxy.cut()
     harness.wait_until(lambda: dnsd.stats()["subscription_state"] != "live", 5, "the daemon to notice")
-    # More changes than the node keeps per subscription (500), then a restart, which purges the rest.
-    for i in range(0, 600, 50):
-        node.execute(*[["UPDATE containers SET started_at = ? WHERE id = 'keep'", [i + j + 2]] for j in range(50)])
+    # More changes than the node keeps per subscription (500: distinct rows, so none coalesce),
+    # then a restart, which purges the older ones: resuming from our last change id must fail.
+    node.execute("INSERT INTO services (project, name) VALUES ('shop', 'bulk')")
+    for k in range(0, 700, 100):
+        node.execute(*[["INSERT INTO containers (id, service, project, server_id, ip) VALUES (?, 'bulk', 'shop', ?, ?)",
+                        [f"n{k + j}", f"s{k + j}", f"10.210.1.{(k + j) % 250 + 2}"]] for j in range(100)])
     node.execute("DELETE FROM containers WHERE id = 'gone'")
     node.restart()
+    sub_id = dnsd.stats()["subscription_id"]
+    harness.wait_until(lambda: "error" in (node.first_resume_event(sub_id, 1) or {}), 20, "the node to purge old changes")
     resyncs = dnsd.stats()["resyncs"]
     proxy.restore()
     harness.wait_until(lambda: dnsd.stats()["resyncs"] > resyncs, 15, "a resync")
-    eventually(dnsd, "shop-web.jiji", [])
+    eventually(dnsd, "shop-web.jiji", [], timeout=15)
     assert answers(dnsd, "shop-api.jiji") == ["10.210.0.2"]
-    assert "event=subscription_resync" in dnsd.log()
+    assert dnsd.stats()["cache_containers"] == 701
+    assert "subscription already deleted older changes" in dnsd.log()

@@ -33,6 +33,10 @@ class Response:
             while True:
                 size_line = await self.reader.readline()
                 if not size_line:
+                    # Closed without the final chunk: still hand over a last complete event
+                    # (an error event may come without its newline).
+                    if buffer.strip():
+                        yield buffer
                     raise ConnectionError("stream closed mid-chunk")
                 size = int(size_line.split(b";")[0].strip() or b"0", 16)
                 if size == 0:
