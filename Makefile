@@ -14,6 +14,7 @@ PULUMI_ENV := PULUMI_BACKEND_URL=file://$(CURDIR)/.lab/state PULUMI_CONFIG_PASSP
 ## test: install what the tests need (cached), then run every test
 test:
 	bash lab/toolchain.sh packages venv corrosion
+	$(MAKE) --no-print-directory lint
 	$(VENV)/bin/python -m pytest
 
 ## up: the main job: toolchain, lab hosts, then `pulumi up` of the lab stack

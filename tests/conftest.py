@@ -117,8 +117,9 @@ class Lab:
         return f"198.18.0.{10 + i}"
 
     def run(self, i: int, command: str, stdin: str = "", check: bool = True) -> str:
-        out = subprocess.run(["bash", str(self.script), "ssh", str(i), command], input=stdin,
-                             capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            ["bash", str(self.script), "ssh", str(i), command], input=stdin, capture_output=True, text=True, timeout=120
+        )
         if check and out.returncode != 0:
             raise RuntimeError(f"host {i}: {command!r} failed ({out.returncode}): {out.stderr}")
         return out.stdout

@@ -103,12 +103,21 @@ def test_lost_change_history_forces_a_full_resync(
     # then a restart, which purges the older ones: resuming from our last change id must fail.
     node.execute("INSERT INTO services (project, name) VALUES ('shop', 'bulk')")
     for k in range(0, 700, 100):
-        node.execute(*[["INSERT INTO containers (id, service, project, server_id, ip) VALUES (?, 'bulk', 'shop', ?, ?)",
-                        [f"n{k + j}", f"s{k + j}", f"10.210.1.{(k + j) % 250 + 2}"]] for j in range(100)])
+        node.execute(
+            *[
+                [
+                    "INSERT INTO containers (id, service, project, server_id, ip) VALUES (?, 'bulk', 'shop', ?, ?)",
+                    [f"n{k + j}", f"s{k + j}", f"10.210.1.{(k + j) % 250 + 2}"],
+                ]
+                for j in range(100)
+            ]
+        )
     node.execute("DELETE FROM containers WHERE id = 'gone'")
     node.restart()
     sub_id = dnsd.stats()["subscription_id"]
-    harness.wait_until(lambda: "error" in (node.first_resume_event(sub_id, 1) or {}), 20, "the node to purge old changes")
+    harness.wait_until(
+        lambda: "error" in (node.first_resume_event(sub_id, 1) or {}), 20, "the node to purge old changes"
+    )
     resyncs = dnsd.stats()["resyncs"]
     proxy.restore()
     harness.wait_until(lambda: dnsd.stats()["resyncs"] > resyncs, 15, "a resync")

@@ -6,7 +6,6 @@ without losing the private key or existing handshakes; delete leaves no interfac
 
 from __future__ import annotations
 
-
 from components import scripts
 from components.model import CorrosionSource, MeshSettings, Server
 from components.plan import peers_of, plan_addresses
@@ -26,6 +25,10 @@ def apply(lab: Lab, members: list[Server], keys: dict[str, str]) -> None:
     for s in members:
         conf = wireguard_config(SETTINGS, plans[s.name], peers_of(s, members, plans, 51820), keys)
         lab.run(s.index, scripts.WG_CONF_APPLY, stdin=conf)
+
+
+def pings(lab: Lab, i: int, address: str) -> bool:
+    return lab.run(i, f"ping -c1 -W1 {address} >/dev/null && echo ok", check=False).strip() == "ok"
 
 
 def handshake(lab: Lab, i: int, peer_key: str) -> int:
@@ -54,8 +57,7 @@ def test_keys_once_live_peer_changes_and_clean_delete(lab: Lab) -> None:
         apply(lab, members, keys)  # lab2 joins: lab0 and lab1 change live
         # A new peer's first initiation may go out before it is up: WireGuard retries after 5 s.
         for i, j in ((0, 2), (2, 1), (1, 2)):
-            wait_until(lambda: lab.run(i, f"ping -c1 -W1 10.210.{j}.1 >/dev/null && echo ok", check=False).strip() == "ok",
-                       15, f"lab{i} -> lab{j}")
+            wait_until(lambda i=i, j=j: pings(lab, i, f"10.210.{j}.1"), 15, f"lab{i} -> lab{j}")
         assert handshake(lab, 0, keys["lab1"]) == first, "syncconf kept the existing handshake"
         assert lab.run(0, "wg show jiji0 private-key").strip() == private, "syncconf kept the private key"
 
