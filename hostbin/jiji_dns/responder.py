@@ -65,6 +65,10 @@ class Responder:
         self._zone_len = len(self._zone)
         self._soa_by_offset: dict[int, bytes] = {}
         self._opt = (wire.opt_record(False), wire.opt_record(True))
+        # Lower-cased question -> (flag bytes by rd|ra, SOA) of its NXDOMAIN or no-data answer:
+        # repeated misses skip the zone checks. Valid for one table generation; bounded.
+        self._negative: dict[bytes, tuple[tuple[bytes, ...], bytes]] = {}
+        self._negative_generation = 0
 
     def answer(self, data: bytes, recursion: bool, udp: bool) -> bytes | _Forward | None:
         """The reply to `data`, FORWARD, or None when the packet deserves no reply at all."""
@@ -96,10 +100,21 @@ class Responder:
             return self._slow(data, recursion, udp)
         question = data[12:end]
         # Lower-casing the type and class bytes too is safe: no key we store has a byte in A-Z.
-        hit = self.table.answers.get(question.lower())
+        lowered = question.lower()
+        hit = self.table.answers.get(lowered)
         if hit is None:
             # Negative answers (question + SOA + OPT) always fit 512 bytes: no limit check.
-            return self._miss(data, question, edns, recursion)
+            negative = self._negative.get(lowered)
+            if negative is not None and self._negative_generation == self.table.generation:
+                return (
+                    data[:2]
+                    + negative[0][(data[2] & 1) | (2 if recursion else 0)]
+                    + _COUNTS_SOA_AUTHORITY[edns > 0]
+                    + question
+                    + negative[1]
+                    + (self._opt[edns - 1] if edns else b"")
+                )
+            return self._miss(data, question, lowered, edns, recursion, udp)
         if edns:
             reply = (
                 data[:2]
@@ -117,34 +132,69 @@ class Responder:
         return reply
 
     # ---- names without a pre-encoded answer ------------------------------------------------
-    def _miss(self, data: bytes, question: bytes, edns: int, recursion: bool) -> bytes | _Forward:
-        qname = question[:-4].lower()
+    def _miss(
+        self, data: bytes, question: bytes, lowered: bytes, edns: int, recursion: bool, udp: bool
+    ) -> bytes | _Forward:
+        qname = lowered[:-4]
         zone_start = len(qname) - self._zone_len
-        if zone_start < 0 or qname[zone_start:] != self._zone or not self._label_starts_at(qname, zone_start):
-            if recursion:
-                return FORWARD
-            return self._error(data, question, wire.RCODE_REFUSED, edns, recursion)
+        if zone_start < 0 or not qname.endswith(self._zone):
+            return FORWARD if recursion else self._error(data, question, wire.RCODE_REFUSED, edns, recursion)
+        if zone_start:
+            # The zone must start at a label boundary ("xjiji." is not in "jiji.").
+            i = 0
+            while i < zone_start:
+                i += qname[i] + 1
+            if i != zone_start:
+                return FORWARD if recursion else self._error(data, question, wire.RCODE_REFUSED, edns, recursion)
         if not self.ready:
             return self._error(data, question, wire.RCODE_SERVFAIL, edns, recursion)
-        qclass = question[-2:]
-        if qclass != b"\x00\x01" and qclass != b"\x00\xff":
+        if not (question.endswith(b"\x00\x01") or question.endswith(b"\x00\xff")):
             return self._error(data, question, wire.RCODE_REFUSED, edns, recursion)
         soa = self._soa_by_offset.get(12 + zone_start) or self._soa(12 + zone_start)
         flag_index = (data[2] & 1) | (2 if recursion else 0)
-        if zone_start == 0 and question[-4:-2] in (b"\x00\x06", b"\x00\xff"):
-            head = _AUTH_FLAGS[wire.RCODE_NOERROR][flag_index] + _COUNTS_SOA_ANSWER[edns > 0]
-        elif qname in self.table.existing:
-            head = _AUTH_FLAGS[wire.RCODE_NOERROR][flag_index] + _COUNTS_SOA_AUTHORITY[edns > 0]
+        qtype = question[-4:-2]
+        if qname in self.table.existing:
+            if qtype == b"\x00\xff" and zone_start:
+                return self._any(data, question, qname, edns, recursion, udp, soa)
+            if not zone_start and qtype in (b"\x00\x06", b"\x00\xff"):
+                head = _AUTH_FLAGS[0][flag_index] + _COUNTS_SOA_ANSWER[edns > 0]
+                return data[:2] + head + question + soa + (self._opt[edns - 1] if edns else b"")
+            flags = _AUTH_FLAGS[wire.RCODE_NOERROR]
         else:
-            head = _AUTH_FLAGS[wire.RCODE_NXDOMAIN][flag_index] + _COUNTS_SOA_AUTHORITY[edns > 0]
-        return data[:2] + head + question + soa + (self._opt[edns - 1] if edns else b"")
+            flags = _AUTH_FLAGS[wire.RCODE_NXDOMAIN]
+        self._remember_negative(lowered, flags, soa)
+        return (
+            data[:2]
+            + flags[flag_index]
+            + _COUNTS_SOA_AUTHORITY[edns > 0]
+            + question
+            + soa
+            + (self._opt[edns - 1] if edns else b"")
+        )
 
-    @staticmethod
-    def _label_starts_at(qname: bytes, offset: int) -> bool:
-        i = 0
-        while i < offset:
-            i += qname[i] + 1
-        return i == offset
+    def _remember_negative(self, lowered: bytes, flags: tuple[bytes, ...], soa: bytes) -> None:
+        if self._negative_generation != self.table.generation or len(self._negative) >= 65536:
+            self._negative.clear()
+            self._negative_generation = self.table.generation
+        self._negative[lowered] = (flags, soa)
+
+    def _any(
+        self, data: bytes, question: bytes, qname: bytes, edns: int, recursion: bool, udp: bool, soa: bytes
+    ) -> bytes:
+        """ANY for a service name: its A and AAAA records (RFC 8482 allows less; clients expect these)."""
+        answers = self.table.answers
+        entries = [answers.get(qname + qtype + b"\x00\x01") for qtype in (b"\x00\x01", b"\x00\x1c")]
+        found = [e for e in entries if e is not None]
+        if not found:  # an existing name always has records; guard against a concurrent removal
+            head = _AUTH_FLAGS[0][(data[2] & 1) | (2 if recursion else 0)] + _COUNTS_SOA_AUTHORITY[edns > 0]
+            return data[:2] + head + question + soa + (self._opt[edns - 1] if edns else b"")
+        count = sum(int.from_bytes(e[0][2:4], "big") for e in found)
+        flags = _OK_FLAGS[(data[2] & 1) | (2 if recursion else 0)]
+        reply = data[:2] + flags + wire.counts(1, count, 0, 1 if edns else 0) + question
+        reply += b"".join(e[2] for e in found) + (self._opt[edns - 1] if edns else b"")
+        if udp and len(reply) > _udp_limit(data, 12 + len(question), edns):
+            return self._truncated(data, question, edns, recursion)
+        return reply
 
     def _soa(self, zone_offset: int) -> bytes:
         soa = self._soa_by_offset.get(zone_offset)

@@ -9,12 +9,18 @@ O(servers of that name), never a rebuild of the whole table.
 
 from __future__ import annotations
 
+import itertools
 import socket
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from . import wire
+
+# Every change to any table takes a new number, so caches derived from a table (the
+# responder's negative cache) can tell that they are stale, even across a table swap.
+_GENERATIONS = itertools.count(1)
 
 # Columns the subscription must deliver; read by name, so their order in the SQL is free.
 COLUMNS = ("id", "service", "server_id", "ip", "started_at", "instance_id", "project")
@@ -32,7 +38,11 @@ class Container:
 
 
 def row_to_container(columns: Mapping[str, int], values: list[Any]) -> Container:
-    """Build a Container from one subscription row, reading cells by column name."""
+    """Build a Container from one subscription row, reading cells by column name.
+
+    Project, service, server and instance repeat across rows: they are interned so 64k rows
+    share a few hundred strings instead of holding their own copies.
+    """
 
     def text(name: str) -> str:
         value = values[columns[name]]
@@ -40,12 +50,12 @@ def row_to_container(columns: Mapping[str, int], values: list[Any]) -> Container
 
     return Container(
         id=text("id"),
-        project=text("project"),
-        service=text("service"),
-        server_id=text("server_id"),
+        project=sys.intern(text("project")),
+        service=sys.intern(text("service")),
+        server_id=sys.intern(text("server_id")),
         ip=text("ip"),
         started_at=values[columns["started_at"]],
-        instance_id=text("instance_id"),
+        instance_id=sys.intern(text("instance_id")),
     )
 
 
@@ -70,34 +80,35 @@ def label_for(*parts: str) -> str | None:
     return label
 
 
-class _Name:
-    """One DNS name: its containers grouped by server, and the winners answered."""
+# A server group of one name: the single container most groups hold, or several keyed by id
+# (during a rolling deploy). Keeping singles unwrapped saves a dict per container at 64k rows.
+Group = Container | dict[str, Container]
 
-    __slots__ = ("by_server", "winners")
 
-    def __init__(self) -> None:
-        self.by_server: dict[str, dict[str, Container]] = {}
-        self.winners: dict[str, Container] = {}
+def _winner(group: Group) -> Container:
+    if isinstance(group, Container):
+        return group
+    # Ties on started_at go to the larger id so every node elects the same container.
+    return max(group.values(), key=lambda c: (started_order(c.started_at), c.id))
 
-    def add(self, c: Container) -> None:
-        self.by_server.setdefault(c.server_id, {})[c.id] = c
-        self._elect(c.server_id)
 
-    def remove(self, c: Container) -> None:
-        group = self.by_server.get(c.server_id)
-        if group is None or group.pop(c.id, None) is None:
-            return
-        if not group:
-            del self.by_server[c.server_id]
-        self._elect(c.server_id)
+def _add(groups: dict[str, Group], c: Container) -> None:
+    group = groups.get(c.server_id)
+    if group is None or (isinstance(group, Container) and group.id == c.id):
+        groups[c.server_id] = c
+    elif isinstance(group, Container):
+        groups[c.server_id] = {group.id: group, c.id: c}
+    else:
+        group[c.id] = c
 
-    def _elect(self, server_id: str) -> None:
-        group = self.by_server.get(server_id)
-        if not group:
-            self.winners.pop(server_id, None)
-            return
-        # Ties on started_at go to the larger id so every node elects the same container.
-        self.winners[server_id] = max(group.values(), key=lambda c: (started_order(c.started_at), c.id))
+
+def _remove(groups: dict[str, Group], c: Container) -> None:
+    group = groups.get(c.server_id)
+    if isinstance(group, Container):
+        if group.id == c.id:
+            del groups[c.server_id]
+    elif group is not None and group.pop(c.id, None) is not None and len(group) == 1:
+        groups[c.server_id] = next(iter(group.values()))
 
 
 class ServiceTable:
@@ -108,12 +119,17 @@ class ServiceTable:
         self.domain_wire = wire.encode_name(self.domain)
         self.ttl = ttl
         self.containers: dict[str, Container] = {}
-        self._names: dict[bytes, _Name] = {}
+        # Wire name -> server id -> group of containers answering for that name on that server.
+        self._names: dict[bytes, dict[str, Group]] = {}
         # Question key (lower-cased qname + qtype + qclass) -> (section counts without EDNS,
         # section counts with EDNS, answer records): everything a reply needs, pre-encoded.
+        # ANY is answered from the A and AAAA entries (rare, so not stored).
         self.answers: dict[bytes, tuple[bytes, bytes, bytes]] = {}
         # Lower-cased wire names that exist (for NOERROR/no-data on other types).
         self.existing: set[bytes] = {self.domain_wire}
+        self._label_cache: dict[tuple[str, ...], bytes | None] = {}
+        self._counts: dict[int, tuple[bytes, bytes]] = {}
+        self.generation = next(_GENERATIONS)
 
     # ---- changes -------------------------------------------------------------------------
     def upsert(self, c: Container) -> None:
@@ -123,13 +139,13 @@ class ServiceTable:
         touched: set[bytes] = set()
         if old is not None:
             for name in self._names_of(old):
-                entry = self._names.get(name)
-                if entry is not None:
-                    entry.remove(old)
+                groups = self._names.get(name)
+                if groups is not None:
+                    _remove(groups, old)
                     touched.add(name)
         self.containers[c.id] = c
         for name in self._names_of(c):
-            self._names.setdefault(name, _Name()).add(c)
+            _add(self._names.setdefault(name, {}), c)
             touched.add(name)
         for name in touched:
             self._render(name)
@@ -139,75 +155,95 @@ class ServiceTable:
         if old is None:
             return
         for name in self._names_of(old):
-            entry = self._names.get(name)
-            if entry is not None:
-                entry.remove(old)
+            groups = self._names.get(name)
+            if groups is not None:
+                _remove(groups, old)
                 self._render(name)
 
     def load(self, rows: Iterable[Container]) -> None:
         """Bulk load (a snapshot): index everything, then render each name once."""
+        names = self._names
         for c in rows:
             self.containers[c.id] = c
         for c in self.containers.values():
             for name in self._names_of(c):
-                entry = self._names.get(name)
-                if entry is None:
-                    entry = self._names[name] = _Name()
-                entry.by_server.setdefault(c.server_id, {})[c.id] = c
-        for name, entry in self._names.items():
-            for server_id in entry.by_server:
-                entry._elect(server_id)
+                groups = names.get(name)
+                if groups is None:
+                    names[name] = {c.server_id: c}
+                else:
+                    _add(groups, c)
+        for name in list(names):
             self._render(name)
 
     # ---- derived answers -------------------------------------------------------------------
     def _names_of(self, c: Container) -> list[bytes]:
-        names = []
-        service = label_for(c.project, c.service)
-        if service is not None:
-            names.append(bytes([len(service)]) + service.encode() + self.domain_wire)
-            if c.instance_id:
-                instance = label_for(c.project, c.service, c.instance_id)
-                if instance is not None:
-                    names.append(bytes([len(instance)]) + instance.encode() + self.domain_wire)
-        return names
+        service = self._wire_label((c.project, c.service))
+        if service is None:
+            return []
+        if not c.instance_id:
+            return [service]
+        instance = self._wire_label((c.project, c.service, c.instance_id))
+        return [service] if instance is None else [service, instance]
+
+    def _wire_label(self, parts: tuple[str, ...]) -> bytes | None:
+        cached = self._label_cache.get(parts, b"")
+        if cached != b"":
+            return cached
+        label = label_for(*parts)
+        wire_name = None if label is None else bytes([len(label)]) + label.encode() + self.domain_wire
+        if len(self._label_cache) < 1_000_000:
+            self._label_cache[parts] = wire_name
+        return wire_name
+
+    def _record(self, ip: str) -> tuple[int, bytes] | None:
+        """(qtype, encoded record) for an address string; None when it is not an address."""
+        try:
+            return wire.QTYPE_A, wire.a_record(socket.inet_pton(socket.AF_INET, ip), self.ttl)
+        except OSError:
+            try:
+                return wire.QTYPE_AAAA, wire.aaaa_record(socket.inet_pton(socket.AF_INET6, ip), self.ttl)
+            except OSError:
+                return None
+
+    def _counts_for(self, n: int) -> tuple[bytes, bytes]:
+        counts = self._counts.get(n)
+        if counts is None:
+            counts = self._counts[n] = (wire.counts(1, n, 0, 0), wire.counts(1, n, 0, 1))
+        return counts
 
     def _render(self, name: bytes) -> None:
-        entry = self._names.get(name)
-        keys = [wire.question_key(name, t) for t in (wire.QTYPE_A, wire.QTYPE_AAAA, wire.QTYPE_ANY)]
-        for key in keys:
-            self.answers.pop(key, None)
-        if entry is None or not entry.winners:
+        self.generation = next(_GENERATIONS)
+        groups = self._names.get(name)
+        key_a = wire.question_key(name, wire.QTYPE_A)
+        key_aaaa = wire.question_key(name, wire.QTYPE_AAAA)
+        if not groups:
             self._names.pop(name, None)
+            self.answers.pop(key_a, None)
+            self.answers.pop(key_aaaa, None)
             self.existing.discard(name)
             return
         self.existing.add(name)
         v4: list[bytes] = []
         v6: list[bytes] = []
-        for server_id in sorted(entry.winners):
-            ip = entry.winners[server_id].ip
-            try:
-                v4.append(wire.a_record(socket.inet_pton(socket.AF_INET, ip), self.ttl))
-            except OSError:
-                try:
-                    v6.append(wire.aaaa_record(socket.inet_pton(socket.AF_INET6, ip), self.ttl))
-                except OSError:
-                    continue  # not an address: nothing to answer for this row
-        for key, records in ((keys[0], v4), (keys[1], v6), (keys[2], v4 + v6)):
+        for server_id in sorted(groups):
+            record = self._record(_winner(groups[server_id]).ip)
+            if record is not None:
+                (v4 if record[0] == wire.QTYPE_A else v6).append(record[1])
+        for key, records in ((key_a, v4), (key_aaaa, v6)):
             if records:
-                self.answers[key] = (
-                    wire.counts(1, len(records), 0, 0),
-                    wire.counts(1, len(records), 0, 1),
-                    b"".join(records),
-                )
+                plain, edns = self._counts_for(len(records))
+                self.answers[key] = (plain, edns, b"".join(records))
+            else:
+                self.answers.pop(key, None)
 
     def names(self) -> dict[str, list[str]]:
         """Every answered name with its addresses (for operators and tests)."""
         out = {}
-        for wire_name, entry in self._names.items():
+        for wire_name, groups in self._names.items():
             labels = []
             i = 0
             while wire_name[i]:
                 labels.append(wire_name[i + 1 : i + 1 + wire_name[i]].decode())
                 i += 1 + wire_name[i]
-            out[".".join(labels)] = [entry.winners[s].ip for s in sorted(entry.winners)]
+            out[".".join(labels)] = [_winner(groups[s]).ip for s in sorted(groups)]
         return out
