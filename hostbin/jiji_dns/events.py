@@ -34,6 +34,8 @@ class Counters:
     last_change_id: int | None = None
     resyncs: int = 0
     reconnects: int = 0
+    hints_applied: int = 0
+    reconciled: int = 0
 
     def snapshot(self, cache_containers: int, cache_names: int, ready: bool) -> dict[str, Any]:
         out = asdict(self)

@@ -12,6 +12,7 @@ from . import __version__
 from . import config as config_mod
 from .events import Counters, log
 from .forwarder import Forwarder
+from .hints import ChangeHints
 from .responder import Responder
 from .sdnotify import notify
 from .server import BindError, DNSServer, serve_stats
@@ -41,8 +42,10 @@ async def run(cfg: config_mod.Config) -> int:
         return out
 
     stats_server = await serve_stats(cfg.stats_socket, stats) if cfg.stats_socket else None
-    subscriber = Subscriber(cfg, responder, counters)
+    hints = ChangeHints(cfg, responder, counters)
+    subscriber = Subscriber(cfg, responder, counters, on_connected=hints.request_reconcile)
     sub_task = asyncio.ensure_future(subscriber.run())
+    hints_task = asyncio.ensure_future(hints.run())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -59,7 +62,9 @@ async def run(cfg: config_mod.Config) -> int:
     notify("STOPPING=1")
     log("stopping")
     subscriber.stop()
+    hints.stop()
     sub_task.cancel()
+    hints_task.cancel()
     await server.close()
     forwarder.close()
     if stats_server is not None:

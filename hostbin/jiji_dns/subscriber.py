@@ -35,12 +35,13 @@ class Subscriber:
         config: Config,
         responder: Responder,
         counters: Counters,
-        on_change: Callable[[], None] | None = None,
+        on_connected: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.responder = responder
         self.counters = counters
-        self.on_change = on_change
+        # Called after every snapshot and every resume: the caller re-reads the truth (hints.py).
+        self.on_connected = on_connected
         self.sub_id: str | None = None
         self.last_change_id: int | None = None
         self._columns: dict[str, int] = {}
@@ -110,6 +111,8 @@ class Subscriber:
                 raise ResyncNeeded(f"resume answered HTTP {resp.status}")
             log("subscription_resumed", sub_id=self.sub_id or "", from_change_id=self.last_change_id)
             self.counters.subscription_state = "live"
+            if self.on_connected:
+                self.on_connected()
             await self._consume(resp, fresh=False)
         finally:
             resp.close()
@@ -153,8 +156,8 @@ class Subscriber:
                     load_ms=f"{(time.perf_counter() - started) * 1000:.1f}",
                     change_id=self.last_change_id,
                 )
-                if self.on_change:
-                    self.on_change()
+                if self.on_connected:
+                    self.on_connected()
             elif kind == "change":
                 self._apply_change(body, pending)
             elif kind == "error":
@@ -180,5 +183,3 @@ class Subscriber:
         if change_id is not None:
             self.last_change_id = change_id
             self.counters.last_change_id = change_id
-        if self.on_change:
-            self.on_change()
