@@ -46,6 +46,7 @@ class Subscriber:
         self.last_change_id: int | None = None
         self._columns: dict[str, int] = {}
         self._stopping = False
+        self._opened_at = 0.0
 
     def stop(self) -> None:
         self._stopping = True
@@ -89,6 +90,7 @@ class Subscriber:
     async def _subscribe(self) -> None:
         api = self.config.corrosion_api
         self.counters.subscription_state = "subscribing"
+        self._opened_at = time.perf_counter()
         resp = await httpstream.request(api.host, api.port, "POST", "/v1/subscriptions", self.config.subscription_sql)
         try:
             if resp.status != 200:
@@ -154,6 +156,7 @@ class Subscriber:
                     containers=len(self.responder.table.containers),
                     names=len(self.responder.table.names()),
                     load_ms=f"{(time.perf_counter() - started) * 1000:.1f}",
+                    since_request_ms=f"{(time.perf_counter() - self._opened_at) * 1000:.1f}",
                     change_id=self.last_change_id,
                 )
                 if self.on_connected:
