@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,8 @@ class CorrosionNode:
                 f"http://{self.api}/v1/subscriptions/{sub_id}?from={from_change_id}", timeout=2
             ) as resp:
                 line = resp.readline()
+        except urllib.error.HTTPError as e:
+            return {"http_status": e.code}
         except (TimeoutError, OSError):
             return None
         event: dict[str, Any] = json.loads(line)
