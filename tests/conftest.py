@@ -116,13 +116,16 @@ class Lab:
     def ip(self, i: int) -> str:
         return f"198.18.0.{10 + i}"
 
-    def run(self, i: int, command: str, stdin: str = "", check: bool = True) -> str:
+    def run(self, i: int, command: str, stdin: str | bytes = b"", check: bool = True) -> str:
+        data = stdin.encode() if isinstance(stdin, str) else stdin
         out = subprocess.run(
-            ["bash", str(self.script), "ssh", str(i), command], input=stdin, capture_output=True, text=True, timeout=120
+            ["bash", str(self.script), "ssh", str(i), command], input=data, capture_output=True, timeout=120
         )
         if check and out.returncode != 0:
-            raise RuntimeError(f"host {i}: {command!r} failed ({out.returncode}): {out.stderr}")
-        return out.stdout
+            raise RuntimeError(
+                f"host {i}: {command!r} failed ({out.returncode}): {out.stderr.decode(errors='replace')}"
+            )
+        return out.stdout.decode(errors="replace")
 
     def down(self) -> None:
         subprocess.run(["bash", str(self.script), "down"], capture_output=True, text=True, timeout=300, check=True)
