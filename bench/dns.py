@@ -19,6 +19,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -198,23 +199,9 @@ def bench_change_latency(work: Path, pyz: Path, node: harness.CorrosionNode, rou
     try:
         d.wait_ready()
         node.add_container("lat", "bench", "latency", "s1", "10.210.9.1", 1)
-        q = wire_name("bench-latency.jiji")
-        samples = []
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.settimeout(1)
-            for n in range(rounds):
-                ip = f"10.210.9.{n % 200 + 2}"
-                want = socket.inet_aton(ip)
-                t0 = time.perf_counter()
-                node.execute(["UPDATE containers SET ip = ? WHERE id = 'lat'", [ip]])
-                deadline = t0 + 2
-                while time.perf_counter() < deadline:
-                    if udp_ask(s, d.port, q, n & 0xFFFF).endswith(want):
-                        samples.append((time.perf_counter() - t0) * 1000)
-                        break
-                    time.sleep(0.0002)
-                else:
-                    samples.append(float("inf"))
+        samples = poll_changes(
+            d.port, rounds, lambda n, ip: node.execute(["UPDATE containers SET ip = ? WHERE id = 'lat'", [ip]])
+        )
         report_latency(samples, "write through the node -> answer")
     finally:
         d.close()
@@ -288,29 +275,38 @@ def bench_daemon_latency(work: Path, pyz: Path, rounds: int) -> None:
     d = harness.DnsDaemon(pyz, work, f"127.0.0.1:{stream.port}")
     try:
         d.wait_ready()
-        q = wire_name("bench-latency.jiji")
-        samples = []
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.settimeout(1)
-            for n in range(rounds):
-                ip = f"10.210.9.{n % 200 + 2}"
-                want = socket.inet_aton(ip)
-                t0 = time.perf_counter()
-                stream.change(n + 1, ip)
-                while time.perf_counter() < t0 + 2:
-                    if udp_ask(s, d.port, q, n & 0xFFFF).endswith(want):
-                        samples.append((time.perf_counter() - t0) * 1000)
-                        break
-                else:
-                    samples.append(float("inf"))
+        samples = poll_changes(d.port, rounds, lambda n, ip: stream.change(n + 1, ip))
         report_latency(samples, "event -> answer")
     finally:
         d.close()
         stream.close()
 
 
+def poll_changes(port: int, rounds: int, change: Callable[[int, str], object]) -> list[float]:
+    """Milliseconds from `change(n, ip)` to jiji-dns answering bench-latency.jiji with `ip`."""
+    q = wire_name("bench-latency.jiji")
+    samples = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(1)
+        for n in range(rounds + 1):
+            ip = f"10.210.9.{n % 200 + 2}"
+            want = socket.inet_aton(ip)
+            t0 = time.perf_counter()
+            change(n, ip)
+            while time.perf_counter() < t0 + 2:
+                if udp_ask(s, port, q, n & 0xFFFF).endswith(want):
+                    samples.append((time.perf_counter() - t0) * 1000)
+                    break
+            else:
+                samples.append(float("inf"))
+    return samples
+
+
 def report_latency(samples: list[float], what: str) -> None:
-    samples.sort()
+    # klukai creates its update notifier on the first change: that one change waits for the
+    # subscription's batch (~600 ms). Reported apart so the steady state is not hidden, nor it.
+    print(f"{what}: first change after start {samples[0]:.2f} ms")
+    samples = sorted(samples[1:])
     p50 = statistics.median(samples)
     p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
     print(f"{what}: p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {samples[-1]:.2f} ms (target p99 < 20 ms)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,6 +44,11 @@ class Config:
     max_inflight: int
     stats_socket: str | None
     subscription_sql: str
+
+
+def reconnect_delay(config: Config, failures: int) -> float:
+    """Exponential backoff from the configured interval, capped, plus 0-1 s of jitter."""
+    return min(config.reconnect_base * 2 ** max(failures - 1, 0), config.reconnect_max) + random.uniform(0, 1)
 
 
 SUBSCRIPTION_SQL = (

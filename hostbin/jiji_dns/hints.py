@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 from typing import Any
 
 from . import httpstream
-from .config import Config
+from .config import Config, reconnect_delay
 from .events import Counters, log
 from .responder import Responder
 from .table import row_to_container
@@ -59,18 +58,10 @@ class ChangeHints:
                     if await self._listen():
                         return  # the node has no update notifications: nothing to do
                     failures = 0
-                except (
-                    TimeoutError,
-                    OSError,
-                    ConnectionError,
-                    asyncio.IncompleteReadError,
-                    httpstream.HTTPError,
-                    ValueError,
-                ) as e:
+                except httpstream.STREAM_ERRORS as e:
                     failures += 1
                     log("hints_error", error=f"{type(e).__name__}: {e}", attempt=failures)
-                delay = min(self.config.reconnect_base * 2 ** max(failures - 1, 0), self.config.reconnect_max)
-                await asyncio.sleep(delay + random.uniform(0, 1))
+                await asyncio.sleep(reconnect_delay(self.config, failures))
         finally:
             worker.cancel()
 
@@ -105,7 +96,7 @@ class ChangeHints:
                 self._reconcile_requested = False
                 try:
                     await self._reconcile()
-                except (TimeoutError, OSError, ConnectionError, httpstream.HTTPError, ValueError) as e:
+                except httpstream.STREAM_ERRORS as e:
                     log("reconcile_error", error=f"{type(e).__name__}: {e}")
                     self._reconcile_requested = True
                     await asyncio.sleep(self.config.reconnect_base)
@@ -117,7 +108,7 @@ class ChangeHints:
                 batch = [self._pending.pop() for _ in range(min(BATCH, len(self._pending)))]
                 try:
                     await self._refresh(batch)
-                except (TimeoutError, OSError, ConnectionError, httpstream.HTTPError, ValueError) as e:
+                except httpstream.STREAM_ERRORS as e:
                     log("hints_refresh_error", error=f"{type(e).__name__}: {e}", containers=len(batch))
 
     async def _read(self, sql: str, params: list[str]) -> dict[str, Any]:

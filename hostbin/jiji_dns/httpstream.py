@@ -19,6 +19,10 @@ class HTTPError(Exception):
         self.status = status
 
 
+# What a broken or refused stream raises; callers reconnect after any of these.
+STREAM_ERRORS = (TimeoutError, OSError, ConnectionError, asyncio.IncompleteReadError, HTTPError, ValueError, KeyError)
+
+
 @dataclass
 class Response:
     status: int

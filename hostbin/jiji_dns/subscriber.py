@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 from collections.abc import Callable
 from typing import Any
 
 from . import httpstream
-from .config import Config
+from .config import Config, reconnect_delay
 from .events import Counters, log
 from .responder import Responder
 from .table import COLUMNS, ServiceTable, row_to_container
@@ -67,23 +66,14 @@ class Subscriber:
                 self.sub_id = None
                 self.last_change_id = None
                 continue
-            except (
-                TimeoutError,
-                OSError,
-                ConnectionError,
-                asyncio.IncompleteReadError,
-                httpstream.HTTPError,
-                ValueError,
-                KeyError,
-            ) as e:
+            except httpstream.STREAM_ERRORS as e:
                 failures += 1
                 log("subscription_error", error=f"{type(e).__name__}: {e}", attempt=failures)
             if self._stopping:
                 break
             self.counters.subscription_state = "disconnected"
             self.counters.reconnects += 1
-            delay = min(self.config.reconnect_base * 2 ** max(failures - 1, 0), self.config.reconnect_max)
-            delay += random.uniform(0, 1)
+            delay = reconnect_delay(self.config, failures)
             log("subscription_reconnect", attempt=failures + 1, delay_s=f"{delay:.2f}")
             await asyncio.sleep(delay)
 
