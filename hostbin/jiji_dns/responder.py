@@ -150,7 +150,7 @@ class Responder:
             return self._error(data, question, wire.RCODE_SERVFAIL, edns, recursion)
         if not (question.endswith(b"\x00\x01") or question.endswith(b"\x00\xff")):
             return self._error(data, question, wire.RCODE_REFUSED, edns, recursion)
-        soa = self._soa_by_offset.get(12 + zone_start) or self._soa(12 + zone_start)
+        soa = self._soa(12 + zone_start)
         flag_index = (data[2] & 1) | (2 if recursion else 0)
         qtype = question[-4:-2]
         if qname in self.table.existing:
@@ -267,23 +267,17 @@ class Responder:
         reply = query.reply(ra=int(recursion), aa=0)
         reply.header.rcode = rcode
         reply.header.opcode = query.header.opcode
-        reply.rr, reply.auth = [], []
-        reply.ar = [rr for rr in reply.ar if rr.rtype == QTYPE.OPT][:1]
-        if query.ar and not reply.ar:
-            for rr in query.ar:
-                if rr.rtype == QTYPE.OPT:
-                    reply.add_ar(EDNS0(udp_len=wire.EDNS_PAYLOAD))
-                    break
-        packed = bytes(reply.pack())
-        return packed
+        reply.rr, reply.auth, reply.ar = [], [], []
+        if any(rr.rtype == QTYPE.OPT for rr in query.ar):
+            reply.add_ar(EDNS0(udp_len=wire.EDNS_PAYLOAD))
+        return bytes(reply.pack())
 
     def _badvers(self, query: DNSRecord, recursion: bool) -> bytes:
         reply = query.reply(ra=int(recursion), aa=0)
         reply.ar = []
         reply.header.rcode = 0
         reply.add_ar(EDNS0(udp_len=wire.EDNS_PAYLOAD, ext_rcode=wire.EXT_RCODE_BADVERS >> 4))
-        packed = bytes(reply.pack())
-        return packed
+        return bytes(reply.pack())
 
     @staticmethod
     def _header_only(data: bytes, rcode: int, recursion: bool) -> bytes:
