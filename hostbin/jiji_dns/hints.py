@@ -39,6 +39,7 @@ class ChangeHints:
         self._refreshed_since_reconcile: set[str] = set()
         self._wake = asyncio.Event()
         self._stopping = False
+        self._streamed = False
 
     def request_reconcile(self) -> None:
         """Called by the subscriber after each snapshot or resume."""
@@ -54,12 +55,12 @@ class ChangeHints:
         failures = 0
         try:
             while not self._stopping:
+                self._streamed = False
                 try:
                     if await self._listen():
                         return  # the node has no update notifications: nothing to do
-                    failures = 0
                 except httpstream.STREAM_ERRORS as e:
-                    failures += 1
+                    failures = 1 if self._streamed else failures + 1
                     log("hints_error", error=f"{type(e).__name__}: {e}", attempt=failures)
                 await asyncio.sleep(reconnect_delay(self.config, failures))
         finally:
@@ -75,6 +76,7 @@ class ChangeHints:
                 return True
             if resp.status != 200:
                 raise httpstream.HTTPError(resp.status, await resp.text())
+            self._streamed = True
             log("hints_open")
             async for line in resp.lines():
                 event = json.loads(line)

@@ -46,6 +46,7 @@ class Subscriber:
         self._columns: dict[str, int] = {}
         self._stopping = False
         self._opened_at = 0.0
+        self._streamed = False
 
     def stop(self) -> None:
         self._stopping = True
@@ -53,13 +54,13 @@ class Subscriber:
     async def run(self) -> None:
         failures = 0
         while not self._stopping:
+            self._streamed = False
             try:
+                # Both return only by raising: a stream that ends is a disconnect.
                 if self.sub_id and self.last_change_id is not None:
                     await self._resume()
                 else:
                     await self._subscribe()
-                failures = 0
-                log("subscription_closed", sub_id=self.sub_id or "")
             except ResyncNeeded as e:
                 log("subscription_resync", reason=str(e), last_change_id=self.last_change_id)
                 self.counters.resyncs += 1
@@ -67,7 +68,8 @@ class Subscriber:
                 self.last_change_id = None
                 continue
             except httpstream.STREAM_ERRORS as e:
-                failures += 1
+                # The backoff starts over after a connection that worked (the seed's counter reset).
+                failures = 1 if self._streamed else failures + 1
                 log("subscription_error", error=f"{type(e).__name__}: {e}", attempt=failures)
             if self._stopping:
                 break
@@ -88,6 +90,7 @@ class Subscriber:
             self.sub_id = resp.headers.get("corro-query-id")
             self.last_change_id = None
             self.counters.subscription_id = self.sub_id or ""
+            self._streamed = True
             log("subscription_open", sub_id=self.sub_id or "")
             await self._consume(resp, fresh=True)
         finally:
@@ -101,6 +104,7 @@ class Subscriber:
         try:
             if resp.status != 200:
                 raise ResyncNeeded(f"resume answered HTTP {resp.status}")
+            self._streamed = True
             log("subscription_resumed", sub_id=self.sub_id or "", from_change_id=self.last_change_id)
             self.counters.subscription_state = "live"
             if self.on_connected:
