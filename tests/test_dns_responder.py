@@ -1,10 +1,15 @@
-"""The responder in-process: negative answers follow table changes (no stale cached NXDOMAIN)."""
+"""In-process checks: negative answers follow table changes; a taken port 53 is named clearly."""
 
 from __future__ import annotations
 
+import socket
+
 import dns.message
 import dns.rcode
+import pytest
+from jiji_dns.config import Endpoint
 from jiji_dns.responder import Responder
+from jiji_dns.server import BindError, bind_udp
 from jiji_dns.table import Container, ServiceTable
 
 
@@ -52,3 +57,13 @@ def test_not_ready_is_servfail_and_not_cached() -> None:
     assert ask(r, "shop-api.jiji").rcode() == dns.rcode.SERVFAIL
     r.ready = True
     assert ask(r, "shop-api.jiji").rcode() == dns.rcode.NXDOMAIN
+
+
+def test_port_53_in_use_names_systemd_resolved() -> None:
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
+        squatter.bind(("127.0.0.53", 53))  # where systemd-resolved's stub listener sits
+        with pytest.raises(BindError) as err:
+            bind_udp(Endpoint("127.0.0.53", 53))
+    assert "udp port 53 on 127.0.0.53 is already in use" in str(err.value)
+    assert "systemd-resolved" in str(err.value)
