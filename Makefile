@@ -7,7 +7,7 @@ VENV := .venv
 # A fully offline Pulumi: local state in an ignored directory, no update check, no plugin download.
 PULUMI_ENV := PULUMI_BACKEND_URL=file://$(CURDIR)/.lab/state PULUMI_CONFIG_PASSPHRASE= \
 	PULUMI_SKIP_UPDATE_CHECK=true PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true \
-	PULUMI_HOME=$(JIJI_CACHE)/pulumi/home PATH=$(JIJI_CACHE)/pulumi/v$$(. lab/versions.env; echo $$PULUMI_VERSION)/bin:$$PATH
+	PATH=$(JIJI_CACHE)/pulumi/v$$(. lab/versions.env; echo $$PULUMI_VERSION)/bin:$$PATH
 
 .PHONY: test up lab-up lab-down toolchain bench-dns lint
 
