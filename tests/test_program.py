@@ -10,6 +10,7 @@ import pulumi
 import pytest
 
 from components.plan import ConfigError
+from tests.harness import REPO
 
 SECRET_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-real-key\n-----END OPENSSH PRIVATE KEY-----"
 
@@ -42,7 +43,7 @@ def run_program(config: dict[str, Any]) -> tuple[Mocks, dict[str, Any]]:
 
     pulumi.export = capture  # type: ignore[assignment]
     try:
-        runpy.run_path("__main__.py", run_name="__main__")
+        runpy.run_path(str(REPO / "__main__.py"), run_name="__main__")
     finally:
         pulumi.export = original  # type: ignore[assignment]
     return mocks, exported
