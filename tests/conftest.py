@@ -103,7 +103,7 @@ def dig(port: int, name: str, qtype: str = "A", *options: str, server: str = "12
 
 
 class Lab:
-    """The lab hosts, up for one test session; commands run over SSH with the lab's key."""
+    """The lab hosts, up for one test module; commands run over SSH with the lab's key."""
 
     script = harness.REPO / "lab" / "lab.sh"
 
@@ -131,8 +131,9 @@ class Lab:
         subprocess.run(["bash", str(self.script), "down"], capture_output=True, text=True, timeout=300, check=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
+    # Per module, not per session: tests/test_lab.py brings the same lab up and down itself.
     if os.geteuid() != 0:
         pytest.fail("the lab needs root: run the tests as root (CI does)")
     instance = Lab(3)
