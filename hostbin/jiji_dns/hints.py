@@ -24,7 +24,7 @@ from . import httpstream
 from .config import Config, reconnect_delay
 from .events import Counters, log
 from .responder import Responder
-from .table import row_to_container
+from .table import row_reader
 
 BATCH = 256  # container ids re-read per query
 
@@ -117,7 +117,7 @@ class ChangeHints:
         """Rows of the subscription's query (narrowed by `sql`) as containers by id."""
         api = self.config.corrosion_api
         resp = await httpstream.request(api.host, api.port, "POST", "/v1/queries", [sql, params], timeout=30)
-        columns: dict[str, int] = {}
+        read_row = None
         found: dict[str, Any] = {}
         try:
             if resp.status != 200:
@@ -125,9 +125,11 @@ class ChangeHints:
             async for line in resp.lines():
                 event = json.loads(line)
                 if "columns" in event:
-                    columns = {name: i for i, name in enumerate(event["columns"])}
+                    read_row = row_reader({name: i for i, name in enumerate(event["columns"])})
                 elif "row" in event:
-                    c = row_to_container(columns, event["row"][1])
+                    if read_row is None:
+                        raise ValueError("a row arrived before the query's columns")
+                    c = read_row(event["row"][1])
                     found[c.id] = c
                 elif "error" in event:
                     raise ConnectionError(f"corrosion error: {event['error']}")

@@ -21,7 +21,7 @@ from . import httpstream
 from .config import Config, reconnect_delay
 from .events import Counters, log
 from .responder import Responder
-from .table import COLUMNS, ServiceTable, row_to_container
+from .table import COLUMNS, Container, ServiceTable, row_reader
 
 
 class ResyncNeeded(Exception):
@@ -43,7 +43,7 @@ class Subscriber:
         self.on_connected = on_connected
         self.sub_id: str | None = None
         self.last_change_id: int | None = None
-        self._columns: dict[str, int] = {}
+        self._read_row: Callable[[list[Any]], Container] | None = None
         self._stopping = False
         self._opened_at = 0.0
         self._streamed = False
@@ -119,19 +119,23 @@ class Subscriber:
         if fresh:
             pending = ServiceTable(self.responder.table.domain, self.responder.table.ttl)
         async for line in resp.lines():
+            if pending is not None and line.startswith(b'{"row":'):
+                rows.append(self._row(json.loads(line)["row"][1]))  # a snapshot's bulk: one step
+                continue
             event = json.loads(line)
             if not isinstance(event, dict) or len(event) != 1:
                 raise ValueError(f"unexpected subscription event {line[:200]!r}")
             kind, body = next(iter(event.items()))
             if kind == "columns":
-                self._columns = {name: i for i, name in enumerate(body)}
-                missing = [c for c in COLUMNS if c not in self._columns]
+                columns = {name: i for i, name in enumerate(body)}
+                missing = [c for c in COLUMNS if c not in columns]
                 if missing:
                     raise ValueError(f"subscription lacks columns {missing}")
+                self._read_row = row_reader(columns)
             elif kind == "row":
                 if pending is None:
                     raise ResyncNeeded("rows arrived on a resumed subscription")
-                rows.append(row_to_container(self._columns, body[1]))
+                rows.append(self._row(body[1]))
             elif kind == "eoq":
                 if pending is None:
                     continue
@@ -164,13 +168,18 @@ class Subscriber:
                 raise ConnectionError(f"corrosion error: {body}")
         raise ConnectionError("subscription stream ended")
 
+    def _row(self, values: list[Any]) -> Container:
+        if self._read_row is None:
+            raise ValueError("a row arrived before the subscription's columns")
+        return self._read_row(values)
+
     def _apply_change(self, body: list[Any], pending: ServiceTable | None) -> None:
         change_type, _rowid, values = body[0], body[1], body[2]
         change_id = body[3] if len(body) > 3 else None
         if change_id is not None and self.last_change_id is not None and change_id != self.last_change_id + 1:
             raise ResyncNeeded(f"change id gap: expected {self.last_change_id + 1}, got {change_id}")
         table = pending if pending is not None else self.responder.table
-        container = row_to_container(self._columns, values)
+        container = self._row(values)
         if change_type == "delete":
             table.delete(container.id)
         elif change_type in ("insert", "update"):
