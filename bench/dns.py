@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import socket
 import statistics
 import struct
@@ -390,8 +391,20 @@ def main() -> int:
     p.add_argument("--latency-rounds", type=int, default=300)
     p.add_argument("--snapshot", type=int, default=64768)
     p.add_argument("--only", choices=["qps", "latency", "snapshot"], help="run one part")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases)")
     a = p.parse_args()
     work = harness.tempdir("jiji-bench-")
+    try:
+        run_parts(a, work)
+    finally:
+        if a.keep:
+            print(f"\nwork directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def run_parts(a: argparse.Namespace, work: Path) -> None:
     pyz = work / "jiji-dns.pyz"
     subprocess.run([sys.executable, str(harness.REPO / "hostbin" / "build_zipapp.py"), str(pyz)], check=True)
     if a.only in (None, "qps", "latency"):
@@ -407,7 +420,6 @@ def main() -> int:
         bench_daemon_latency(work, pyz, a.latency_rounds)
     if a.only in (None, "snapshot"):
         bench_snapshot(work, pyz, a.snapshot)
-    return 0
 
 
 if __name__ == "__main__":
