@@ -11,6 +11,7 @@ Everything binds to 127.0.0.1; every process is stopped by its own pid; every ru
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ import statistics
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -228,8 +230,6 @@ class ScriptedStream:
     COLUMNS = ["id", "service", "server_id", "ip", "health_status", "started_at", "instance_id", "project"]
 
     def __init__(self) -> None:
-        import threading
-
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(4)
@@ -239,8 +239,6 @@ class ScriptedStream:
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _chunk(self, event: object) -> bytes:
-        import json
-
         data = json.dumps(event).encode() + b"\n"
         return f"{len(data):x}\r\n".encode() + data + b"\r\n"
 

@@ -6,8 +6,6 @@ No script contains a secret: file contents travel on stdin, private keys never l
 
 from __future__ import annotations
 
-import shlex
-
 from .render import KEY_PATH
 
 WG_CONF = "/etc/wireguard/jiji0.conf"
@@ -50,13 +48,3 @@ systemctl disable --now wg-quick@{INTERFACE} >/dev/null 2>&1 || true
 ip link del {INTERFACE} 2>/dev/null || true
 rm -f {WG_CONF}
 """
-
-
-def write_file(path: str, mode: str = "0644") -> str:
-    """Create/update: stdin becomes `path` atomically, with `mode`."""
-    p = shlex.quote(path)
-    return f"set -eu\nmkdir -p $(dirname {p})\ncat > {p}.new\nchmod {mode} {p}.new\nmv {p}.new {p}\n"
-
-
-def remove_file(path: str) -> str:
-    return f"rm -f {shlex.quote(path)}\n"

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -291,8 +292,6 @@ class CuttableProxy:
     """A loopback TCP proxy whose connections can be cut and refused, to disconnect a client."""
 
     def __init__(self, target_port: int) -> None:
-        import threading
-
         self.target_port = target_port
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -310,8 +309,6 @@ class CuttableProxy:
         return f"127.0.0.1:{self.port}"
 
     def _accept(self) -> None:
-        import threading
-
         while True:
             try:
                 client, _ = self.listener.accept()
