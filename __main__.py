@@ -1,25 +1,24 @@
-"""Composition root: read the stack's settings, plan the mesh, export what other stacks consume."""
+"""Composition root: read the stack's settings, plan the mesh, build the mesh, export its outputs."""
 
 import pulumi
 
+from components import artifacts
 from components import settings as stack_settings
+from components.mesh import Mesh, Uploads
 from components.plan import plan_addresses
 
 settings, servers, ssh_key = stack_settings.load()
 plans = plan_addresses(settings, servers)
-
-pulumi.export("cluster_cidr", settings.cluster_cidr)
-pulumi.export("domain", settings.domain)
-pulumi.export(
-    "servers",
-    {
-        name: {
-            "index": p.index,
-            "subnet": p.subnet,
-            "mesh_address": p.mesh_address,
-            "container_range": p.container_range,
-            "dns_address": p.mesh_address,
-        }
-        for name, p in plans.items()
-    },
+dns_pyz, tool_pyz = artifacts.zipapps()
+uploads = Uploads(
+    dns=dns_pyz,
+    tool=tool_pyz,
+    corrosion=artifacts.local_binary(settings.corrosion.local_path) if settings.corrosion.local_path else None,
 )
+mesh = Mesh("jiji", settings, servers, plans, ssh_key, uploads)
+
+pulumi.export("cluster_cidr", mesh.outputs["cluster_cidr"])
+pulumi.export("domain", mesh.outputs["domain"])
+pulumi.export("servers", mesh.outputs["servers"])
+# Everything another stack needs in one value: `StackReference(...).get_output("mesh")`.
+pulumi.export("mesh", mesh.outputs)

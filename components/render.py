@@ -50,3 +50,54 @@ def corrosion_config(settings: MeshSettings, plan: ServerPlan, others: list[Serv
         api_addr=f"127.0.0.1:{settings.api_port}",
         admin_path="/run/jiji-corrosion/admin.sock",
     )
+
+
+CORROSION_BINARY = "/usr/local/lib/jiji-net/corrosion"
+CORROSION_CONFIG = f"{CORROSION_ETC}/config.toml"
+CORROSION_SCHEMA = f"{CORROSION_ETC}/schemas/jiji.sql"
+NETWORK_SCRIPT = "/usr/local/lib/jiji-net/network.sh"
+DNS_PYZ = "/usr/local/lib/jiji-net/jiji-dns.pyz"
+TOOL_PATH = "/usr/local/bin/jiji-net"
+_HOSTBIN = Path(__file__).resolve().parent.parent / "hostbin"
+
+
+def corrosion_unit() -> str:
+    return _ENV.get_template("jiji-corrosion.service.j2").render(binary=CORROSION_BINARY, config=CORROSION_CONFIG)
+
+
+def network_script(settings: MeshSettings, plan: ServerPlan, bridge: str) -> str:
+    return _ENV.get_template("jiji-net-network.sh.j2").render(
+        subnet=plan.subnet,
+        cluster_cidr=settings.cluster_cidr,
+        mesh_address=plan.mesh_address,
+        prefix_len=settings.subnet_prefix_len,
+        mtu=settings.mtu,
+        bridge=bridge,
+        create_bridge=settings.container_engine == "none",
+        wireguard_port=settings.wireguard_port,
+        mesh_only_ports=[settings.gossip_port, settings.dns_port],
+    )
+
+
+def network_unit() -> str:
+    return _ENV.get_template("jiji-net-network.service.j2").render(script=NETWORK_SCRIPT)
+
+
+def dns_unit(settings: MeshSettings, plan: ServerPlan) -> str:
+    """jiji-dns answers on the mesh address, which is also the gateway of the container bridge."""
+    template = jinja2.Environment(
+        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False
+    ).from_string((_HOSTBIN / "jiji-dns.service.j2").read_text())
+    return template.render(
+        install_path=DNS_PYZ,
+        listen=[f"{plan.mesh_address}:{settings.dns_port}"],
+        corrosion_api=f"127.0.0.1:{settings.api_port}",
+        domain=settings.domain,
+        ttl=settings.dns_ttl,
+        recursion_from=[settings.cluster_cidr, "127.0.0.0/8"],
+        after_units=["jiji-corrosion.service"],
+    )
+
+
+def corrosion_schema() -> str:
+    return (_HOSTBIN / "corrosion-schema.sql").read_text()

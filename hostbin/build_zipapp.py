@@ -1,9 +1,11 @@
-"""Builds jiji-dns.pyz: the daemon and dnslib in one file that runs on any python3 >= 3.11.
+"""Builds the host zipapps: jiji-dns.pyz (the daemon and dnslib) and jiji-net.pyz (the host tool),
+each one file that runs on any python3 >= 3.11.
 
 Reproducible byte for byte (sorted entries, fixed timestamps and modes, no bytecode), so the
 program can use its SHA-256 to decide when a server needs the new file.
 
-    python hostbin/build_zipapp.py OUT.pyz
+    python hostbin/build_zipapp.py OUT.pyz          # jiji-dns
+    python hostbin/build_zipapp.py --tool OUT.pyz   # jiji-net host tool
 """
 
 from __future__ import annotations
@@ -18,24 +20,26 @@ import dnslib  # type: ignore[import-untyped]
 
 HERE = Path(__file__).resolve().parent
 SHEBANG = b"#!/usr/bin/env python3\n"
-MAIN = b"import sys\n\nfrom jiji_dns.main import main\n\nsys.exit(main())\n"
+DNS_MAIN = b"import sys\n\nfrom jiji_dns.main import main\n\nsys.exit(main())\n"
+TOOL_MAIN = b"import sys\n\nfrom jiji_ops.cli import main\n\nsys.exit(main())\n"
 
 
-def _sources() -> list[tuple[str, bytes]]:
+def _sources(tool: bool) -> list[tuple[str, bytes]]:
     files = []
-    for package_dir, prefix in ((HERE / "jiji_dns", "jiji_dns"), (Path(dnslib.__file__).parent, "dnslib")):
+    packages = [(HERE / "jiji_ops", "jiji_ops")] if tool else [(HERE / "jiji_dns", "jiji_dns"), (Path(dnslib.__file__).parent, "dnslib")]
+    for package_dir, prefix in packages:
         for path in sorted(package_dir.rglob("*.py")):
             if "__pycache__" in path.parts or (prefix == "dnslib" and path.name.startswith("test")):
                 continue
             files.append((f"{prefix}/{path.relative_to(package_dir).as_posix()}", path.read_bytes()))
-    files.append(("__main__.py", MAIN))
+    files.append(("__main__.py", TOOL_MAIN if tool else DNS_MAIN))
     return sorted(files)
 
 
-def build() -> bytes:
+def build(tool: bool = False) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in _sources():
+        for name, data in _sources(tool):
             info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
@@ -44,11 +48,13 @@ def build() -> bytes:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: build_zipapp.py OUT.pyz", file=sys.stderr)
+    tool = "--tool" in argv[1:]
+    rest = [a for a in argv[1:] if a != "--tool"]
+    if len(rest) != 1:
+        print("usage: build_zipapp.py [--tool] OUT.pyz", file=sys.stderr)
         return 2
-    data = build()
-    out = Path(argv[1])
+    data = build(tool)
+    out = Path(rest[0])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(data)
     out.chmod(0o755)

@@ -1,0 +1,56 @@
+"""Files the program uploads, built or hashed locally at evaluation time (no Pulumi imports).
+
+The zipapps are reproducible, so their SHA-256 changes only when their sources do, and a server
+gets a new copy only then.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .plan import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+BUILD_DIR = REPO / "build"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: str
+    sha256: str
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def zipapps() -> tuple[Artifact, Artifact]:
+    """(jiji-dns.pyz, jiji-net.pyz), written to build/ only when their bytes changed."""
+    sys.path.insert(0, str(REPO / "hostbin"))
+    try:
+        import build_zipapp
+    finally:
+        sys.path.pop(0)
+    out = []
+    for tool, filename in ((False, "jiji-dns.pyz"), (True, "jiji-net.pyz")):
+        data = build_zipapp.build(tool)
+        path = BUILD_DIR / filename
+        if not path.exists() or path.read_bytes() != data:
+            BUILD_DIR.mkdir(exist_ok=True)
+            path.write_bytes(data)
+        out.append(Artifact(str(path), hashlib.sha256(data).hexdigest()))
+    return out[0], out[1]
+
+
+def local_binary(path: str) -> Artifact:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError([f"corrosion_local_path: {path} is not a file; build it (lab/toolchain.sh corrosion) or fix the path"])
+    return Artifact(str(p.resolve()), _sha256_file(p))

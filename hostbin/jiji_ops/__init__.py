@@ -1,0 +1,1 @@
+"""jiji-net: the host tool installed on every server (operator commands, registry sync)."""

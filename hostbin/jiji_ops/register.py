@@ -1,0 +1,50 @@
+"""`jiji-net register`: makes the registry's servers and cluster_metadata rows match the stack.
+
+Input (stdin, JSON, written by the Pulumi program): {"servers": [{id, hostname, subnet,
+wireguard_ip, wireguard_pubkey, endpoints}], "metadata": {key: value}}. Rows of servers no longer
+in the stack are deleted, with their containers' rows. Running it twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .corrosion import Corrosion, Statement
+
+_SERVER_COLUMNS = ("id", "hostname", "subnet", "wireguard_ip", "wireguard_pubkey", "endpoints")
+
+
+def statements(desired: dict[str, Any]) -> list[Statement]:
+    servers = desired["servers"]
+    if not servers:
+        raise ValueError("register: the stack has no servers; refusing to empty the registry")
+    out: list[Statement] = []
+    columns = ", ".join(_SERVER_COLUMNS)
+    marks = ", ".join("?" for _ in _SERVER_COLUMNS)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in _SERVER_COLUMNS[1:])
+    # Only rows that differ are written, so a no-op run creates no new versions to gossip.
+    differs = " OR ".join(f"servers.{c} IS NOT excluded.{c}" for c in _SERVER_COLUMNS[1:])
+    for s in servers:
+        row = [s["id"], s["hostname"], s["subnet"], s["wireguard_ip"], s["wireguard_pubkey"], json.dumps(s["endpoints"])]
+        out.append((f"INSERT INTO servers ({columns}) VALUES ({marks}) ON CONFLICT (id) DO UPDATE SET {updates} WHERE {differs}", row))
+    ids = [s["id"] for s in servers]
+    keep = ", ".join("?" for _ in ids)
+    out.append((f"DELETE FROM containers WHERE server_id NOT IN ({keep})", ids))
+    out.append((f"DELETE FROM servers WHERE id NOT IN ({keep})", ids))
+    for key, value in sorted(desired["metadata"].items()):
+        out.append(
+            (
+                "INSERT INTO cluster_metadata (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+                " WHERE cluster_metadata.value IS NOT excluded.value",
+                [key, str(value)],
+            )
+        )
+    return out
+
+
+def run(corrosion: Corrosion, desired: dict[str, Any], wait: float = 60) -> str:
+    corrosion.wait_ready(wait)
+    results = corrosion.execute(statements(desired))
+    changed = sum(int(r.get("rows_affected", 0)) for r in results)
+    return f"registry: {len(desired['servers'])} servers, {len(desired['metadata'])} metadata keys, {changed} rows written"
