@@ -148,8 +148,10 @@ def service_apply(unit: str, inputs_sha256: str) -> str:
 # inputs sha256: {inputs_sha256}
 systemctl daemon-reload
 systemctl enable {unit} >/dev/null 2>&1
-systemctl restart {unit}
-systemctl is-active --quiet {unit} || {{ journalctl -u {unit} -n 20 --no-pager >&2; exit 1; }}
+if ! systemctl restart {unit} || ! systemctl is-active --quiet {unit}; then
+    journalctl -u {unit} -n 20 --no-pager >&2
+    exit 1
+fi
 """
 
 
@@ -173,8 +175,10 @@ IP_FORWARD_SAVE = f"""set -eu
 mkdir -p /var/lib/jiji-net
 [ -e {IP_FORWARD_SAVED} ] || cat /proc/sys/net/ipv4/ip_forward > {IP_FORWARD_SAVED}
 """
-IP_FORWARD_RESTORE = f"""if [ -e {IP_FORWARD_SAVED} ]; then
-    sysctl -qw net.ipv4.ip_forward="$(cat {IP_FORWARD_SAVED})"
+IP_FORWARD_RESTORE = f"""set -eu
+if [ -e {IP_FORWARD_SAVED} ]; then
+    before=$(cat {IP_FORWARD_SAVED})
+    [ "$(cat /proc/sys/net/ipv4/ip_forward)" = "$before" ] || sysctl -qw net.ipv4.ip_forward="$before"
     rm -f {IP_FORWARD_SAVED}
 fi
 """

@@ -117,6 +117,9 @@ start_host() {
         note "host $i already running"; return
     fi
     attach_ns "$ns" "$(host_ip "$i")" "jl-h$i"
+    # nspawn keeps /proc/sys read-only inside the host, so forwarding (which a mesh server
+    # needs, and jiji-net turns on where it can) is set on its namespace from outside.
+    ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1
     prepare_host "$i"
     systemd-nspawn --quiet --register=no --keep-unit --resolv-conf=off --timezone=off -D "$dir/root" -M "lab$i" \
         --network-namespace-path="/run/netns/$ns" --capability=CAP_NET_ADMIN -b >"$dir/console.log" 2>&1 &

@@ -1,0 +1,232 @@
+"""The program's commands, run for real on four lab hosts.
+
+The pulumi-command provider cannot be built here, so `tests/labprovider.py` runs each command the
+program registers over SSH with the same inputs, keeping the last inputs so unchanged resources
+are left alone and removed ones run their `delete`. Everything on the hosts is real: sshd,
+systemd, wireguard-go, klukai, jiji-dns, dig.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import Lab
+from tests.harness import REPO, corrosion_binary, wait_until
+from tests.labprovider import LabProvider
+from tests.program import Evaluation, evaluate
+
+pytestmark = pytest.mark.corrosion
+
+KEY = REPO / ".lab" / "lab" / "id_ed25519"
+MESH = {i: f"10.210.{i}.1" for i in range(4)}
+CORROSION = "/usr/local/lib/jiji-net/corrosion -c /etc/jiji/corrosion/config.toml"
+
+# What "as it was found" means on a host: everything the program could have touched.
+SNAPSHOT = r"""
+find /etc /usr/local /var/lib -xdev \( -path /var/lib/systemd -o -path /var/lib/dpkg -o -path /etc/ssh \) -prune \
+    -o -print | sort
+echo --; ip -o link | awk '{print $2}' | grep -v '^eth0@' ; ip -o addr | awk '{print $2, $4}'
+echo --; iptables -S; iptables -t nat -S
+echo --; cat /proc/sys/net/ipv4/ip_forward
+echo --; systemctl list-units --all --no-legend --plain 'jiji*' 'wg-quick*' | awk '$3 != "inactive" {print $1, $3}'
+"""
+
+
+@pytest.fixture(scope="module")
+def lab4() -> Iterator[Lab]:
+    corrosion_binary()  # fails with the build command when the binary is missing
+    instance = Lab(4)
+    yield instance
+    instance.down()
+
+
+def config(n: int, **changes: Any) -> dict[str, Any]:
+    servers = [{"name": f"lab{i}", "host": f"198.18.0.1{i}", "index": i, "endpoint": f"198.18.0.1{i}"} for i in range(n)]
+    return {
+        "servers": servers,
+        "ssh_private_key": KEY.read_text(),
+        "container_engine": "none",
+        "corrosion_local_path": str(corrosion_binary()),
+        **changes,
+    }
+
+
+def up(provider: LabProvider, cfg: dict[str, Any]) -> tuple[Evaluation, float]:
+    started = time.monotonic()
+    provider.begin()
+    result = evaluate(cfg, provider)
+    provider.finish()
+    return result, time.monotonic() - started
+
+
+def pings(lab: Lab, i: int, address: str, netns: str = "") -> bool:
+    prefix = f"ip netns exec {netns} " if netns else ""
+    return lab.run(i, f"{prefix}ping -c1 -W2 {address} >/dev/null && echo ok", check=False).strip() == "ok"
+
+
+def handshakes(lab: Lab, i: int) -> dict[str, int]:
+    return {k: int(v) for k, v in (line.split() for line in lab.run(i, "wg show jiji0 latest-handshakes").splitlines())}
+
+
+def write(lab: Lab, i: int, statements: list[Any]) -> None:
+    body = json.dumps(statements)
+    lab.run(
+        i,
+        "python3 -c 'import sys, urllib.request; urllib.request.urlopen(urllib.request.Request("
+        '"http://127.0.0.1:9220/v1/transactions", data=sys.stdin.buffer.read(),'
+        ' headers={"content-type": "application/json"})).read()\'',
+        stdin=body,
+    )
+
+
+def dig(lab: Lab, i: int, server: str, name: str) -> list[str]:
+    return sorted(lab.run(i, f"dig +short +time=1 +tries=1 @{server} {name}", check=False).split())
+
+
+def container(lab: Lab, i: int, address: str) -> None:
+    """A network namespace on the server's bridge stands in for a container."""
+    lab.run(
+        i,
+        f"ip netns add ct && ip link add cth type veth peer name eth0 netns ct && ip link set cth master jiji-br0 up"
+        f" && ip -n ct addr add {address}/24 dev eth0 && ip -n ct link set eth0 up && ip -n ct link set lo up"
+        f" && ip -n ct route add default via {MESH[i]}",
+    )
+
+
+def remove_container(lab: Lab, i: int) -> None:
+    lab.run(i, "ip netns del ct 2>/dev/null; ip link del cth 2>/dev/null; true")
+
+
+def test_mesh_up_change_and_destroy(lab4: Lab) -> None:
+    lab = lab4
+    before = {i: lab.run(i, SNAPSHOT) for i in range(4)}
+    provider = LabProvider()
+    try:
+        # Cold up of three servers.
+        first, cold_seconds = up(provider, config(3))
+        print(f"\ncold up of 3 servers: {cold_seconds:.1f} s, {len(provider.actions)} resources created")
+        keys = {f"lab{i}": first.outputs["servers"][f"lab{i}"]["public_key"] for i in range(3)}
+        assert all(len(k) == 44 and k.endswith("=") for k in keys.values())
+        for i in range(3):
+            for j in range(3):
+                if i != j:
+                    assert pings(lab, i, MESH[j]), f"lab{i} cannot ping lab{j} over jiji0"
+        for i in range(3):
+            seen = handshakes(lab, i)
+            assert set(seen) == {keys[f"lab{j}"] for j in range(3) if j != i} and all(seen.values()), seen
+            assert "PrivateKey" not in lab.run(i, "cat /etc/wireguard/jiji0.conf")
+            assert lab.run(i, "stat -c %a /etc/wireguard/jiji0.key").strip() == "600"
+        # Corrosion: each node sees the two others; the program registered all three servers.
+        for i in range(3):
+            members = lab.run(i, f"{CORROSION} cluster members")
+            assert {a for a in MESH.values() if a != MESH[i] and f'"{a}:9280"' in members} == {
+                MESH[j] for j in range(3) if j != i
+            }, members
+        rows = lab.run(1, f"{CORROSION} query 'SELECT id, wireguard_pubkey FROM servers ORDER BY id'").split()
+        assert rows == [f"lab{i}|{keys[f'lab{i}']}" for i in range(3)]
+
+        # Service discovery: a row written on lab0 is answered by lab1's DNS within 2 s.
+        write(
+            lab,
+            0,
+            [
+                ["INSERT INTO services (project, name) VALUES (?, ?)", ["shop", "web"]],
+                [
+                    "INSERT INTO containers (id, service, project, server_id, ip, health_status, started_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    ["c0", "web", "shop", "lab0", "10.210.0.2", "healthy", 1],
+                ],
+            ],
+        )
+        written = time.monotonic()
+        wait_until(lambda: dig(lab, 1, MESH[1], "shop-web.jiji") == ["10.210.0.2"], 2, "lab1 answers shop-web.jiji")
+        print(f"row on lab0 -> answer from lab1: {time.monotonic() - written:.2f} s")
+        write(lab, 0, [["UPDATE containers SET health_status = 'unhealthy' WHERE id = ?", ["c0"]]])
+        wait_until(lambda: dig(lab, 1, MESH[1], "shop-web.jiji") == [], 2, "an unhealthy container leaves the answer")
+        # Forwarded through the lab's upstream; not answered on the underlay address.
+        assert dig(lab, 2, MESH[2], "www.lab.test") == ["198.18.0.200"]
+        assert "connection refused" in lab.run(1, "dig +time=1 +tries=1 @198.18.0.11 www.lab.test", check=False)
+
+        # Containers on lab0 and lab2 reach each other with their own addresses.
+        container(lab, 0, "10.210.0.2")
+        container(lab, 2, "10.210.2.2")
+        lab.run(
+            2,
+            "ip netns exec ct timeout 10 python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
+            ' s.bind(("0.0.0.0", 7000)); print(s.recvfrom(64)[1][0])\' > /tmp/peer 2>&1 &',
+        )
+        assert pings(lab, 0, "10.210.2.2", netns="ct")
+        lab.run(
+            0,
+            "ip netns exec ct python3 -c 'import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
+            ' [s.sendto(b"x", ("10.210.2.2", 7000)) or time.sleep(0.2) for _ in range(5)]\'',
+        )
+        assert lab.run(2, "cat /tmp/peer").strip() == "10.210.0.2"
+        assert lab.run(0, "ip netns exec ct dig +short +time=1 +tries=1 @10.210.0.1 api.lab.test").strip() == "198.18.0.201"
+
+        # A second up changes nothing.
+        _, noop_seconds = up(provider, config(3))
+        assert provider.actions == [], provider.actions
+        print(f"no-op up: {noop_seconds:.1f} s")
+
+        # A fourth server: the others' peers change in place; their handshakes and keys survive.
+        ifindex = lab.run(0, "ip -o link show jiji0 | cut -d: -f1")
+        shake_before = handshakes(lab, 0)
+        four, add_seconds = up(provider, config(4))
+        print(f"adding a 4th server: {add_seconds:.1f} s")
+        updated = {n for action, n in provider.actions if action == "update"}
+        assert updated == {f"lab{i}-{s}" for i in range(3) for s in ("wg-conf", "corrosion-config", "registry")}
+        assert not [a for a in provider.actions if a[0] == "delete"]
+        assert lab.run(0, "ip -o link show jiji0 | cut -d: -f1") == ifindex, "jiji0 was recreated"
+        shake_after = handshakes(lab, 0)
+        assert all(shake_after[k] >= v > 0 for k, v in shake_before.items()), (shake_before, shake_after)
+        for i in range(3):
+            assert four.outputs["servers"][f"lab{i}"] == first.outputs["servers"][f"lab{i}"]
+            assert pings(lab, 3, MESH[i]) and pings(lab, i, MESH[3])
+        wait_until(lambda: "10.210.3.1:9280" in lab.run(0, f"{CORROSION} cluster members"), 15, "lab3 joins Corrosion")
+        assert dig(lab, 3, MESH[3], "www.lab.test") == ["198.18.0.200"]
+
+        # Removing it again restores the three-server state; lab3 is left as it was found.
+        write(
+            lab,
+            0,
+            [
+                [
+                    "INSERT INTO containers (id, service, project, server_id, ip, health_status, started_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    ["c3", "web", "shop", "lab3", "10.210.3.2", "healthy", 2],
+                ]
+            ],
+        )
+        wait_until(lambda: dig(lab, 1, MESH[1], "shop-web.jiji") == ["10.210.3.2"], 2, "lab3's container answered")
+        _, remove_seconds = up(provider, config(3))
+        print(f"removing it: {remove_seconds:.1f} s")
+        assert {n for a, n in provider.actions if a == "delete"} == {n for n in four.resources if n.startswith("lab3")} - {
+            n for n, r in four.resources.items() if not r.typ.startswith("command:")
+        }
+        assert {n: r["inputs"] for n, r in provider.state.items()} == {
+            n: r.inputs for n, r in first.resources.items() if r.typ.startswith("command:")
+        }
+        assert_unchanged(before[3], lab.run(3, SNAPSHOT), "lab3 after leaving")
+        assert MESH[3] not in lab.run(0, "wg show jiji0 allowed-ips")
+        wait_until(lambda: dig(lab, 1, MESH[1], "shop-web.jiji") == [], 2, "the removed server's containers leave DNS")
+        assert lab.run(2, f"{CORROSION} query \"SELECT count(*) FROM servers WHERE id = 'lab3'\"").strip() == "0"
+    finally:
+        for i in range(4):
+            remove_container(lab, i)
+        provider.destroy()
+        provider.close()
+    # Destroy leaves every server as it was found.
+    for i in range(4):
+        assert_unchanged(before[i], lab.run(i, SNAPSHOT), f"lab{i} after destroy")
+
+
+def assert_unchanged(before: str, after: str, what: str) -> None:
+    diff = "\n".join(difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0))
+    assert not diff, f"{what} is not as it was found:\n{diff}"
