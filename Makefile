@@ -40,4 +40,4 @@ bench-dns:
 
 lint:
 	$(VENV)/bin/ruff check hostbin tests bench components __main__.py
-	$(VENV)/bin/mypy hostbin/jiji_dns components
+	$(VENV)/bin/mypy hostbin/jiji_dns hostbin/jiji_ops components

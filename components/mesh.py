@@ -295,7 +295,7 @@ class Server(pulumi.ComponentResource):
         network = ContainerNetwork(cmd, settings, plan, depends_on=[self.host], parent=self)
         names = [p.name for p in peers]
         config = pulumi.Output.all(*[public_keys[n] for n in names]).apply(
-            lambda keys: render.wireguard_config(settings, plan, peers, dict(zip(names, keys)))
+            lambda keys: render.wireguard_config(settings, plan, peers, dict(zip(names, keys, strict=True)))
         )
         wireguard = WireGuard(cmd, config, depends_on=[self.key, network.service], parent=self)
         corrosion = Corrosion(
@@ -370,7 +370,7 @@ def _registry_rows(
                 "wireguard_pubkey": key,
                 "endpoints": [e for e in (s.endpoint, s.private_address) if e],
             }
-            for s, key in zip(specs, keys)
+            for s, key in zip(specs, keys, strict=True)
         ]
         metadata = {
             "cluster_cidr": settings.cluster_cidr,
