@@ -302,6 +302,7 @@ class Server(pulumi.ComponentResource):
             cmd, settings, plan, others, self.uploads.corrosion, depends_on=[wireguard.interface], parent=self
         )
         tool = cmd.install("jiji-net", self, self.uploads.tool, render.TOOL_PATH, depends_on=[self.host])
+        cmd.file("host-config", self, render.HOST_CONFIG, render.host_config(settings, plan), depends_on=[self.host])
         # Every server writes the same rows; any of them can remove a server that left.
         self.registry = cmd.run(
             "registry",

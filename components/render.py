@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jinja2
@@ -101,3 +102,22 @@ def dns_unit(settings: MeshSettings, plan: ServerPlan) -> str:
 
 def corrosion_schema() -> str:
     return (_HOSTBIN / "corrosion-schema.sql").read_text()
+
+
+HOST_CONFIG = "/etc/jiji/host.json"
+
+
+def host_config(settings: MeshSettings, plan: ServerPlan) -> str:
+    """What the host tool (`jiji-net status`, `gc`, ...) needs to know about its server."""
+    return json.dumps(
+        {
+            "server": plan.name,
+            "mesh_address": plan.mesh_address,
+            "subnet": plan.subnet,
+            "container_engine": settings.container_engine,
+            "domain": settings.domain,
+            "corrosion_api": f"127.0.0.1:{settings.api_port}",
+        },
+        indent=2,
+        sort_keys=True,
+    ) + "\n"

@@ -95,7 +95,7 @@ def test_graph_has_literal_types_and_parents(three: Evaluation) -> None:
     assert {n: r[n].parent_type for n in expected_parents} == expected_parents
     # Each server has the same set of resources, named after it.
     per_server = [sorted(n.removeprefix(f"lab{i}-") for n in r if n.startswith(f"lab{i}-")) for i in range(3)]
-    assert per_server[0] == per_server[1] == per_server[2] and len(per_server[0]) == 25
+    assert per_server[0] == per_server[1] == per_server[2] and len(per_server[0]) == 26
 
 
 def test_order_follows_what_each_step_needs(three: Evaluation) -> None:

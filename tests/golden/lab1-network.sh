@@ -22,26 +22,27 @@ remove_rules() {
 
 case "${1:-}" in
 up)
-    sysctl -qw net.ipv4.ip_forward=1
+    # Written only when off: some container hosts keep /proc/sys read-only.
+    [ "$(cat /proc/sys/net/ipv4/ip_forward)" = 1 ] || sysctl -qw net.ipv4.ip_forward=1
     ip link show jiji-br0 >/dev/null 2>&1 || ip link add jiji-br0 type bridge
     ip link set jiji-br0 mtu 1420
     ip addr replace $MESH/24 dev jiji-br0
     ip link set jiji-br0 up
     remove_rules
     iptables -w -N JIJI-INPUT
-    # WireGuard from anywhere; gossip and DNS only from jiji0, the containers and loopback.
+    # WireGuard from anywhere; gossip and DNS on the mesh address only via jiji0, the containers, loopback.
     iptables -w -A JIJI-INPUT -p udp --dport 51820 -j ACCEPT
     for proto in tcp udp; do
         iptables -w -A JIJI-INPUT -i jiji0 -p $proto --dport 9280 -j RETURN
         iptables -w -A JIJI-INPUT -i jiji-br0 -p $proto --dport 9280 -j RETURN
         iptables -w -A JIJI-INPUT -i lo -p $proto --dport 9280 -j RETURN
-        iptables -w -A JIJI-INPUT -p $proto --dport 9280 -j DROP
+        iptables -w -A JIJI-INPUT -d $MESH -p $proto --dport 9280 -j DROP
     done
     for proto in tcp udp; do
         iptables -w -A JIJI-INPUT -i jiji0 -p $proto --dport 53 -j RETURN
         iptables -w -A JIJI-INPUT -i jiji-br0 -p $proto --dport 53 -j RETURN
         iptables -w -A JIJI-INPUT -i lo -p $proto --dport 53 -j RETURN
-        iptables -w -A JIJI-INPUT -p $proto --dport 53 -j DROP
+        iptables -w -A JIJI-INPUT -d $MESH -p $proto --dport 53 -j DROP
     done
     iptables -w -I INPUT 1 -j JIJI-INPUT
     # Containers reach other servers' containers with their own source address.

@@ -1,0 +1,103 @@
+"""Status and readiness of one server from already-gathered facts (pure, unit-tested)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .members import Member
+from .wg import Interface
+
+
+@dataclass
+class Facts:
+    server: str
+    now: float
+    units: dict[str, str]  # unit -> systemctl is-active
+    wireguard: Interface | str  # parsed dump, or the error
+    peer_names: dict[str, str]  # public key -> server name (from the registry)
+    members: list[Member] | str
+    expected_members: int  # other servers in the registry
+    corrosion_api: str | None  # None = answered; else the error
+    dns: dict[str, Any] | str
+    containers: dict[str, int] = field(default_factory=dict)  # health_status -> count on this server
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def checks(f: Facts) -> list[Check]:
+    """What `ready` decides on; each failing check says what is wrong."""
+    out = []
+    wg_unit = f.units.get("wg-quick@jiji0", "unknown")
+    if isinstance(f.wireguard, str):
+        out.append(Check("wireguard", False, f"jiji0 is down ({wg_unit}): {f.wireguard}"))
+    else:
+        stale = [f.peer_names.get(p.public_key, p.public_key[:8]) for p in f.wireguard.peers if p.stale(f.now)]
+        if stale:
+            out.append(Check("wireguard", False, f"no handshake in 180 s with: {', '.join(sorted(stale))}"))
+        else:
+            out.append(Check("wireguard", True, f"{len(f.wireguard.peers)} peers, all with recent handshakes"))
+    c_unit = f.units.get("jiji-corrosion", "unknown")
+    if c_unit != "active":
+        out.append(Check("corrosion", False, f"jiji-corrosion.service is {c_unit}"))
+    elif f.corrosion_api is not None:
+        out.append(Check("corrosion", False, f"API does not answer: {f.corrosion_api}"))
+    elif isinstance(f.members, str):
+        out.append(Check("corrosion", False, f"cluster members unreadable: {f.members}"))
+    elif len(f.members) < f.expected_members:
+        out.append(Check("corrosion", False, f"sees {len(f.members)} of {f.expected_members} other members"))
+    else:
+        out.append(Check("corrosion", True, f"active, {len(f.members)} other members"))
+    d_unit = f.units.get("jiji-dns", "unknown")
+    if d_unit != "active":
+        out.append(Check("dns", False, f"jiji-dns.service is {d_unit}"))
+    elif isinstance(f.dns, str):
+        out.append(Check("dns", False, f"counters unreadable: {f.dns}"))
+    elif not f.dns.get("ready"):
+        out.append(Check("dns", False, f"not ready: subscription {f.dns.get('subscription_state')}"))
+    else:
+        out.append(Check("dns", True, f"serving {f.dns.get('cache_names', 0)} names, subscription {f.dns.get('subscription_state')}"))
+    return out
+
+
+def status(f: Facts) -> dict[str, Any]:
+    """Everything `status` shows, as plain data (the --json form)."""
+    peers = []
+    if not isinstance(f.wireguard, str):
+        for p in f.wireguard.peers:
+            peers.append(
+                {
+                    "server": f.peer_names.get(p.public_key, "?"),
+                    "public_key": p.public_key,
+                    "endpoint": p.endpoint,
+                    "allowed_ips": list(p.allowed_ips),
+                    "handshake_age_s": p.handshake_age(f.now),
+                    "stale": p.stale(f.now),
+                    "rx_bytes": p.rx_bytes,
+                    "tx_bytes": p.tx_bytes,
+                }
+            )
+    dns: dict[str, Any] = f.dns if isinstance(f.dns, dict) else {"error": f.dns}
+    return {
+        "server": f.server,
+        "wireguard": {"unit": f.units.get("wg-quick@jiji0"), "error": f.wireguard if isinstance(f.wireguard, str) else None, "peers": peers},
+        "corrosion": {
+            "unit": f.units.get("jiji-corrosion"),
+            "api_error": f.corrosion_api,
+            "members": [] if isinstance(f.members, str) else [{"addr": m.addr, "actor_id": m.actor_id, "rtt_ms": m.rtt_ms} for m in f.members],
+            "members_error": f.members if isinstance(f.members, str) else None,
+            "expected_members": f.expected_members,
+        },
+        "dns": {
+            "unit": f.units.get("jiji-dns"),
+            **{k: dns.get(k) for k in ("ready", "subscription_state", "last_change_id", "cache_names", "cache_containers", "forwarded", "upstream_failures", "resyncs", "error")},
+            "queries": (dns.get("queries_udp") or 0) + (dns.get("queries_tcp") or 0),
+        },
+        "containers": f.containers,
+        "checks": [c.__dict__ for c in checks(f)],
+    }
