@@ -352,7 +352,7 @@ def _server_output(settings: MeshSettings, spec: ServerSpec, plan: ServerPlan, p
         "dns_address": plan.mesh_address,
         "public_key": public_key,
         "endpoint": endpoint_for(stranger, spec, settings.wireguard_port),
-        "ssh": {"host": spec.host, "port": spec.port, "user": spec.user},
+        "ssh": {"host": spec.host, "port": spec.port, "user": spec.user, "host_key": spec.host_key},
     }
 
 

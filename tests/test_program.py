@@ -69,7 +69,7 @@ def test_outputs_carry_plan_and_public_keys(three: Evaluation) -> None:
         "dns_address": "10.210.2.1",
         "public_key": fake_public_key("lab2-wg-key"),
         "endpoint": "198.18.0.12:51820",
-        "ssh": {"host": "198.18.0.12", "port": 22, "user": "root"},
+        "ssh": {"host": "198.18.0.12", "port": 22, "user": "root", "host_key": None},
     }
     assert three.outputs["mesh"]["servers"]["lab2"] == lab2
     assert three.outputs["cluster_cidr"] == "10.210.0.0/16" and three.outputs["domain"] == "jiji"

@@ -14,7 +14,7 @@ from . import dnsview, gc, register, remote, sources, sql, table
 from .corrosion import Corrosion, CorrosionError
 from .members import parse_members
 from .report import Facts, checks, status
-from .wg import parse_dump
+from .wg import names_from_config, parse_dump
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,7 +22,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--host-config", default=sources.HOST_CONFIG, help=argparse.SUPPRESS)
     remote.add_arguments(p)
+    # --json is accepted before or after the command.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
     sub = p.add_subparsers(dest="command", required=True)
+    original_add = sub.add_parser
+
+    def add_parser(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return original_add(name, parents=[common], **kw)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
     sub.add_parser("status", help="WireGuard peers, Corrosion, DNS and container health on this server")
     d = sub.add_parser("dns", help="every DNS name with its answers and the rows behind them")
     d.add_argument("--service", help="only names of this service ({project}-{service} or service)")
@@ -33,8 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--force", action="store_true", help="delete the rows found")
     db = sub.add_parser("db", help="registry statistics and read-only queries")
     dbs = db.add_subparsers(dest="db_command", required=True)
-    dbs.add_parser("stats", help="rows per table and database size")
-    q = dbs.add_parser("query", help="one read-only SQL statement")
+    dbs.add_parser("stats", parents=[common], help="rows per table and database size")
+    q = dbs.add_parser("query", parents=[common], help="one read-only SQL statement")
     q.add_argument("sql")
     sub.add_parser("ready", help="exit 0 only when WireGuard, Corrosion and DNS are healthy here")
     sub.add_parser("register", help="(used by the Pulumi program) sync servers/cluster_metadata rows from stdin JSON")
@@ -67,10 +76,11 @@ def gather(host: sources.HostConfig, corrosion: Corrosion) -> Facts:
     units = {u: sources.unit_state(u) for u in ("wg-quick@jiji0", "jiji-corrosion", "jiji-dns", "jiji-net-network")}
     code, dump = sources.wg_dump()
     wireguard = parse_dump(dump) if code == 0 else dump
-    api_error, peer_names, others, containers = None, {}, 0, {}
+    api_error, others, containers = None, 0, {}
+    peer_names = names_from_config(sources.wg_config())
     try:
         servers = _rows(corrosion, "SELECT id, wireguard_pubkey FROM servers")
-        peer_names = {s["wireguard_pubkey"]: s["id"] for s in servers}
+        peer_names.update({s["wireguard_pubkey"]: s["id"] for s in servers})
         others = sum(1 for s in servers if s["id"] != host.server)
         counts = _rows(
             corrosion, "SELECT health_status, count(*) AS n FROM containers WHERE server_id = ? GROUP BY health_status", [host.server]

@@ -11,10 +11,11 @@ import json
 import shlex
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-_OPTIONS = ("-H", "--hosts", "--stack", "--outputs", "-i", "--identity")
+_OPTIONS = ("-H", "--hosts", "--stack", "--outputs", "-i", "--identity", "-o", "--ssh-option")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stack", help="the Pulumi stack whose outputs list the servers (default: the selected one)")
     p.add_argument("--outputs", help="a file with `pulumi stack output --json` instead of running pulumi")
     p.add_argument("-i", "--identity", help="SSH private key file (default: ssh's own configuration)")
+    p.add_argument("-o", "--ssh-option", action="append", default=[], help="passed to ssh as -o (repeatable)")
 
 
 def wanted(args: argparse.Namespace) -> bool:
@@ -64,16 +66,25 @@ def pick(servers: dict[str, Any], hosts: str) -> list[str]:
     return names
 
 
-def _ssh(server: dict[str, Any], identity: str | None, command: str) -> tuple[int, str, str]:
+def _ssh(server: dict[str, Any], args: argparse.Namespace, command: str) -> tuple[int, str, str]:
     ssh = server["ssh"]
     argv = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-p", str(ssh["port"])]
-    if identity:
-        argv += ["-i", identity]
-    argv += [f"{ssh['user']}@{ssh['host']}", command]
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    except subprocess.TimeoutExpired:
-        return 124, "", "no answer in 120 s"
+    for option in args.ssh_option:
+        argv += ["-o", option]
+    if args.identity:
+        argv += ["-i", args.identity]
+    with tempfile.NamedTemporaryFile("w", prefix="jiji-known-hosts-") as known:
+        if ssh.get("host_key"):
+            # The stack pins this server's host key: trust exactly that key, nothing else.
+            target = ssh["host"] if int(ssh["port"]) == 22 else f"[{ssh['host']}]:{ssh['port']}"
+            known.write(f"{target} {ssh['host_key']}\n")
+            known.flush()
+            argv += ["-o", f"UserKnownHostsFile={known.name}", "-o", "StrictHostKeyChecking=yes"]
+        argv += [f"{ssh['user']}@{ssh['host']}", command]
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        except subprocess.TimeoutExpired:
+            return 124, "", "no answer in 120 s"
     return out.returncode, out.stdout, out.stderr
 
 
@@ -83,7 +94,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     names = pick(servers, args.hosts)
     command = "jiji-net " + " ".join(shlex.quote(a) for a in remote_argv(argv))
     with ThreadPoolExecutor(max_workers=16) as pool:
-        results = dict(zip(names, pool.map(lambda n: _ssh(servers[n], args.identity, command), names), strict=True))
+        results = dict(zip(names, pool.map(lambda n: _ssh(servers[n], args, command), names), strict=True))
     worst = max(code for code, _, _ in results.values())
     if args.json:
         report: dict[str, Any] = {}

@@ -60,6 +60,15 @@ def checks(f: Facts) -> list[Check]:
         out.append(Check("dns", False, f"counters unreadable: {f.dns}"))
     elif not f.dns.get("ready"):
         out.append(Check("dns", False, f"not ready: subscription {f.dns.get('subscription_state')}"))
+    elif f.dns.get("subscription_state") != "live":
+        out.append(
+            Check(
+                "dns",
+                False,
+                f"answers from its last snapshot ({f.dns.get('cache_names', 0)} names) but the subscription is"
+                f" {f.dns.get('subscription_state')}: changes are not seen",
+            )
+        )
     else:
         out.append(Check("dns", True, f"serving {f.dns.get('cache_names', 0)} names, subscription {f.dns.get('subscription_state')}"))
     return out

@@ -83,3 +83,11 @@ def local_containers(engine: str) -> set[str] | None:
     if code != 0:
         return None
     return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def wg_config(path: str = "/etc/wireguard/jiji0.conf") -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""

@@ -57,3 +57,18 @@ def parse_dump(text: str) -> Interface:
             )
         )
     return Interface(public_key=public_key, listen_port=int(port), peers=tuple(peers))
+
+
+def names_from_config(text: str) -> dict[str, str]:
+    """Public key -> server name from jiji0.conf, where the program writes `# name` above each
+    [Peer]: names for the status table even when the registry cannot be read."""
+    names, pending = {}, ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("#"):
+            pending = line.lstrip("#").strip()
+        elif line.replace(" ", "").startswith("PublicKey=") and pending:
+            names[line.split("=", 1)[1].strip()] = pending
+        elif line == "[Interface]":
+            pending = ""
+    return names

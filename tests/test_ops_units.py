@@ -1,0 +1,168 @@
+"""The host tool's parsing, decisions and formatting, on outputs recorded from lab hosts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from jiji_ops import dnsview, gc, remote, sql, table
+from jiji_ops.members import parse_members
+from jiji_ops.report import Facts, checks, status
+from jiji_ops.wg import STALE_AFTER, names_from_config, parse_dump
+
+RECORDED = Path(__file__).parent / "recorded"
+DUMP = (RECORDED / "wg-show-dump.txt").read_text()
+MEMBERS = (RECORDED / "corrosion-cluster-members.txt").read_text()
+STATS = json.loads((RECORDED / "jiji-dns-stats.json").read_text())
+NOW = 1795387300 + 30  # 30 s after the recorded handshakes
+
+
+def test_wg_dump_is_parsed_and_the_private_key_dropped() -> None:
+    wg = parse_dump(DUMP)
+    assert wg.listen_port == 51820 and wg.public_key == "XAdEl8dS5yJ6Lhlr4QD2Wwz5PDALgVrMWJQ3X+E0Ijg="
+    assert [(p.endpoint, p.allowed_ips, p.keepalive) for p in wg.peers] == [
+        ("198.18.0.11:51820", ("10.210.1.0/24",), 25),
+        ("198.18.0.12:51820", ("10.210.2.0/24",), 25),
+    ]
+    assert wg.peers[0].rx_bytes == 7644 and wg.peers[0].tx_bytes == 11048
+    assert "REDACTED" not in repr(wg)
+    assert wg.peers[0].handshake_age(NOW) == 30 and not wg.peers[0].stale(NOW)
+    assert wg.peers[0].stale(1795387300 + STALE_AFTER + 1)
+    never = parse_dump(DUMP.replace("1795387300", "0", 1))
+    assert never.peers[0].handshake_age(NOW) is None and never.peers[0].stale(NOW)
+
+
+def test_members_output_is_a_stream_of_objects() -> None:
+    members = parse_members(MEMBERS)
+    assert [m.addr for m in members] == ["10.210.1.1:9280", "10.210.2.1:9280"]
+    assert members[0].actor_id == "1baff90d-8b0b-4f68-ba9c-1b315794e3a5" and members[0].rtt_ms == pytest.approx(0.4)
+    assert parse_members("") == []
+
+
+def test_peer_names_come_from_the_rendered_config() -> None:
+    conf = (Path(__file__).parent / "golden" / "web1-jiji0.conf").read_text()
+    names = names_from_config(conf)
+    assert sorted(names.values()) == ["web0", "web2"] and all(k.startswith("PUBKEY") for k in names)
+
+
+def facts(**changes: object) -> Facts:
+    wg = parse_dump(DUMP)
+    base = dict(
+        server="lab0",
+        now=NOW,
+        units={"wg-quick@jiji0": "active", "jiji-corrosion": "active", "jiji-dns": "active"},
+        wireguard=wg,
+        peer_names={wg.peers[0].public_key: "lab1", wg.peers[1].public_key: "lab2"},
+        members=parse_members(MEMBERS),
+        expected_members=2,
+        corrosion_api=None,
+        dns=STATS,
+        containers={"healthy": 2},
+    )
+    base.update(changes)
+    return Facts(**base)  # type: ignore[arg-type]
+
+
+def test_a_healthy_server_passes_every_check() -> None:
+    assert [(c.name, c.ok) for c in checks(facts())] == [("wireguard", True), ("corrosion", True), ("dns", True)]
+    data = status(facts())
+    assert [p["server"] for p in data["wireguard"]["peers"]] == ["lab1", "lab2"]
+    assert data["dns"]["subscription_state"] == "live" and data["containers"] == {"healthy": 2}
+
+
+@pytest.mark.parametrize(
+    ("changes", "failing", "detail"),
+    [
+        ({"now": NOW + STALE_AFTER}, "wireguard", "no handshake in 180 s with: lab1, lab2"),
+        ({"wireguard": "Unable to access interface: No such device"}, "wireguard", "jiji0 is down"),
+        ({"units": {"wg-quick@jiji0": "active", "jiji-corrosion": "inactive", "jiji-dns": "active"}}, "corrosion",
+         "jiji-corrosion.service is inactive"),
+        ({"corrosion_api": "unreachable"}, "corrosion", "API does not answer: unreachable"),
+        ({"members": parse_members(MEMBERS)[:1]}, "corrosion", "sees 1 of 2 other members"),
+        ({"dns": "/run/jiji-dns/stats.sock: [Errno 2]"}, "dns", "counters unreadable"),
+        ({"dns": dict(STATS, subscription_state="disconnected")}, "dns", "the subscription is disconnected"),
+        ({"dns": dict(STATS, ready=False, subscription_state="connecting")}, "dns", "not ready: subscription connecting"),
+    ],  # fmt: skip
+)
+def test_each_failure_is_named(changes: dict[str, object], failing: str, detail: str) -> None:
+    bad = [c for c in checks(facts(**changes)) if not c.ok]
+    assert [c.name for c in bad] == [failing] and detail in bad[0].detail
+
+
+def row(id: str, server: str, ip: str, started: object, health: str = "healthy", instance: str = "", has: int = 1) -> dict[str, object]:
+    return dict(id=id, project="shop", service="web", server_id=server, ip=ip, health_status=health,
+                started_at=started, instance_id=instance, has_service=has)  # fmt: skip
+
+
+def test_dns_view_explains_every_row() -> None:
+    rows = [
+        row("a", "lab0", "10.210.0.2", 1),
+        row("b", "lab0", "10.210.0.3", 2),  # newer on the same server: wins
+        row("c", "lab1", "10.210.1.2", 1, health="unhealthy"),
+        row("d", "lab2", "10.210.2.2", 5, instance="blue"),
+    ]
+    rows.append(dict(row("e", "lab1", "10.210.1.9", 1), service="db", has_service=0))
+    view = {e["name"]: e for e in dnsview.names(rows, "jiji")}
+    web = view["shop-web.jiji"]
+    assert web["answers"] == ["10.210.0.3", "10.210.2.2"] and (web["healthy"], web["total"]) == (3, 4)
+    why = {r["id"]: r["why"] for r in web["rows"]}
+    assert why["b"] == "answered" and why["d"] == "answered"
+    assert why["a"] == "hidden: b on lab0 started later (newest wins per server)"
+    assert why["c"] == "not healthy (unhealthy)"
+    assert view["shop-web-blue.jiji"]["answers"] == ["10.210.2.2"]
+    assert view["shop-db.jiji"]["answers"] == [] and view["shop-db.jiji"]["rows"][0]["why"] == "no services row for shop/db"
+
+
+def test_gc_finds_rows_of_missing_containers_and_departed_servers() -> None:
+    rows = [row("live", "lab0", "1", 1), row("ghost", "lab0", "2", 1), row("away", "gone", "3", 1), row("other", "lab1", "4", 1)]
+    stale = gc.stale_rows(rows, {"lab0", "lab1"}, "lab0", {"live"})
+    assert [(r["id"], r["reason"]) for r in stale] == [
+        ("ghost", "no such container on this server"),
+        ("away", "server 'gone' is not in the registry"),
+    ]
+    # When the engine cannot be asked, only departed servers' rows are collected.
+    assert [r["id"] for r in gc.stale_rows(rows, {"lab0", "lab1"}, "lab0", None)] == ["away"]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    ["SELECT * FROM containers", "  select 1;", "WITH x AS (SELECT 1) SELECT * FROM x", "PRAGMA table_info(servers)",
+     "SELECT 'delete from x' AS s", "EXPLAIN QUERY PLAN SELECT 1"],  # fmt: skip
+)
+def test_reading_statements_pass(statement: str) -> None:
+    assert sql.refuse_writes(statement) is None
+
+
+@pytest.mark.parametrize(
+    ("statement", "reason"),
+    [
+        ("INSERT INTO servers (id) VALUES ('x')", "INSERT changes the registry"),
+        ("delete from containers", "DELETE changes the registry"),
+        ("WITH x AS (SELECT 1) DELETE FROM containers", "WITH changes the registry"),
+        ("SELECT 1; DROP TABLE servers", "one statement at a time"),
+        ("PRAGMA journal_mode = DELETE", "PRAGMA assignments"),
+        ("/* hi */ -- x\n", "empty statement"),
+    ],
+)
+def test_writing_statements_are_refused(statement: str, reason: str) -> None:
+    assert reason in (sql.refuse_writes(statement) or "")
+
+
+def test_tables_align_and_colour_only_on_request() -> None:
+    text = table.render(["peer", "age"], [["lab1", "5s"], ["a-long-name", "never"]], colours=["red", None], colour=False)
+    assert text.splitlines() == ["PEER         AGE", "lab1         5s", "a-long-name  never"]
+    painted = table.render(["peer"], [["lab1"]], colours=["red"], colour=True)
+    assert "\033[31mlab1\033[0m" in painted
+    assert not table.use_colour(open("/dev/null", "w"))
+    assert [table.age(s) for s in (None, 5, 300, 9000)] == ["never", "5s", "5m", "2h"]
+
+
+def test_remote_strips_only_the_server_picking_options() -> None:
+    argv = ["-H", "all", "--outputs=o.json", "-i", "key", "-o", "A=B", "--json", "db", "query", "SELECT 1"]
+    assert remote.remote_argv(argv) == ["--json", "db", "query", "SELECT 1"]
+    servers = {"lab1": {"index": 1}, "lab0": {"index": 0}}
+    assert remote.pick(servers, "all") == ["lab0", "lab1"]
+    with pytest.raises(SystemExit, match="not in the stack: lab9; servers are: lab0, lab1"):
+        remote.pick(servers, "lab9")
