@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from jiji_ops import dnsview, gc, remote, sql, table
 from jiji_ops.members import parse_members
 from jiji_ops.report import Facts, checks, status
