@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import difflib
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -230,3 +233,114 @@ def test_mesh_up_change_and_destroy(lab4: Lab) -> None:
 def assert_unchanged(before: str, after: str, what: str) -> None:
     diff = "\n".join(difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0))
     assert not diff, f"{what} is not as it was found:\n{diff}"
+
+
+def host_keys(lab: Lab, n: int) -> dict[str, str]:
+    """Each lab host's ed25519 host key, to pin in the stack (as a careful operator would)."""
+    scan = subprocess.run(
+        ["ssh-keyscan", "-t", "ed25519", *(lab.ip(i) for i in range(n))], capture_output=True, text=True, timeout=30
+    ).stdout
+    keys = {line.split()[0]: " ".join(line.split()[1:3]) for line in scan.splitlines() if not line.startswith("#")}
+    return {f"lab{i}": keys[lab.ip(i)] for i in range(n)}
+
+
+def test_operator_commands_tell_the_truth(lab4: Lab, tmp_path: Path) -> None:
+    lab = lab4
+    before = {i: lab.run(i, SNAPSHOT) for i in range(3)}
+    pinned = host_keys(lab, 3)
+    cfg = config(3)
+    for s in cfg["servers"]:
+        s["host_key"] = pinned[s["name"]]
+    provider = LabProvider()
+    try:
+        result, _ = up(provider, cfg)
+        outputs = tmp_path / "outputs.json"
+        outputs.write_text(json.dumps(result.outputs))
+        tool = REPO / "build" / "jiji-net.pyz"
+
+        def ops(*args: str) -> subprocess.CompletedProcess[str]:
+            # Host keys are checked against the ones pinned in the stack's outputs.
+            argv = [sys.executable, str(tool), "--outputs", str(outputs), "-i", str(KEY), *args]
+            return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+
+        # status: true peers, members and DNS state on every server.
+        out = ops("-H", "all", "--json", "status")
+        assert out.returncode == 0, out.stdout + out.stderr
+        report = json.loads(out.stdout)
+        assert sorted(report) == ["lab0", "lab1", "lab2"]
+        for i in range(3):
+            st = report[f"lab{i}"]["output"]
+            assert sorted(p["server"] for p in st["wireguard"]["peers"]) == [f"lab{j}" for j in range(3) if j != i]
+            assert not any(p["stale"] for p in st["wireguard"]["peers"])
+            assert sorted(m["addr"] for m in st["corrosion"]["members"]) == [f"{MESH[j]}:9280" for j in range(3) if j != i]
+            assert st["dns"]["subscription_state"] == "live" and st["dns"]["unit"] == "active"
+        text = ops("-H", "lab2", "status").stdout
+        assert text.startswith("== lab2 (198.18.0.12)") and "lab0  198.18.0.10:51820  10.210.0.0/24" in text
+
+        # Rows: two live containers (namespaces on lab0, the older one hidden), one whose
+        # container does not exist, one of a server that is gone.
+        lab.run(0, "ip netns add c-live && ip netns add c-old")
+        containers = [
+            ("c-old", "lab0", "10.210.0.3", 1),
+            ("c-live", "lab0", "10.210.0.2", 2),
+            ("ghost", "lab0", "10.210.0.9", 3),
+            ("orphan", "gone", "10.210.7.2", 1),
+        ]
+        write(
+            lab,
+            0,
+            [["INSERT INTO services (project, name) VALUES (?, ?)", ["shop", "web"]]]
+            + [
+                [
+                    "INSERT INTO containers (id, service, project, server_id, ip, health_status, started_at)"
+                    " VALUES (?, 'web', 'shop', ?, ?, 'healthy', ?)",
+                    list(c),
+                ]
+                for c in containers
+            ],
+        )
+        wait_until(lambda: dig(lab, 1, MESH[1], "shop-web.jiji") == ["10.210.0.9", "10.210.7.2"], 3, "rows replicated")
+        out = ops("-H", "lab1", "--json", "dns", "--service", "web")
+        entry = json.loads(out.stdout)["lab1"]["output"][0]
+        assert entry["name"] == "shop-web.jiji" and entry["answers"] == ["10.210.0.9", "10.210.7.2"]
+        why = {r["id"]: r["why"] for r in entry["rows"]}
+        assert why["c-old"] == "hidden: ghost on lab0 started later (newest wins per server)"
+
+        # gc: dry run first, then --force; only the two dead rows go.
+        dry = ops("-H", "lab0", "gc")
+        assert "would delete (dry run; --force deletes): ghost" in dry.stdout and "orphan" in dry.stdout
+        count = "SELECT count(*) AS n FROM containers"
+        assert json.loads(ops("-H", "lab0", "--json", "db", "query", count).stdout)["lab0"]["output"] == [{"n": 4}]
+        forced = ops("-H", "lab0", "gc", "--force")
+        assert forced.returncode == 0 and "deleted: ghost" in forced.stdout and "deleted: orphan" in forced.stdout
+        left = json.loads(ops("-H", "lab0", "--json", "db", "query", "SELECT id FROM containers ORDER BY id").stdout)
+        assert left["lab0"]["output"] == [{"id": "c-live"}, {"id": "c-old"}]
+        wait_until(lambda: dig(lab, 2, MESH[2], "shop-web.jiji") == ["10.210.0.2"], 3, "gc reaches DNS")
+
+        # db query refuses writes, before they reach Corrosion.
+        refused = ops("-H", "lab0", "db", "query", "INSERT INTO servers (id) VALUES ('x')")
+        assert refused.returncode == 2 and "refused: INSERT changes the registry" in refused.stdout
+
+        inspected = json.loads(ops("-H", "lab0", "--json", "inspect", "--container", "c-li").stdout)["lab0"]["output"]
+        assert [(r["id"], r["in_server_subnet"], r["exists_here"]) for r in inspected] == [("c-live", True, True)]
+        stats = json.loads(ops("-H", "lab0", "--json", "db", "stats").stdout)["lab0"]["output"]
+        assert stats["tables"] == {"cluster_metadata": 3, "containers": 2, "servers": 3, "services": 1}
+
+        # Corrosion stopped on lab1: status and ready say so there, and ready fails.
+        lab.run(1, "systemctl stop jiji-corrosion")
+        ready = ops("-H", "all", "ready")
+        assert ready.returncode == 1, ready.stdout
+        lab1_part = ready.stdout.split("== lab1")[1].split("== lab2")[0]
+        assert "exit 1" in lab1_part.splitlines()[0]
+        assert "FAIL corrosion: jiji-corrosion.service is inactive" in lab1_part
+        assert "FAIL dns: answers from its last snapshot" in lab1_part and "ok   wireguard" in lab1_part
+        st1 = json.loads(ops("-H", "lab1", "--json", "status").stdout)["lab1"]["output"]
+        assert st1["corrosion"]["unit"] == "inactive" and "unreachable" in st1["corrosion"]["api_error"]
+        lab.run(1, "systemctl start jiji-corrosion")
+        wait_until(lambda: ops("-H", "all", "ready").returncode == 0, 30, "every server ready again")
+    finally:
+        lab.run(0, "ip netns del c-live 2>/dev/null; ip netns del c-old 2>/dev/null; true")
+        provider.destroy()
+        provider.close()
+    for i in range(3):
+        assert_unchanged(before[i], lab.run(i, SNAPSHOT), f"lab{i} after destroy")
