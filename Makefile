@@ -9,7 +9,7 @@ PULUMI_ENV := PULUMI_BACKEND_URL=file://$(CURDIR)/.lab/state PULUMI_CONFIG_PASSP
 	PULUMI_SKIP_UPDATE_CHECK=true PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true \
 	PATH=$(JIJI_CACHE)/pulumi/v$$(. lab/versions.env; echo $$PULUMI_VERSION)/bin:$$PATH
 
-.PHONY: test up lab-up lab-down toolchain bench-dns lint
+.PHONY: test up lab-up lab-down toolchain bench-dns bench-program tool lint
 
 ## test: install what the tests need (cached), then run every test
 test:
@@ -41,3 +41,13 @@ bench-dns:
 lint:
 	$(VENV)/bin/ruff check hostbin tests bench components __main__.py
 	$(VENV)/bin/mypy hostbin/jiji_dns hostbin/jiji_ops components
+
+## bench-program: evaluation time and peak memory of the program at 32-256 servers (mocks)
+bench-program:
+	bash lab/toolchain.sh packages venv
+	$(VENV)/bin/python -W ignore bench/program.py
+
+## tool: build/jiji-net.pyz, the host tool's operator side (`python3 build/jiji-net.pyz -H all status`)
+tool:
+	bash lab/toolchain.sh packages venv
+	$(VENV)/bin/python hostbin/build_zipapp.py --tool build/jiji-net.pyz
