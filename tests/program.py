@@ -8,6 +8,7 @@ key, as the real command's stdout would.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -106,6 +107,9 @@ def config_values(config: dict[str, Any]) -> dict[str, str]:
 def evaluate(config: dict[str, Any], provider: Provider = fake_provider) -> Evaluation:
     """Runs the program once with `config` as the stack's config."""
     _GRAPH.clear()
+    # Earlier asyncio.run() calls in the same process leave no current loop; Pulumi needs one.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     mocks = _Mocks(provider)
     pulumi.runtime.set_mocks(mocks, project="jiji-net", stack="test", preview=False)
     pulumi.runtime.set_all_config(config_values(config), secret_keys=["jiji-net:ssh_private_key"])
@@ -125,7 +129,11 @@ def evaluate(config: dict[str, Any], provider: Provider = fake_provider) -> Eval
             pulumi.export = original  # type: ignore[assignment]
         return pulumi.Output.from_input(exported).apply(resolved.update)
 
-    program()
+    try:
+        program()
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
     resources = {
         name: Registration(typ, name, parent_type, deps, mocks.inputs.get(name, {}))
         for name, (typ, parent_type, deps) in _GRAPH.items()
