@@ -118,23 +118,19 @@ class ContainerNetwork(pulumi.ComponentResource):
             "ip-forward", self, create=scripts.IP_FORWARD_SAVE, delete=scripts.IP_FORWARD_RESTORE, depends_on=depends_on
         )
         engine: list[pulumi.Resource] = []
-        if settings.container_engine == "docker":
+        # With `none` there is no engine network: the bridge comes from the network unit.
+        steps = {
+            "docker": (scripts.docker_network_apply, scripts.DOCKER_NETWORK_DELETE),
+            "podman": (scripts.podman_network_apply, scripts.PODMAN_NETWORK_DELETE),
+        }
+        if settings.container_engine in steps:
+            apply, delete = steps[settings.container_engine]
             engine.append(
                 cmd.run(
-                    "docker-network",
+                    f"{settings.container_engine}-network",
                     self,
-                    create=scripts.docker_network_apply(plan.subnet, plan.mesh_address, settings.mtu),
-                    delete=scripts.DOCKER_NETWORK_DELETE,
-                    depends_on=[forward],
-                )
-            )
-        elif settings.container_engine == "podman":
-            engine.append(
-                cmd.run(
-                    "podman-network",
-                    self,
-                    create=scripts.podman_network_apply(plan.subnet, plan.mesh_address, settings.mtu),
-                    delete=scripts.PODMAN_NETWORK_DELETE,
+                    create=apply(plan.subnet, plan.mesh_address, settings.mtu),
+                    delete=delete,
                     depends_on=[forward],
                 )
             )

@@ -61,7 +61,6 @@ OWN_DIRS = (
     "/var/lib/jiji",
 )
 STAGING = "/var/lib/jiji-net/staging"
-LIB = "/usr/local/lib/jiji-net"
 
 _ENGINE_COMMANDS = {"docker": "docker", "podman": "podman", "none": ""}
 
@@ -116,13 +115,18 @@ def artifact_install(staged: str, final: str, sha256: str, member: str | None = 
     """Checks the staged file's SHA-256, then installs it (or `member` from inside it, for a
     release tarball) with a rename, which is safe while the old binary runs."""
     copy = f"tar -xzOf {staged} --wildcards '*{member}' > {final}.jiji-new" if member else f"cp {staged} {final}.jiji-new"
+    upload = staged.rsplit("/", 1)[1].rsplit(".", 1)[0] + "-upload"
     return f"""set -eu
 echo "{sha256}  {staged}" | sha256sum -c --quiet - || {{
-    echo "jiji-net: {staged} does not have SHA-256 {sha256}; run pulumi up again to re-upload it" >&2; exit 1; }}
+    echo "jiji-net: {staged} does not have SHA-256 {sha256}: the transfer was damaged." >&2
+    echo "Upload it again: pulumi up --replace <URN of this server's {upload} resource> (pulumi stack --show-urns)." >&2
+    exit 1; }}
 mkdir -p {final.rsplit("/", 1)[0]}
 {copy}
 chmod 755 {final}.jiji-new
 mv -f {final}.jiji-new {final}
+# Earlier versions of this file staged by earlier runs.
+for old in {staged.rsplit(".", 1)[0]}.*; do [ "$old" = {staged} ] || rm -f "$old"; done
 """
 
 
