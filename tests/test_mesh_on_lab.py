@@ -8,17 +8,21 @@ systemd, wireguard-go, klukai, jiji-dns, dig.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import hashlib
 import json
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from components import artifacts
 from tests.conftest import Lab
 from tests.harness import REPO, corrosion_binary, wait_until
 from tests.labprovider import LabProvider
@@ -66,6 +70,31 @@ def up(provider: LabProvider, cfg: dict[str, Any]) -> tuple[Evaluation, float]:
     result = evaluate(cfg, provider)
     provider.finish()
     return result, time.monotonic() - started
+
+
+@contextlib.contextmanager
+def new_dns_build() -> Iterator[None]:
+    """The program as it would run after a change to jiji-dns's sources: a different zipapp."""
+    real = artifacts.zipapps
+
+    def changed() -> tuple[artifacts.Artifact, artifacts.Artifact]:
+        dns, tool = real()
+        path = Path(dns.path).with_name("jiji-dns-changed.pyz")
+        with zipfile.ZipFile(path.with_suffix(".zip"), "w") as z:
+            with zipfile.ZipFile(dns.path) as original:
+                for item in original.infolist():
+                    z.writestr(item, original.read(item))
+            z.writestr("CHANGED", "a new build")
+        data = b"#!/usr/bin/env python3\n" + path.with_suffix(".zip").read_bytes()
+        path.with_suffix(".zip").unlink()
+        path.write_bytes(data)
+        return artifacts.Artifact(str(path), hashlib.sha256(data).hexdigest()), tool
+
+    artifacts.zipapps = changed  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        artifacts.zipapps = real  # type: ignore[assignment]
 
 
 def pings(lab: Lab, i: int, address: str, netns: str = "") -> bool:
@@ -177,6 +206,20 @@ def test_mesh_up_change_and_destroy(lab4: Lab) -> None:
         _, noop_seconds = up(provider, config(3))
         assert provider.actions == [], provider.actions
         print(f"no-op up: {noop_seconds:.1f} s")
+
+        # A new jiji-dns build is uploaded again (pulumi-command replaces the upload; this provider
+        # re-runs it), installed and restarted; the old upload is removed.
+        with new_dns_build():
+            _, _ = up(provider, config(3))
+        assert {a for a in provider.actions} == {
+            (kind, f"lab{i}-{step}")
+            for i in range(3)
+            for kind, step in (("update", "jiji-dns-upload"), ("update", "jiji-dns-install"), ("update", "dns-service"))
+        }, provider.actions
+        for i in range(3):
+            assert len(lab.run(i, "ls /var/lib/jiji-net/staging/ | grep jiji-dns").split()) == 1
+            assert dig(lab, i, MESH[i], "www.lab.test") == ["198.18.0.200"]
+        up(provider, config(3))  # back to the real build
 
         # A fourth server: the others' peers change in place; their handshakes and keys survive.
         ifindex = lab.run(0, "ip -o link show jiji0 | cut -d: -f1")
