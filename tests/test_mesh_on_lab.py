@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from components import artifacts
+from components import artifacts, scripts
 from tests.conftest import Lab
 from tests.harness import REPO, corrosion_binary, wait_until
 from tests.labprovider import LabProvider
@@ -387,3 +387,61 @@ def test_operator_commands_tell_the_truth(lab4: Lab, tmp_path: Path) -> None:
         provider.close()
     for i in range(3):
         assert_unchanged(before[i], lab.run(i, SNAPSHOT), f"lab{i} after destroy")
+
+
+FAKE_DOCKER = """#!/bin/sh
+# Stands in for the docker CLI: remembers the jiji network, records every call.
+echo "$*" >> /tmp/docker-calls
+case "$1 $2" in
+    "network inspect") [ -e /tmp/docker-net ] ;;
+    "network create") touch /tmp/docker-net ;;
+    "network rm") rm -f /tmp/docker-net ;;
+esac
+"""
+FAKE_DOCKER_UNIT = """[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -c 'echo start >> /tmp/docker-starts'
+"""
+
+
+def test_docker_daemon_json_is_merged_and_put_back(lab4: Lab) -> None:
+    """Our docker step against a recording stand-in for the docker CLI (the lab has no docker):
+    daemon.json keeps the operator's keys, dockerd restarts only when `dns` changes, and delete
+    puts the operator's `dns` back."""
+    lab = lab4
+    apply = scripts.docker_network_apply("10.210.3.0/24", "10.210.3.1", 1420)
+    daemon = {"log-driver": "journald", "dns": ["192.0.2.53"], "features": {"buildkit": True}}
+    try:
+        lab.run(3, "cat > /usr/local/bin/docker && chmod 755 /usr/local/bin/docker", stdin=FAKE_DOCKER)
+        lab.run(3, "cat > /etc/systemd/system/docker.service && systemctl daemon-reload", stdin=FAKE_DOCKER_UNIT)
+        lab.run(3, "mkdir -p /etc/docker && cat > /etc/docker/daemon.json", stdin=json.dumps(daemon))
+        lab.run(3, apply)
+        merged = json.loads(lab.run(3, "cat /etc/docker/daemon.json"))
+        assert merged == {**daemon, "dns": ["10.210.3.1"]}
+        calls = lab.run(3, "cat /tmp/docker-calls")
+        assert "network create --driver bridge --subnet 10.210.3.0/24 --gateway 10.210.3.1" in calls
+        assert "com.docker.network.bridge.trusted_host_interfaces=jiji0" in calls
+        lab.run(3, apply)  # again: nothing to change, no second network, no restart
+        assert lab.run(3, "grep -c 'network create' /tmp/docker-calls").strip() == "1"
+        assert lab.run(3, "wc -l < /tmp/docker-starts").strip() == "1"
+        lab.run(3, scripts.DOCKER_NETWORK_DELETE)
+        assert json.loads(lab.run(3, "cat /etc/docker/daemon.json")) == daemon
+        assert "network rm jiji" in lab.run(3, "cat /tmp/docker-calls")
+        assert lab.run(3, "ls /var/lib/jiji-net/").strip() == ""
+        # A daemon.json without "dns" gets the key removed again, not set to null.
+        lab.run(3, "echo '{\"log-driver\": \"local\"}' > /etc/docker/daemon.json")
+        lab.run(3, apply)
+        lab.run(3, scripts.DOCKER_NETWORK_DELETE)
+        assert json.loads(lab.run(3, "cat /etc/docker/daemon.json")) == {"log-driver": "local"}
+        # A broken daemon.json stops the step with a message, and is left as it was.
+        lab.run(3, "echo '{broken' > /etc/docker/daemon.json")
+        with pytest.raises(RuntimeError, match="daemon.json is not valid JSON"):
+            lab.run(3, apply)
+        assert lab.run(3, "cat /etc/docker/daemon.json").strip() == "{broken"
+    finally:
+        lab.run(
+            3,
+            "rm -rf /usr/local/bin/docker /etc/systemd/system/docker.service /etc/docker /var/lib/jiji-net"
+            " /tmp/docker-*; systemctl daemon-reload",
+        )
