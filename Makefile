@@ -13,7 +13,7 @@ PULUMI_ENV := PULUMI_BACKEND_URL=file://$(CURDIR)/.lab/state PULUMI_CONFIG_PASSP
 
 ## test: install what the tests need (cached), then run every test
 test:
-	bash lab/toolchain.sh packages venv corrosion
+	bash lab/toolchain.sh packages venv corrosion pulumi-cli
 	$(MAKE) --no-print-directory lint
 	$(VENV)/bin/python -m pytest
 
@@ -35,7 +35,7 @@ lab-down:
 
 ## bench-dns: jiji-dns against dnsmasq (queries/s, CPU per query), change latency, snapshot load
 bench-dns:
-	bash lab/toolchain.sh packages venv corrosion
+	bash lab/toolchain.sh packages venv corrosion pulumi-cli
 	$(VENV)/bin/python bench/dns.py
 
 lint:

@@ -3,6 +3,7 @@
 #   packages   Debian packages the lab, the tests and the benchmarks use
 #   venv       the project's Python virtualenv (.venv) from pyproject.toml
 #   corrosion  a Corrosion-compatible node (crates.io `klukai`, binary `corrosion`) for the lab
+#   pulumi-cli the Pulumi CLI alone (the tests use it)
 #   pulumi     the Pulumi CLI, its Python language host and the command provider
 # With no argument it does all of them, in that order; several parts may be named.
 set -euo pipefail
@@ -90,31 +91,57 @@ probe_go_module() {
     (cd "$(mktemp -d)" && go mod download -json "$1@$2" >/dev/null 2>&1)
 }
 
-install_pulumi() {
+install_pulumi_cli() {
     local dir
     if command -v pulumi >/dev/null 2>&1 && [ -z "${JIJI_BUILD_PULUMI:-}" ]; then
         step "pulumi: using the installed CLI ($(command -v pulumi), $(pulumi version))"; return
     fi
     dir=$(pulumi_dir)
     if [ -x "$dir/bin/pulumi" ]; then
-        step "pulumi: CLI cached ($dir/bin/pulumi)"
-    else
-        step "pulumi: building the CLI v$PULUMI_VERSION from the Go module proxy (one time, tens of minutes)"
-        mkdir -p "$dir/bin"
-        local t0=$SECONDS
-        build_pulumi_cli "$dir/bin"
-        note "built in $((SECONDS - t0)) s: $("$dir/bin/pulumi" version)"
+        step "pulumi: CLI cached ($dir/bin/pulumi)"; return
     fi
-    step "pulumi: looking for the Python language host and the command provider $PULUMI_COMMAND_VERSION"
+    step "pulumi: building the CLI v$PULUMI_VERSION from the Go module proxy (one time, 10-15 min on 2 cores)"
+    mkdir -p "$dir/bin"
+    local t0=$SECONDS
+    build_pulumi_cli "$dir/bin"
+    note "built in $((SECONDS - t0)) s: $("$dir/bin/pulumi" version)"
+}
+
+# Builds one main package of a module the proxy serves at a pseudo-version, via a wrapper module.
+build_go_main() {
+    # $1 module, $2 version, $3 main package, $4 output file, $5 ldflags
+    local work
+    work=$(mktemp -d)
+    printf 'module jiji-net/build\n\ngo 1.26\n\nrequire %s %s\n' "$1" "$2" >"$work/go.mod"
+    printf '//go:build tools\n\npackage tools\n\nimport _ "%s"\n' "$3" >"$work/tools.go"
+    (cd "$work" && go mod tidy >/dev/null 2>&1 && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $5" -o "$4" "$3") \
+        || die "building $3 at $2 failed" "see the go output above"
+    rm -rf "$work"
+}
+
+install_pulumi() {
+    local dir
+    install_pulumi_cli
+    command -v pulumi >/dev/null 2>&1 && [ -z "${JIJI_BUILD_PULUMI:-}" ] && return
+    dir=$(pulumi_dir)
+    step "pulumi: the Python language host and the command provider $PULUMI_COMMAND_VERSION"
     [ -x "$dir/bin/pulumi-language-python" ] && [ -x "$dir/bin/pulumi-resource-command" ] && return
-    local commit_lang=0ac56e876614 time_lang=20260819165155
-    local commit_cmd=7f3eb6f3b77c time_cmd=20260303235922
-    probe_go_module github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3 "v3.0.0-$time_lang-$commit_lang" \
-        || die "the Go module proxy refuses pulumi-language-python at v$PULUMI_VERSION (v3.0.0-$time_lang-$commit_lang)" \
+    local lang=github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3 lang_v=v3.0.0-20260819165155-0ac56e876614
+    local cmd=github.com/pulumi/pulumi-command/provider cmd_v=v0.0.0-20260303235922-7f3eb6f3b77c
+    probe_go_module "$lang" "$lang_v" \
+        || die "the Go module proxy refuses pulumi-language-python at v$PULUMI_VERSION ($lang_v)" \
                "install a pulumi CLI with its language hosts by other means and put it on PATH"
-    probe_go_module github.com/pulumi/pulumi-command/provider "v0.0.0-$time_cmd-$commit_cmd" \
-        || die "the Go module proxy refuses pulumi-command's provider at v$PULUMI_COMMAND_VERSION (v0.0.0-$time_cmd-$commit_cmd)" \
+    probe_go_module "$cmd" "$cmd_v" \
+        || die "the Go module proxy refuses pulumi-command's provider at v$PULUMI_COMMAND_VERSION ($cmd_v)" \
                "install pulumi-resource-command $PULUMI_COMMAND_VERSION with 'pulumi plugin install resource command $PULUMI_COMMAND_VERSION'"
+    # Never run here (the proxy refuses both modules); written from the sources' build notes.
+    build_go_main "$lang" "$lang_v" "$lang" "$dir/bin/pulumi-language-python" \
+        "-X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=v$PULUMI_VERSION"
+    install -m 755 "$(go env GOMODCACHE)/github.com/pulumi/pulumi/sdk/v3@v$PULUMI_VERSION/python/cmd/pulumi-language-python-exec" "$dir/bin/"
+    build_go_main "$cmd" "$cmd_v" "$cmd/cmd/pulumi-resource-command" "$dir/bin/pulumi-resource-command" \
+        "-X $cmd/pkg/version.Version=v$PULUMI_COMMAND_VERSION"
+    PULUMI_HOME="${PULUMI_HOME:-$HOME/.pulumi}" "$dir/bin/pulumi" plugin install resource command "$PULUMI_COMMAND_VERSION" \
+        --file "$dir/bin/pulumi-resource-command"
 }
 
 [ $# -gt 0 ] || set -- all
@@ -123,8 +150,9 @@ for part in "$@"; do
         packages) install_packages ;;
         venv) install_venv ;;
         corrosion) install_corrosion ;;
+        pulumi-cli) install_pulumi_cli ;;
         pulumi) install_pulumi ;;
         all) install_packages; install_venv; install_corrosion; install_pulumi ;;
-        *) die "unknown part '$part'" "use any of: packages venv corrosion pulumi all" ;;
+        *) die "unknown part '$part'" "use any of: packages venv corrosion pulumi-cli pulumi all" ;;
     esac
 done

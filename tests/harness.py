@@ -24,18 +24,35 @@ REPO = Path(__file__).resolve().parent.parent
 SCHEMA = REPO / "hostbin" / "corrosion-schema.sql"
 
 
+def _versions() -> dict[str, str]:
+    return dict(
+        line.split("=", 1)
+        for line in (REPO / "lab" / "versions.env").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+
+
+def _cache() -> Path:
+    return Path(os.environ.get("JIJI_CACHE", "/var/cache/jiji-net"))
+
+
 def corrosion_binary() -> Path:
     """The lab's corrosion binary: $JIJI_CORROSION_BIN, else the toolchain cache."""
     explicit = os.environ.get("JIJI_CORROSION_BIN")
     if explicit:
         return Path(explicit)
-    versions = dict(
-        line.split("=", 1)
-        for line in (REPO / "lab" / "versions.env").read_text().splitlines()
-        if "=" in line and not line.startswith("#")
-    )
-    cache = Path(os.environ.get("JIJI_CACHE", "/var/cache/jiji-net"))
-    return cache / "corrosion" / f"klukai-{versions['KLUKAI_VERSION']}" / "bin" / "corrosion"
+    return _cache() / "corrosion" / f"klukai-{_versions()['KLUKAI_VERSION']}" / "bin" / "corrosion"
+
+
+def pulumi_bin_dir() -> Path:
+    """Where the Pulumi CLI is: the one on PATH, else the toolchain cache (lab/toolchain.sh pulumi-cli)."""
+    on_path = shutil.which("pulumi")
+    if on_path:
+        return Path(on_path).parent
+    built = _cache() / "pulumi" / f"v{_versions()['PULUMI_VERSION']}" / "bin"
+    if not (built / "pulumi").exists():
+        raise RuntimeError(f"no Pulumi CLI on PATH or in {built}: run lab/toolchain.sh pulumi-cli")
+    return built
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

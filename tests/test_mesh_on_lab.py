@@ -12,6 +12,7 @@ import contextlib
 import difflib
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -20,11 +21,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pulumi
 import pytest
 
 from components import artifacts, scripts
 from tests.conftest import Lab
-from tests.harness import REPO, corrosion_binary, wait_until
+from tests.harness import REPO, corrosion_binary, pulumi_bin_dir, wait_until
 from tests.labprovider import LabProvider
 from tests.program import Evaluation, evaluate
 
@@ -278,6 +280,41 @@ def assert_unchanged(before: str, after: str, what: str) -> None:
     assert not diff, f"{what} is not as it was found:\n{diff}"
 
 
+def stack_with_outputs(workdir: Path, outputs: dict[str, Any]) -> dict[str, str]:
+    """A local-backend stack `lab` whose outputs are `outputs`, made by the real engine through
+    the Automation API (an inline program needs no language host), and the environment that
+    lets `pulumi stack output` find it."""
+    from pulumi import automation
+
+    env = {
+        **os.environ,
+        "PATH": f"{pulumi_bin_dir()}:{os.environ['PATH']}",
+        "PULUMI_BACKEND_URL": f"file://{workdir / 'state'}",
+        "PULUMI_HOME": str(workdir / "pulumi-home"),
+        "PULUMI_CONFIG_PASSPHRASE": "",
+        "PULUMI_SKIP_UPDATE_CHECK": "true",
+        "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+    }
+    (workdir / "state").mkdir()
+
+    def program() -> None:
+        for name, value in outputs.items():
+            pulumi.export(name, value)
+
+    stack = automation.create_or_select_stack(
+        stack_name="lab",
+        project_name="jiji-net",
+        program=program,
+        opts=automation.LocalWorkspaceOptions(
+            env_vars=env,
+            pulumi_home=env["PULUMI_HOME"],
+            pulumi_command=automation.PulumiCommand(root=str(pulumi_bin_dir().parent)),
+        ),
+    )
+    assert stack.up(on_output=lambda _: None).summary.result == "succeeded"
+    return env
+
+
 def host_keys(lab: Lab, n: int) -> dict[str, str]:
     """Each lab host's ed25519 host key, to pin in the stack (as a careful operator would)."""
     scan = subprocess.run(
@@ -301,10 +338,17 @@ def test_operator_commands_tell_the_truth(lab4: Lab, tmp_path: Path) -> None:
         outputs.write_text(json.dumps(result.outputs))
         tool = REPO / "build" / "jiji-net.pyz"
 
-        def ops(*args: str) -> subprocess.CompletedProcess[str]:
+        def ops(*args: str, where: tuple[str, ...] = ("--outputs", str(outputs))) -> subprocess.CompletedProcess[str]:
             # Host keys are checked against the ones pinned in the stack's outputs.
-            argv = [sys.executable, str(tool), "--outputs", str(outputs), "-i", str(KEY), *args]
-            return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+            argv = [sys.executable, str(tool), *where, "-i", str(KEY), *args]
+            return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=pulumi_env)
+
+        # The same outputs in a real stack, read back by the real CLI (`pulumi stack output`).
+        pulumi_env = stack_with_outputs(tmp_path, result.outputs)
+        via_cli = ops("-H", "all", "ready", where=("--stack", "organization/jiji-net/lab"))
+        assert via_cli.returncode == 0 and via_cli.stdout.count("ok   corrosion: active, 2 other members") == 3, (
+            via_cli.stdout + via_cli.stderr
+        )
 
         # status: true peers, members and DNS state on every server.
         out = ops("-H", "all", "--json", "status")
