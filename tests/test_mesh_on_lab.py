@@ -97,6 +97,7 @@ def new_dns_build() -> Iterator[None]:
         yield
     finally:
         artifacts.zipapps = real  # type: ignore[assignment]
+        (artifacts.BUILD_DIR / "jiji-dns-changed.pyz").unlink(missing_ok=True)
 
 
 def pings(lab: Lab, i: int, address: str, netns: str = "") -> bool:
@@ -489,3 +490,35 @@ def test_docker_daemon_json_is_merged_and_put_back(lab4: Lab) -> None:
             "rm -rf /usr/local/bin/docker /etc/systemd/system/docker.service /etc/docker /var/lib/jiji-net"
             " /tmp/docker-*; systemctl daemon-reload",
         )
+
+
+FAKE_PODMAN = """#!/bin/sh
+echo "$*" >> /tmp/podman-calls
+case "$1 $2" in
+    "network exists") [ -e /tmp/podman-net ] ;;
+    "network create") touch /tmp/podman-net ;;
+    "network rm") rm -f /tmp/podman-net ;;
+esac
+"""
+
+
+def test_podman_gets_a_drop_in_and_keeps_containers_conf(lab4: Lab) -> None:
+    """Our podman step against a recording stand-in for the podman CLI: the network is created
+    once, DNS goes into a drop-in, the operator's containers.conf is never touched."""
+    lab = lab4
+    apply = scripts.podman_network_apply("10.210.3.0/24", "10.210.3.1", 1420)
+    own = '[containers]\nlog_driver = "journald"\n'
+    try:
+        lab.run(3, "cat > /usr/local/bin/podman && chmod 755 /usr/local/bin/podman", stdin=FAKE_PODMAN)
+        lab.run(3, "mkdir -p /etc/containers && cat > /etc/containers/containers.conf", stdin=own)
+        lab.run(3, apply)
+        lab.run(3, apply)
+        calls = lab.run(3, "cat /tmp/podman-calls")
+        assert calls.count("network create") == 1
+        assert "--subnet 10.210.3.0/24 --gateway 10.210.3.1 --interface-name jiji-br0 --opt mtu=1420 jiji" in calls
+        assert lab.run(3, f"cat {scripts.PODMAN_DROP_IN}").splitlines()[1:] == ["[containers]", 'dns_servers = ["10.210.3.1"]']
+        lab.run(3, scripts.PODMAN_NETWORK_DELETE)
+        assert lab.run(3, f"ls {scripts.PODMAN_DROP_IN} 2>/dev/null; cat /etc/containers/containers.conf") == own
+        assert "network rm jiji" in lab.run(3, "cat /tmp/podman-calls")
+    finally:
+        lab.run(3, "rm -rf /usr/local/bin/podman /etc/containers /tmp/podman-*")

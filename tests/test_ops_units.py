@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from jiji_ops import dnsview, gc, remote, sql, table
+from jiji_ops import dnsview, gc, register, remote, sql, table
 from jiji_ops.members import parse_members
 from jiji_ops.report import Facts, checks, status
 from jiji_ops.wg import STALE_AFTER, names_from_config, parse_dump
@@ -165,3 +165,22 @@ def test_remote_strips_only_the_server_picking_options() -> None:
     assert remote.pick(servers, "all") == ["lab0", "lab1"]
     with pytest.raises(SystemExit, match="not in the stack: lab9; servers are: lab0, lab1"):
         remote.pick(servers, "lab9")
+
+
+def test_register_writes_only_differences_and_removes_departed_servers() -> None:
+    desired = {
+        "servers": [
+            {"id": "lab0", "hostname": "h0", "subnet": "10.210.0.0/24", "wireguard_ip": "10.210.0.1",
+             "wireguard_pubkey": "K0", "endpoints": ["198.18.0.10"]},
+        ],  # fmt: skip
+        "metadata": {"domain": "jiji", "cluster_cidr": "10.210.0.0/16"},
+    }
+    statements = register.statements(desired)
+    upsert, drop_containers, drop_servers, *meta = statements
+    assert isinstance(upsert, tuple) and upsert[1] == ["lab0", "h0", "10.210.0.0/24", "10.210.0.1", "K0", '["198.18.0.10"]']
+    assert "ON CONFLICT (id) DO UPDATE" in upsert[0] and "WHERE servers.hostname IS NOT excluded.hostname" in upsert[0]
+    assert drop_containers == ("DELETE FROM containers WHERE server_id NOT IN (?)", ["lab0"])
+    assert drop_servers == ("DELETE FROM servers WHERE id NOT IN (?)", ["lab0"])
+    assert [m[1] for m in meta if isinstance(m, tuple)] == [["cluster_cidr", "10.210.0.0/16"], ["domain", "jiji"]]
+    with pytest.raises(ValueError, match="refusing to empty the registry"):
+        register.statements({"servers": [], "metadata": {}})
