@@ -434,15 +434,18 @@ def test_operator_commands_tell_the_truth(lab4: Lab, tmp_path: Path) -> None:
         assert_unchanged(before[i], lab.run(i, SNAPSHOT), f"lab{i} after destroy")
 
 
-FAKE_DOCKER = """#!/bin/sh
-# Stands in for the docker CLI: remembers the jiji network, records every call.
-echo "$*" >> /tmp/docker-calls
+def fake_engine_cli(cli: str, exists: str) -> str:
+    """Stands in for the docker or podman CLI: remembers the jiji network, records every call."""
+    return f"""#!/bin/sh
+echo "$*" >> /tmp/{cli}-calls
 case "$1 $2" in
-    "network inspect") [ -e /tmp/docker-net ] ;;
-    "network create") touch /tmp/docker-net ;;
-    "network rm") rm -f /tmp/docker-net ;;
+    "network {exists}") [ -e /tmp/{cli}-net ] ;;
+    "network create") touch /tmp/{cli}-net ;;
+    "network rm") rm -f /tmp/{cli}-net ;;
 esac
 """
+
+
 FAKE_DOCKER_UNIT = """[Service]
 Type=oneshot
 RemainAfterExit=yes
@@ -458,7 +461,7 @@ def test_docker_daemon_json_is_merged_and_put_back(lab4: Lab) -> None:
     apply = scripts.docker_network_apply("10.210.3.0/24", "10.210.3.1", 1420)
     daemon = {"log-driver": "journald", "dns": ["192.0.2.53"], "features": {"buildkit": True}}
     try:
-        lab.run(3, "cat > /usr/local/bin/docker && chmod 755 /usr/local/bin/docker", stdin=FAKE_DOCKER)
+        lab.run(3, "cat > /usr/local/bin/docker && chmod 755 /usr/local/bin/docker", stdin=fake_engine_cli("docker", "inspect"))
         lab.run(3, "cat > /etc/systemd/system/docker.service && systemctl daemon-reload", stdin=FAKE_DOCKER_UNIT)
         lab.run(3, "mkdir -p /etc/docker && cat > /etc/docker/daemon.json", stdin=json.dumps(daemon))
         lab.run(3, apply)
@@ -492,16 +495,6 @@ def test_docker_daemon_json_is_merged_and_put_back(lab4: Lab) -> None:
         )
 
 
-FAKE_PODMAN = """#!/bin/sh
-echo "$*" >> /tmp/podman-calls
-case "$1 $2" in
-    "network exists") [ -e /tmp/podman-net ] ;;
-    "network create") touch /tmp/podman-net ;;
-    "network rm") rm -f /tmp/podman-net ;;
-esac
-"""
-
-
 def test_podman_gets_a_drop_in_and_keeps_containers_conf(lab4: Lab) -> None:
     """Our podman step against a recording stand-in for the podman CLI: the network is created
     once, DNS goes into a drop-in, the operator's containers.conf is never touched."""
@@ -509,7 +502,7 @@ def test_podman_gets_a_drop_in_and_keeps_containers_conf(lab4: Lab) -> None:
     apply = scripts.podman_network_apply("10.210.3.0/24", "10.210.3.1", 1420)
     own = '[containers]\nlog_driver = "journald"\n'
     try:
-        lab.run(3, "cat > /usr/local/bin/podman && chmod 755 /usr/local/bin/podman", stdin=FAKE_PODMAN)
+        lab.run(3, "cat > /usr/local/bin/podman && chmod 755 /usr/local/bin/podman", stdin=fake_engine_cli("podman", "exists"))
         lab.run(3, "mkdir -p /etc/containers && cat > /etc/containers/containers.conf", stdin=own)
         lab.run(3, apply)
         lab.run(3, apply)
