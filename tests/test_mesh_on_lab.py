@@ -188,6 +188,25 @@ def test_mesh_up_change_and_destroy(lab4: Lab) -> None:
         assert dig(lab, 2, MESH[2], "www.lab.test") == ["198.18.0.200"]
         assert "connection refused" in lab.run(1, "dig +time=1 +tries=1 @198.18.0.11 www.lab.test", check=False)
 
+        # The firewall: from the underlay (the lab resolver's namespace, routed at lab0's mesh
+        # address), sshd answers there but DNS on the mesh address is dropped.
+        outside = ["ip", "netns", "exec", "jiji-lab-dns"]
+        subprocess.run([*outside, "ip", "route", "replace", "10.210.0.1/32", "via", lab.ip(0)], check=True)
+        try:
+            ssh_port = subprocess.run(
+                [*outside, sys.executable, "-c", "import socket; socket.create_connection(('10.210.0.1', 22), 3)"],
+                capture_output=True,
+            )
+            assert ssh_port.returncode == 0, "routing to lab0's mesh address from the underlay"
+            probe = subprocess.run(
+                [*outside, "dig", "+time=1", "+tries=1", "@10.210.0.1", "www.lab.test"], capture_output=True, text=True
+            )
+            assert "timed out" in probe.stdout, probe.stdout
+            counters = lab.run(0, "iptables -w -v -S JIJI-INPUT | grep -- '-d 10.210.0.1/32 -p udp -m udp --dport 53'")
+            assert "-c 0 0" not in counters, counters
+        finally:
+            subprocess.run([*outside, "ip", "route", "del", "10.210.0.1/32"], check=False)
+
         # Containers on lab0 and lab2 reach each other with their own addresses.
         container(lab, 0, "10.210.0.2")
         container(lab, 2, "10.210.2.2")
