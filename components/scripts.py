@@ -69,6 +69,10 @@ def preflight(engine: str) -> str:
     """Fails with a message naming what is missing, before anything is changed on the server."""
     needed = "wg wg-quick ip iptables python3 systemctl sha256sum " + _ENGINE_COMMANDS[engine]
     return f"""set -eu
+if [ "$(id -u)" != 0 ]; then
+    echo "jiji-net: $(hostname): connected as $(id -un); the steps change system files, so connect as root (servers[].user)." >&2
+    exit 1
+fi
 missing=""
 for c in {needed.strip()}; do command -v "$c" >/dev/null 2>&1 || missing="$missing $c"; done
 if ! ip link add jiji-probe0 type wireguard 2>/dev/null; then

@@ -13,6 +13,7 @@ import difflib
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -534,3 +535,22 @@ def test_podman_gets_a_drop_in_and_keeps_containers_conf(lab4: Lab) -> None:
         assert "network rm jiji" in lab.run(3, "cat /tmp/podman-calls")
     finally:
         lab.run(3, "rm -rf /usr/local/bin/podman /etc/containers /tmp/podman-*")
+
+
+def test_preflight_names_what_is_missing(lab4: Lab) -> None:
+    """The first step on a server stops before changing anything, saying what to fix."""
+    lab = lab4
+    script = shlex.quote(scripts.preflight("docker"))
+    as_nobody = lab.run(3, f"su -s /bin/sh nobody -c {script} 2>&1; echo exit=$?", check=False)
+    assert "connected as nobody" in as_nobody and "connect as root (servers[].user)" in as_nobody
+    assert as_nobody.strip().endswith("exit=1")
+    # Only some tools on PATH: the message lists exactly the others (docker is not on the lab).
+    lab.run(3, "mkdir -p /tmp/somebin && for t in id hostname ip python3 mkdir systemctl sha256sum; do"
+               " ln -sf $(command -v $t) /tmp/somebin/$t; done")  # fmt: skip
+    partial = lab.run(3, f"PATH=/tmp/somebin /bin/sh -c {script} 2>&1; echo exit=$?", check=False)
+    assert "lab3 lacks: wg wg-quick iptables docker wireguard(kernel-module-or-wireguard-go)." in partial, partial
+    assert partial.strip().endswith("exit=1")
+    assert lab.run(3, "ls /var/lib/jiji-net 2>&1 || true").strip().endswith("No such file or directory")
+    lab.run(3, "rm -rf /tmp/somebin")
+    assert lab.run(3, f"/bin/sh -c {shlex.quote(scripts.preflight('none'))}").strip() == "ready"
+    lab.run(3, scripts.HOST_CLEANUP)
