@@ -100,7 +100,7 @@ install_pulumi_cli() {
     if [ -x "$dir/bin/pulumi" ]; then
         step "pulumi: CLI cached ($dir/bin/pulumi)"; return
     fi
-    step "pulumi: building the CLI v$PULUMI_VERSION from the Go module proxy (one time, 10-15 min on 2 cores)"
+    step "pulumi: building the CLI v$PULUMI_VERSION from the Go module proxy (one time, about 5 min on 2 cores)"
     mkdir -p "$dir/bin"
     local t0=$SECONDS
     build_pulumi_cli "$dir/bin"

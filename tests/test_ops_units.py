@@ -51,7 +51,7 @@ def facts(**changes: object) -> Facts:
     base = dict(
         server="lab0",
         now=NOW,
-        units={"wg-quick@jiji0": "active", "jiji-corrosion": "active", "jiji-dns": "active"},
+        units={"wg-quick@jiji0": "active", "jiji-net-network": "active", "jiji-corrosion": "active", "jiji-dns": "active"},
         wireguard=wg,
         peer_names={wg.peers[0].public_key: "lab1", wg.peers[1].public_key: "lab2"},
         members=parse_members(MEMBERS),
@@ -65,7 +65,9 @@ def facts(**changes: object) -> Facts:
 
 
 def test_a_healthy_server_passes_every_check() -> None:
-    assert [(c.name, c.ok) for c in checks(facts())] == [("wireguard", True), ("corrosion", True), ("dns", True)]
+    assert [(c.name, c.ok) for c in checks(facts())] == [
+        ("wireguard", True), ("network", True), ("corrosion", True), ("dns", True)
+    ]  # fmt: skip
     data = status(facts())
     assert [p["server"] for p in data["wireguard"]["peers"]] == ["lab1", "lab2"]
     assert data["dns"]["subscription_state"] == "live" and data["containers"] == {"healthy": 2}
@@ -76,8 +78,10 @@ def test_a_healthy_server_passes_every_check() -> None:
     [
         ({"now": NOW + STALE_AFTER}, "wireguard", "no handshake in 180 s with: lab1, lab2"),
         ({"wireguard": "Unable to access interface: No such device"}, "wireguard", "jiji0 is down"),
-        ({"units": {"wg-quick@jiji0": "active", "jiji-corrosion": "inactive", "jiji-dns": "active"}}, "corrosion",
-         "jiji-corrosion.service is inactive"),
+        ({"units": {"wg-quick@jiji0": "active", "jiji-net-network": "active", "jiji-corrosion": "inactive",
+                    "jiji-dns": "active"}}, "corrosion", "jiji-corrosion.service is inactive"),
+        ({"units": {"wg-quick@jiji0": "active", "jiji-net-network": "failed", "jiji-corrosion": "active",
+                    "jiji-dns": "active"}}, "network", "jiji-net-network.service (forwarding, NAT, firewall) is failed"),
         ({"corrosion_api": "unreachable"}, "corrosion", "API does not answer: unreachable"),
         ({"members": parse_members(MEMBERS)[:1]}, "corrosion", "sees 1 of 2 other members"),
         ({"dns": "/run/jiji-dns/stats.sock: [Errno 2]"}, "dns", "counters unreadable"),

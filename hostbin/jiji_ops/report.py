@@ -31,7 +31,8 @@ class Check:
 
 
 def checks(f: Facts) -> list[Check]:
-    """What `ready` decides on; each failing check says what is wrong."""
+    """What `ready` decides on (WireGuard, the container network, Corrosion, DNS); each failing
+    check says what is wrong."""
     out = []
     wg_unit = f.units.get("wg-quick@jiji0", "unknown")
     if isinstance(f.wireguard, str):
@@ -42,6 +43,11 @@ def checks(f: Facts) -> list[Check]:
             out.append(Check("wireguard", False, f"no handshake in 180 s with: {', '.join(sorted(stale))}"))
         else:
             out.append(Check("wireguard", True, f"{len(f.wireguard.peers)} peers, all with recent handshakes"))
+    n_unit = f.units.get("jiji-net-network", "unknown")
+    if n_unit != "active":
+        out.append(Check("network", False, f"jiji-net-network.service (forwarding, NAT, firewall) is {n_unit}"))
+    else:
+        out.append(Check("network", True, "forwarding, NAT and firewall in place"))
     c_unit = f.units.get("jiji-corrosion", "unknown")
     if c_unit != "active":
         out.append(Check("corrosion", False, f"jiji-corrosion.service is {c_unit}"))
