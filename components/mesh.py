@@ -220,7 +220,11 @@ class Corrosion(pulumi.ComponentResource):
         self.service = cmd.run(
             "corrosion-service",
             self,
-            create=scripts.service_apply("jiji-corrosion", restart_on),
+            # Corrosion is Type=simple and keeps running when its API port is taken: the step
+            # waits until the API answers.
+            create=scripts.service_apply(
+                "jiji-corrosion", restart_on, ready_check=scripts.corrosion_api_answers(f"127.0.0.1:{settings.api_port}")
+            ),
             delete=scripts.service_delete("jiji-corrosion"),
             depends_on=[installed, data, *files],
         )

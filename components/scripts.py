@@ -150,8 +150,24 @@ def artifact_delete(*paths: str) -> str:
     return "rm -f " + " ".join(paths) + "\n"
 
 
-def service_apply(unit: str, inputs_sha256: str) -> str:
-    """(Re)starts a unit. The hash of what the unit runs is in the command so a change restarts it."""
+def service_apply(unit: str, inputs_sha256: str, ready_check: str | None = None, ready_timeout: int = 30) -> str:
+    """(Re)starts a unit. The hash of what the unit runs is in the command so a change restarts it.
+    `ready_check` is a command that succeeds once the unit really serves: a unit that only says it
+    started (Type=simple) fails the step, with its log, so the next `up` restarts it."""
+    wait = (
+        f"""deadline=$(( $(date +%s) + {ready_timeout} ))
+until {ready_check}; do
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+        journalctl -u {unit} -n 20 --no-pager >&2
+        echo "jiji-net: {unit} is running but not serving after {ready_timeout} s (see its log above)" >&2
+        exit 1
+    fi
+    sleep 0.5
+done
+"""
+        if ready_check
+        else ""
+    )
     return f"""set -eu
 # inputs sha256: {inputs_sha256}
 systemctl daemon-reload
@@ -160,7 +176,16 @@ if ! systemctl restart {unit} || ! systemctl is-active --quiet {unit}; then
     journalctl -u {unit} -n 20 --no-pager >&2
     exit 1
 fi
-"""
+{wait}"""
+
+
+def corrosion_api_answers(api: str) -> str:
+    """A shell condition: the Corrosion API at `api` answers a query within 2 s."""
+    return (
+        "python3 -c 'import sys, urllib.request; urllib.request.urlopen(urllib.request.Request("
+        f'"http://{api}/v1/queries", data=b"\\"SELECT 1\\"", headers={{"content-type": "application/json"}}),'
+        " timeout=2).read()' 2>/dev/null"
+    )
 
 
 def service_delete(unit: str) -> str:

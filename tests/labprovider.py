@@ -27,25 +27,32 @@ class LabProvider:
         self.state: dict[str, dict[str, Any]] = {}  # insertion order = creation order
         self.actions: list[tuple[str, str]] = []
         self.seen: set[str] = set()
+        self.failed = False
         self._lock = threading.Lock()
         self._keydir = Path(tempfile.mkdtemp(prefix="jiji-labprovider-"))
 
     # The mock monitor calls this for every custom resource it registers.
     def __call__(self, typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
+            if self.failed:  # like the engine: after an error, no new step starts
+                raise CommandFailed(f"{name}: not started, an earlier step failed")
             self.seen.add(name)
             previous = self.state.get(name)
         if previous is not None and previous["inputs"] == inputs:
             return dict(previous["outputs"])
-        if typ == "command:remote:Command":
-            stdout = self._ssh(inputs["connection"], inputs["create"], inputs.get("stdin") or "")
-            outputs = {"stdout": stdout, "stderr": ""}
-        elif typ == "command:remote:CopyToRemote":
-            data = Path(inputs["source"]["file_asset"]).read_bytes()
-            self._ssh(inputs["connection"], f"cat > {inputs['remotePath']}", data)
-            outputs = {}
-        else:
-            raise AssertionError(f"unexpected custom resource {typ} {name}")
+        try:
+            if typ == "command:remote:Command":
+                stdout = self._ssh(inputs["connection"], inputs["create"], inputs.get("stdin") or "")
+                outputs = {"stdout": stdout, "stderr": ""}
+            elif typ == "command:remote:CopyToRemote":
+                data = Path(inputs["source"]["file_asset"]).read_bytes()
+                self._ssh(inputs["connection"], f"cat > {inputs['remotePath']}", data)
+                outputs = {}
+            else:
+                raise AssertionError(f"unexpected custom resource {typ} {name}")
+        except BaseException:
+            self.failed = True
+            raise
         with self._lock:
             self.state.pop(name, None)
             self.state[name] = {"typ": typ, "inputs": inputs, "outputs": outputs}
@@ -53,6 +60,7 @@ class LabProvider:
         return dict(outputs)
 
     def begin(self) -> None:
+        self.failed = False
         self.seen.clear()
         self.actions.clear()
 

@@ -131,6 +131,13 @@ def evaluate(config: dict[str, Any], provider: Provider = fake_provider) -> Eval
 
     try:
         program()
+    except BaseException:
+        # Registrations still in flight (other servers' steps) finish before the loop closes, as
+        # the engine lets running steps finish after an error.
+        pending = asyncio.all_tasks(loop)
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        raise
     finally:
         asyncio.set_event_loop(None)
         loop.close()

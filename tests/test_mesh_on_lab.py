@@ -28,7 +28,7 @@ import pytest
 from components import artifacts, scripts
 from tests.conftest import Lab
 from tests.harness import REPO, corrosion_binary, pulumi_bin_dir, wait_until
-from tests.labprovider import LabProvider
+from tests.labprovider import CommandFailed, LabProvider
 from tests.program import Evaluation, evaluate
 
 pytestmark = pytest.mark.corrosion
@@ -554,3 +554,36 @@ def test_preflight_names_what_is_missing(lab4: Lab) -> None:
     lab.run(3, "rm -rf /tmp/somebin")
     assert lab.run(3, f"/bin/sh -c {shlex.quote(scripts.preflight('none'))}").strip() == "ready"
     lab.run(3, scripts.HOST_CLEANUP)
+
+
+def test_a_failed_up_is_finished_by_the_next(lab4: Lab) -> None:
+    """Corrosion's API port is taken on lab1 (klukai keeps running without its API): `up` stops at
+    that step with the unit's log; once the port is free, the next `up` restarts it, runs what is
+    left, and the mesh is whole."""
+    lab = lab4
+    provider = LabProvider()
+    blocker = "systemd-run --unit=jiji-test-blocker python3 -c 'import socket, time; s = socket.socket();" \
+        " s.bind((\"127.0.0.1\", 9220)); s.listen(); time.sleep(600)'"  # fmt: skip
+    try:
+        lab.run(1, blocker)
+        with pytest.raises(CommandFailed) as failed:
+            up(provider, config(3))
+        assert "198.18.0.11" in str(failed.value), failed.value
+        assert "jiji-corrosion is running but not serving after 30 s" in str(failed.value), failed.value
+        # What ran before the failure stays done; how far other servers got depends on timing.
+        done = set(provider.state)
+        assert "lab1-wg-conf" in done and "lab1-corrosion-service" not in done and "lab1-dns-service" not in done
+        lab.run(1, "systemctl stop jiji-test-blocker")
+        _, seconds = up(provider, config(3))
+        rerun = {n for _, n in provider.actions}
+        assert {"lab1-corrosion-service", "lab1-dns-service"} <= rerun and not rerun & done, rerun
+        print(f"\nfinishing the failed up: {seconds:.1f} s, {len(rerun)} steps")
+        for i in range(3):
+            wait_until(lambda i=i: dig(lab, i, MESH[i], "www.lab.test") == ["198.18.0.200"], 10, f"lab{i} DNS")
+        assert lab.run(1, f"{CORROSION} query 'SELECT count(*) FROM servers'").strip() == "3"
+        up(provider, config(3))
+        assert provider.actions == []
+    finally:
+        lab.run(1, "systemctl stop jiji-test-blocker 2>/dev/null; systemctl reset-failed jiji-test-blocker 2>/dev/null; true")
+        provider.destroy()
+        provider.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .corrosion import Corrosion, Statement
+from .corrosion import Corrosion, CorrosionError, Statement
 
 _SERVER_COLUMNS = ("id", "hostname", "subnet", "wireguard_ip", "wireguard_pubkey", "endpoints")
 
@@ -44,7 +44,10 @@ def statements(desired: dict[str, Any]) -> list[Statement]:
 
 
 def run(corrosion: Corrosion, desired: dict[str, Any], wait: float = 60) -> str:
-    corrosion.wait_ready(wait)
+    try:
+        corrosion.wait_ready(wait)
+    except CorrosionError as e:
+        raise CorrosionError(f"{e} (after {wait:.0f} s; check `systemctl status jiji-corrosion`)") from None
     results = corrosion.execute(statements(desired))
     changed = sum(int(r.get("rows_affected", 0)) for r in results)
     return f"registry: {len(desired['servers'])} servers, {len(desired['metadata'])} metadata keys, {changed} rows written"
