@@ -562,10 +562,13 @@ def test_a_failed_up_is_finished_by_the_next(lab4: Lab) -> None:
     left, and the mesh is whole."""
     lab = lab4
     provider = LabProvider()
+    # SO_REUSEADDR: an earlier test's Corrosion may have left connections in TIME_WAIT.
     blocker = "systemd-run --unit=jiji-test-blocker python3 -c 'import socket, time; s = socket.socket();" \
+        " s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1);" \
         " s.bind((\"127.0.0.1\", 9220)); s.listen(); time.sleep(600)'"  # fmt: skip
     try:
         lab.run(1, blocker)
+        wait_until(lambda: "127.0.0.1:9220" in lab.run(1, "ss -ltn"), 5, "the blocker listens on 9220")
         with pytest.raises(CommandFailed) as failed:
             up(provider, config(3))
         assert "198.18.0.11" in str(failed.value), failed.value
