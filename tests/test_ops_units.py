@@ -116,6 +116,9 @@ def test_dns_view_explains_every_row() -> None:
     assert why["c"] == "not healthy (unhealthy)"
     assert view["shop-web-blue.jiji"]["answers"] == ["10.210.2.2"]
     assert view["shop-db.jiji"]["answers"] == [] and view["shop-db.jiji"]["rows"][0]["why"] == "no services row for shop/db"
+    assert (web["project"], web["service"]) == ("shop", "web")
+    dashed = dnsview.names([dict(row("x", "lab0", "10.210.0.5", 1), project="my-shop")], "jiji")
+    assert [(e["name"], e["project"], e["service"]) for e in dashed] == [("my-shop-web.jiji", "my-shop", "web")]
 
 
 def test_gc_finds_rows_of_missing_containers_and_departed_servers() -> None:

@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser = add_parser  # type: ignore[method-assign]
     sub.add_parser("status", help="WireGuard peers, Corrosion, DNS and container health on this server")
     d = sub.add_parser("dns", help="every DNS name with its answers and the rows behind them")
-    d.add_argument("--service", help="only names of this service ({project}-{service} or service)")
+    d.add_argument("--service", help="only names of this service (service, or project-service)")
     i = sub.add_parser("inspect", help="network details of the containers in the registry")
     i.add_argument("--service")
     i.add_argument("--container", help="id prefix")
@@ -171,7 +171,7 @@ def cmd_dns(args: argparse.Namespace, host: sources.HostConfig, corrosion: Corro
     entries = dnsview.names(_rows(corrosion, dnsview.ROWS_SQL), host.domain)
     if args.service:
         wanted = args.service.lower()
-        entries = [e for e in entries if wanted in (e["service"], e["service"].split("-", 1)[-1])]
+        entries = [e for e in entries if wanted in (e["service"].lower(), f"{e['project']}-{e['service']}".lower())]
     lines = []
     for e in entries:
         lines.append(f"{e['name']}  ->  {', '.join(e['answers']) or '(no answer)'}   healthy {e['healthy']}/{e['total']}")

@@ -46,6 +46,6 @@ def names(rows: list[dict[str, Any]], domain: str) -> list[dict[str, Any]]:
                 why = f"hidden: {winner['id'] if winner else '?'} on {r['server_id']} started later (newest wins per server)"
             explained.append({**{k: r[k] for k in ("id", "server_id", "ip", "health_status", "started_at")}, "why": why})
         answers = sorted({w["ip"] for w in winners.values()})
-        service = f"{members[0]['project']}-{members[0]['service']}".lower()
-        out.append({"name": name, "service": service, "answers": answers, "healthy": len(eligible), "total": len(members), "rows": explained})
+        project, service = str(members[0]["project"]), str(members[0]["service"])
+        out.append({"name": name, "project": project, "service": service, "answers": answers, "healthy": len(eligible), "total": len(members), "rows": explained})
     return out
