@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -16,8 +17,13 @@ CORROSION_ETC = "/etc/jiji/corrosion"
 # Gossip datagrams must fit inside the WireGuard MTU with room for IP/UDP headers.
 GOSSIP_MAX_MTU = 1232
 
+_HOSTBIN = Path(__file__).resolve().parent.parent / "hostbin"
+# Our templates, then hostbin's (the jiji-dns unit lives beside the daemon): one environment, so
+# each template is read and compiled once per run, not once per server.
 _ENV = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+    loader=jinja2.ChoiceLoader(
+        [jinja2.FileSystemLoader(Path(__file__).parent / "templates"), jinja2.FileSystemLoader(_HOSTBIN)]
+    ),
     undefined=jinja2.StrictUndefined,
     trim_blocks=True,
     lstrip_blocks=True,
@@ -59,7 +65,6 @@ CORROSION_SCHEMA = f"{CORROSION_ETC}/schemas/jiji.sql"
 NETWORK_SCRIPT = "/usr/local/lib/jiji-net/network.sh"
 DNS_PYZ = "/usr/local/lib/jiji-net/jiji-dns.pyz"
 TOOL_PATH = "/usr/local/bin/jiji-net"
-_HOSTBIN = Path(__file__).resolve().parent.parent / "hostbin"
 
 
 def corrosion_unit() -> str:
@@ -86,10 +91,7 @@ def network_unit() -> str:
 
 def dns_unit(settings: MeshSettings, plan: ServerPlan) -> str:
     """jiji-dns answers on the mesh address, which is also the gateway of the container bridge."""
-    template = jinja2.Environment(
-        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False
-    ).from_string((_HOSTBIN / "jiji-dns.service.j2").read_text())
-    return template.render(
+    return _ENV.get_template("jiji-dns.service.j2").render(
         install_path=DNS_PYZ,
         listen=[f"{plan.mesh_address}:{settings.dns_port}"],
         corrosion_api=f"127.0.0.1:{settings.api_port}",
@@ -100,6 +102,7 @@ def dns_unit(settings: MeshSettings, plan: ServerPlan) -> str:
     )
 
 
+@functools.cache
 def corrosion_schema() -> str:
     return (_HOSTBIN / "corrosion-schema.sql").read_text()
 
