@@ -21,7 +21,7 @@ from . import render, scripts
 from .artifacts import Artifact
 from .model import MeshSettings
 from .model import Server as ServerSpec
-from .plan import Peer, ServerPlan, endpoint_for, peers_of
+from .plan import Peer, ServerPlan, configured_endpoint, peers_of
 
 SYSTEMD = "/etc/systemd/system"
 
@@ -343,7 +343,6 @@ class Mesh(pulumi.ComponentResource):
 
 
 def _server_output(settings: MeshSettings, spec: ServerSpec, plan: ServerPlan, public_key: pulumi.Output[str]) -> dict[str, Any]:
-    stranger = ServerSpec(name="", host="", index=-1)
     return {
         "index": plan.index,
         "subnet": plan.subnet,
@@ -351,7 +350,7 @@ def _server_output(settings: MeshSettings, spec: ServerSpec, plan: ServerPlan, p
         "container_range": plan.container_range,
         "dns_address": plan.mesh_address,
         "public_key": public_key,
-        "endpoint": endpoint_for(stranger, spec, settings.wireguard_port),
+        "endpoint": configured_endpoint(spec, settings.wireguard_port),
         "ssh": {"host": spec.host, "port": spec.port, "user": spec.user, "host_key": spec.host_key},
     }
 

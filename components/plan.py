@@ -158,10 +158,16 @@ def endpoint_for(local: Server, peer: Server, port: int) -> str | None:
         local_net = netaddr.IPNetwork(_with_prefix(local.private_address))
         if netaddr.IPAddress(_host_part(peer.private_address)) in local_net.cidr:
             return _join(_host_part(peer.private_address), port)
-    if peer.endpoint:
-        host, _, explicit_port = _split_endpoint(peer.endpoint)
-        return _join(host, int(explicit_port) if explicit_port else port)
-    return None
+    return configured_endpoint(peer, port)
+
+
+def configured_endpoint(server: Server, port: int) -> str | None:
+    """The server's configured endpoint (public or CGNAT) as host:port, the WireGuard port unless
+    the endpoint names one: how a server outside its private network reaches it."""
+    if not server.endpoint:
+        return None
+    host, _, explicit_port = _split_endpoint(server.endpoint)
+    return _join(host, int(explicit_port) if explicit_port else port)
 
 
 def peers_of(server: Server, servers: list[Server], plans: dict[str, ServerPlan], port: int) -> list[Peer]:
