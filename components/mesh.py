@@ -84,6 +84,24 @@ class _Commands:
             depends_on=depends_on,
         )
 
+    def service(
+        self,
+        name: str,
+        parent: pulumi.Resource,
+        unit: str,
+        inputs_sha256: str,
+        depends_on: Sequence[pulumi.Resource],
+        ready_check: str | None = None,
+    ) -> remote.Command:
+        """A systemd unit enabled and running; restarted when `inputs_sha256` changes."""
+        return self.run(
+            name,
+            parent,
+            create=scripts.service_apply(unit, inputs_sha256, ready_check=ready_check),
+            delete=scripts.service_delete(unit),
+            depends_on=depends_on,
+        )
+
     def install(
         self, name: str, parent: pulumi.Resource, artifact: Artifact, final: str, depends_on: Sequence[pulumi.Resource]
     ) -> remote.Command:
@@ -138,12 +156,8 @@ class ContainerNetwork(pulumi.ComponentResource):
         unit_text = render.network_unit()
         script = cmd.file("network-script", self, render.NETWORK_SCRIPT, script_text, mode="755", depends_on=depends_on)
         unit = cmd.file("network-unit", self, f"{SYSTEMD}/jiji-net-network.service", unit_text, depends_on=depends_on)
-        self.service = cmd.run(
-            "network-service",
-            self,
-            create=scripts.service_apply("jiji-net-network", _sha256(script_text, unit_text)),
-            delete=scripts.service_delete("jiji-net-network"),
-            depends_on=[forward, script, unit, *engine],
+        self.service = cmd.service(
+            "network-service", self, "jiji-net-network", _sha256(script_text, unit_text), [forward, script, unit, *engine]
         )
         self.register_outputs({})
 
@@ -217,16 +231,15 @@ class Corrosion(pulumi.ComponentResource):
         # The bootstrap list matters only when a node starts, so a server joining or leaving
         # rewrites the others' config without restarting them.
         restart_on = _sha256(binary_sha, render.corrosion_config(settings, plan, []), schema_text, unit_text)
-        self.service = cmd.run(
+        # Corrosion is Type=simple and crash-loops when its API port is taken: the step waits
+        # until the API answers.
+        self.service = cmd.service(
             "corrosion-service",
             self,
-            # Corrosion is Type=simple and keeps running when its API port is taken: the step
-            # waits until the API answers.
-            create=scripts.service_apply(
-                "jiji-corrosion", restart_on, ready_check=scripts.corrosion_api_answers(f"127.0.0.1:{settings.api_port}")
-            ),
-            delete=scripts.service_delete("jiji-corrosion"),
-            depends_on=[installed, data, *files],
+            "jiji-corrosion",
+            restart_on,
+            [installed, data, *files],
+            ready_check=scripts.corrosion_api_answers(f"127.0.0.1:{settings.api_port}"),
         )
         self.register_outputs({})
 
@@ -247,12 +260,8 @@ class Dns(pulumi.ComponentResource):
         installed = cmd.install("jiji-dns", self, pyz, render.DNS_PYZ, depends_on)
         unit_text = render.dns_unit(settings, plan)
         unit = cmd.file("dns-unit", self, f"{SYSTEMD}/jiji-dns.service", unit_text, depends_on=depends_on)
-        self.service = cmd.run(
-            "dns-service",
-            self,
-            create=scripts.service_apply("jiji-dns", _sha256(pyz.sha256, unit_text)),
-            delete=scripts.service_delete("jiji-dns"),
-            depends_on=[installed, unit, *depends_on],
+        self.service = cmd.service(
+            "dns-service", self, "jiji-dns", _sha256(pyz.sha256, unit_text), [installed, unit, *depends_on]
         )
         self.register_outputs({})
 
