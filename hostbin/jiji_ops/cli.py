@@ -4,6 +4,7 @@ the same command on servers of a stack over SSH (see remote.py)."""
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import sys
@@ -26,27 +27,21 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
     sub = p.add_subparsers(dest="command", required=True)
-    original_add = sub.add_parser
-
-    def add_parser(name: str, **kw: Any) -> argparse.ArgumentParser:
-        return original_add(name, parents=[common], **kw)
-
-    sub.add_parser = add_parser  # type: ignore[method-assign]
-    sub.add_parser("status", help="WireGuard peers, Corrosion, DNS and container health on this server")
-    d = sub.add_parser("dns", help="every DNS name with its answers and the rows behind them")
+    sub.add_parser("status", parents=[common], help="WireGuard peers, Corrosion, DNS and container health on this server")
+    d = sub.add_parser("dns", parents=[common], help="every DNS name with its answers and the rows behind them")
     d.add_argument("--service", help="only names of this service (service, or project-service)")
-    i = sub.add_parser("inspect", help="network details of the containers in the registry")
+    i = sub.add_parser("inspect", parents=[common], help="network details of the containers in the registry")
     i.add_argument("--service")
     i.add_argument("--container", help="id prefix")
-    g = sub.add_parser("gc", help="rows of containers that no longer exist (dry run unless --force)")
+    g = sub.add_parser("gc", parents=[common], help="rows of containers that no longer exist (dry run unless --force)")
     g.add_argument("--force", action="store_true", help="delete the rows found")
-    db = sub.add_parser("db", help="registry statistics and read-only queries")
+    db = sub.add_parser("db", parents=[common], help="registry statistics and read-only queries")
     dbs = db.add_subparsers(dest="db_command", required=True)
     dbs.add_parser("stats", parents=[common], help="rows per table and database size")
     q = dbs.add_parser("query", parents=[common], help="one read-only SQL statement")
     q.add_argument("sql")
-    sub.add_parser("ready", help="exit 0 only when WireGuard, Corrosion and DNS are healthy here")
-    sub.add_parser("register", help="(used by the Pulumi program) sync servers/cluster_metadata rows from stdin JSON")
+    sub.add_parser("ready", parents=[common], help="exit 0 only when WireGuard, the container network, Corrosion and DNS are healthy here")
+    sub.add_parser("register", parents=[common], help="(used by the Pulumi program) sync servers/cluster_metadata rows from stdin JSON")
     return p
 
 
@@ -218,8 +213,6 @@ def cmd_inspect(args: argparse.Namespace, host: sources.HostConfig, corrosion: C
 
 
 def _in_subnet(ip: str, subnet: str | None) -> bool:
-    import ipaddress
-
     try:
         return subnet is not None and ipaddress.ip_address(ip) in ipaddress.ip_network(subnet)
     except ValueError:

@@ -30,6 +30,12 @@ class Check:
     detail: str
 
 
+def _not_active(f: Facts, unit: str, label: str | None = None) -> str | None:
+    """Why `unit` fails its check ("<label> is <state>"), or None when it is active."""
+    state = f.units.get(unit, "unknown")
+    return None if state == "active" else f"{label or unit + '.service'} is {state}"
+
+
 def checks(f: Facts) -> list[Check]:
     """What `ready` decides on (WireGuard, the container network, Corrosion, DNS); each failing
     check says what is wrong."""
@@ -43,14 +49,12 @@ def checks(f: Facts) -> list[Check]:
             out.append(Check("wireguard", False, f"no handshake in 180 s with: {', '.join(sorted(stale))}"))
         else:
             out.append(Check("wireguard", True, f"{len(f.wireguard.peers)} peers, all with recent handshakes"))
-    n_unit = f.units.get("jiji-net-network", "unknown")
-    if n_unit != "active":
-        out.append(Check("network", False, f"jiji-net-network.service (forwarding, NAT, firewall) is {n_unit}"))
+    if down := _not_active(f, "jiji-net-network", "jiji-net-network.service (forwarding, NAT, firewall)"):
+        out.append(Check("network", False, down))
     else:
         out.append(Check("network", True, "forwarding, NAT and firewall in place"))
-    c_unit = f.units.get("jiji-corrosion", "unknown")
-    if c_unit != "active":
-        out.append(Check("corrosion", False, f"jiji-corrosion.service is {c_unit}"))
+    if down := _not_active(f, "jiji-corrosion"):
+        out.append(Check("corrosion", False, down))
     elif f.corrosion_api is not None:
         out.append(Check("corrosion", False, f"API does not answer: {f.corrosion_api}"))
     elif isinstance(f.members, str):
@@ -59,9 +63,8 @@ def checks(f: Facts) -> list[Check]:
         out.append(Check("corrosion", False, f"sees {len(f.members)} of {f.expected_members} other members"))
     else:
         out.append(Check("corrosion", True, f"active, {len(f.members)} other members"))
-    d_unit = f.units.get("jiji-dns", "unknown")
-    if d_unit != "active":
-        out.append(Check("dns", False, f"jiji-dns.service is {d_unit}"))
+    if down := _not_active(f, "jiji-dns"):
+        out.append(Check("dns", False, down))
     elif isinstance(f.dns, str):
         out.append(Check("dns", False, f"counters unreadable: {f.dns}"))
     elif not f.dns.get("ready"):
