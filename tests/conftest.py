@@ -127,6 +127,16 @@ class Lab:
             )
         return out.stdout.decode(errors="replace")
 
+    def pings(self, i: int, address: str, netns: str = "", wait: int = 2) -> bool:
+        """One ping from host i (inside `netns` when given) gets its answer within `wait` s."""
+        prefix = f"ip netns exec {netns} " if netns else ""
+        return self.run(i, f"{prefix}ping -c1 -W{wait} {address} >/dev/null && echo ok", check=False).strip() == "ok"
+
+    def handshakes(self, i: int) -> dict[str, int]:
+        """Host i's jiji0 peers: public key -> latest handshake (Unix seconds, 0 = never)."""
+        lines = self.run(i, "wg show jiji0 latest-handshakes").splitlines()
+        return {k: int(v) for k, v in (line.split() for line in lines)}
+
     def down(self) -> None:
         subprocess.run(["bash", str(self.script), "down"], capture_output=True, text=True, timeout=300, check=True)
 

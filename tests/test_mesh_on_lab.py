@@ -101,15 +101,6 @@ def new_dns_build() -> Iterator[None]:
         (artifacts.BUILD_DIR / "jiji-dns-changed.pyz").unlink(missing_ok=True)
 
 
-def pings(lab: Lab, i: int, address: str, netns: str = "") -> bool:
-    prefix = f"ip netns exec {netns} " if netns else ""
-    return lab.run(i, f"{prefix}ping -c1 -W2 {address} >/dev/null && echo ok", check=False).strip() == "ok"
-
-
-def handshakes(lab: Lab, i: int) -> dict[str, int]:
-    return {k: int(v) for k, v in (line.split() for line in lab.run(i, "wg show jiji0 latest-handshakes").splitlines())}
-
-
 def write(lab: Lab, i: int, statements: list[Any]) -> None:
     body = json.dumps(statements)
     lab.run(
@@ -152,9 +143,9 @@ def test_mesh_up_change_and_destroy(lab4: Lab) -> None:
         for i in range(3):
             for j in range(3):
                 if i != j:
-                    assert pings(lab, i, MESH[j]), f"lab{i} cannot ping lab{j} over jiji0"
+                    assert lab.pings(i, MESH[j]), f"lab{i} cannot ping lab{j} over jiji0"
         for i in range(3):
-            seen = handshakes(lab, i)
+            seen = lab.handshakes(i)
             assert set(seen) == {keys[f"lab{j}"] for j in range(3) if j != i} and all(seen.values()), seen
             assert "PrivateKey" not in lab.run(i, "cat /etc/wireguard/jiji0.conf")
             assert lab.run(i, "stat -c %a /etc/wireguard/jiji0.key").strip() == "600"
@@ -216,7 +207,7 @@ def test_mesh_up_change_and_destroy(lab4: Lab) -> None:
             "ip netns exec ct timeout 10 python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
             ' s.bind(("0.0.0.0", 7000)); print(s.recvfrom(64)[1][0])\' > /tmp/peer 2>&1 &',
         )
-        assert pings(lab, 0, "10.210.2.2", netns="ct")
+        assert lab.pings(0, "10.210.2.2", netns="ct")
         lab.run(
             0,
             "ip netns exec ct python3 -c 'import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
@@ -246,18 +237,18 @@ def test_mesh_up_change_and_destroy(lab4: Lab) -> None:
 
         # A fourth server: the others' peers change in place; their handshakes and keys survive.
         ifindex = lab.run(0, "ip -o link show jiji0 | cut -d: -f1")
-        shake_before = handshakes(lab, 0)
+        shake_before = lab.handshakes(0)
         four, add_seconds = up(provider, config(4))
         print(f"adding a 4th server: {add_seconds:.1f} s")
         updated = {n for action, n in provider.actions if action == "update"}
         assert updated == {f"lab{i}-{s}" for i in range(3) for s in ("wg-conf", "corrosion-config", "registry")}
         assert not [a for a in provider.actions if a[0] == "delete"]
         assert lab.run(0, "ip -o link show jiji0 | cut -d: -f1") == ifindex, "jiji0 was recreated"
-        shake_after = handshakes(lab, 0)
+        shake_after = lab.handshakes(0)
         assert all(shake_after[k] >= v > 0 for k, v in shake_before.items()), (shake_before, shake_after)
         for i in range(3):
             assert four.outputs["servers"][f"lab{i}"] == first.outputs["servers"][f"lab{i}"]
-            assert pings(lab, 3, MESH[i]) and pings(lab, i, MESH[3])
+            assert lab.pings(3, MESH[i]) and lab.pings(i, MESH[3])
         wait_until(lambda: "10.210.3.1:9280" in lab.run(0, f"{CORROSION} cluster members"), 15, "lab3 joins Corrosion")
         assert dig(lab, 3, MESH[3], "www.lab.test") == ["198.18.0.200"]
 

@@ -27,18 +27,6 @@ def apply(lab: Lab, members: list[Server], keys: dict[str, str]) -> None:
         lab.run(s.index, scripts.WG_CONF_APPLY, stdin=conf)
 
 
-def pings(lab: Lab, i: int, address: str) -> bool:
-    return lab.run(i, f"ping -c1 -W1 {address} >/dev/null && echo ok", check=False).strip() == "ok"
-
-
-def handshake(lab: Lab, i: int, peer_key: str) -> int:
-    for line in lab.run(i, "wg show jiji0 latest-handshakes").splitlines():
-        key, stamp = line.split()
-        if key == peer_key:
-            return int(stamp)
-    return 0
-
-
 def test_keys_once_live_peer_changes_and_clean_delete(lab: Lab) -> None:
     members = servers(3)
     try:
@@ -52,19 +40,19 @@ def test_keys_once_live_peer_changes_and_clean_delete(lab: Lab) -> None:
         two = members[:2]
         apply(lab, two, keys)
         lab.run(0, "ping -c1 -W2 10.210.1.1")
-        first = wait_until(lambda: handshake(lab, 0, keys["lab1"]), 10, "lab0-lab1 handshake")
+        first = wait_until(lambda: lab.handshakes(0).get(keys["lab1"], 0), 10, "lab0-lab1 handshake")
 
         apply(lab, members, keys)  # lab2 joins: lab0 and lab1 change live
         # A new peer's first initiation may go out before it is up: WireGuard retries after 5 s.
         for i, j in ((0, 2), (2, 1), (1, 2)):
-            wait_until(lambda i=i, j=j: pings(lab, i, f"10.210.{j}.1"), 15, f"lab{i} -> lab{j}")
-        assert handshake(lab, 0, keys["lab1"]) == first, "syncconf kept the existing handshake"
+            wait_until(lambda i=i, j=j: lab.pings(i, f"10.210.{j}.1", wait=1), 15, f"lab{i} -> lab{j}")
+        assert lab.handshakes(0).get(keys["lab1"], 0) == first, "syncconf kept the existing handshake"
         assert lab.run(0, "wg show jiji0 private-key").strip() == private, "syncconf kept the private key"
 
         apply(lab, two, keys)  # and leaves again
         assert keys["lab2"] not in lab.run(0, "wg show jiji0 peers")
         lab.run(0, "ping -c1 -W2 10.210.1.1")
-        assert handshake(lab, 0, keys["lab1"]) >= first
+        assert lab.handshakes(0).get(keys["lab1"], 0) >= first
     finally:
         for s in members:
             lab.run(s.index, scripts.WG_CONF_DELETE)
