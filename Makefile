@@ -41,6 +41,7 @@ bench-dns:
 lint:
 	$(VENV)/bin/ruff check hostbin tests bench components __main__.py
 	$(VENV)/bin/mypy hostbin/jiji_dns hostbin/jiji_ops components
+	$(VENV)/bin/python -m tests.shellcheck
 
 ## bench-program: evaluation time and peak memory of the program at 32-256 servers (mocks)
 bench-program:

@@ -54,3 +54,14 @@ def local_binary(path: str) -> Artifact:
     if not p.is_file():
         raise ConfigError([f"corrosion_local_path: {path} is not a file; build it (lab/toolchain.sh corrosion) or fix the path"])
     return Artifact(str(p.resolve()), _sha256_file(p))
+
+
+def stack_file(stack: str, name: str, text: str) -> Artifact:
+    """A file the program makes for one stack (build/stacks/<stack>/<name>), rewritten only when
+    its content changed; uploaded as a file asset, so state keeps its hash, not its bytes."""
+    data = text.encode()
+    path = BUILD_DIR / "stacks" / stack / name
+    if not path.exists() or path.read_bytes() != data:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return Artifact(str(path), hashlib.sha256(data).hexdigest())

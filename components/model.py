@@ -20,6 +20,8 @@ class Server:
     endpoint: str | None = None
     private_address: str | None = None
     host_key: str | None = None
+    # Unreachable for good: its resources are dropped from state without contacting it.
+    gone: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

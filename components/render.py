@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 import json
+import shlex
 from pathlib import Path
 
 import jinja2
 
 from .model import MeshSettings
-from .plan import Peer, ServerPlan
+from .plan import ServerPlan
 
 KEY_PATH = "/etc/wireguard/jiji0.key"
 CORROSION_DIR = "/var/lib/jiji/corrosion"
@@ -30,29 +31,41 @@ _ENV = jinja2.Environment(
     keep_trailing_newline=True,
     autoescape=False,
 )
+# Every value that enters a shell script goes through `| sh`.
+_ENV.filters["sh"] = lambda value: shlex.quote(str(value))
 
 
-def wireguard_config(settings: MeshSettings, plan: ServerPlan, peers: list[Peer], public_keys: dict[str, str]) -> str:
-    """jiji0.conf for one server. Contains no secret, so it may sit in Pulumi inputs and diffs."""
+def wireguard_interface(settings: MeshSettings, plan: ServerPlan) -> str:
+    """The [Interface] part of jiji0.conf; the server appends the [Peer] sections from the mesh
+    table. No secret in it, so it may sit in Pulumi inputs and diffs."""
     return _ENV.get_template("wireguard.conf.j2").render(
-        address=f"{plan.mesh_address}/32",
-        listen_port=settings.wireguard_port,
-        mtu=settings.mtu,
-        key_path=KEY_PATH,
-        keepalive=settings.keepalive,
-        peers=[
-            {"name": p.name, "subnet": p.subnet, "endpoint": p.endpoint, "public_key": public_keys[p.name]}
-            for p in peers
-        ],
+        address=f"{plan.mesh_address}/32", listen_port=settings.wireguard_port, mtu=settings.mtu, key_path=KEY_PATH
     )
 
 
-def corrosion_config(settings: MeshSettings, plan: ServerPlan, others: list[ServerPlan]) -> str:
+MESH_TABLE_COLUMNS = ("name", "index", "subnet", "public_key", "endpoint", "private_network", "private_endpoint")
+
+
+def mesh_table(rows: list[dict[str, str]]) -> str:
+    """Every server of the mesh, one a line (tab-separated, "-" for none): what each server needs
+    to know of its peers. The same bytes go to every server, so state keeps only their hash."""
+    lines = ["# " + "\t".join(MESH_TABLE_COLUMNS)]
+    for row in rows:
+        values = [str(row[c]) if row[c] not in (None, "") else "-" for c in MESH_TABLE_COLUMNS]
+        if any(not v or any(ch.isspace() for ch in v) for v in values):
+            raise ValueError(f"mesh table: a value of {row['name']!r} is empty or has whitespace: {values}")
+        lines.append("\t".join(values))
+    return "\n".join(lines) + "\n"
+
+
+def corrosion_config(settings: MeshSettings, plan: ServerPlan, seeds: list[ServerPlan]) -> str:
+    """`seeds` are the nodes a starting node first contacts (a few, not all: membership spreads
+    by gossip, and a new server then changes no other server's config)."""
     return _ENV.get_template("corrosion.toml.j2").render(
         db_path=f"{CORROSION_DIR}/state.db",
         schema_dir=f"{CORROSION_ETC}/schemas",
         gossip_addr=f"{plan.mesh_address}:{settings.gossip_port}",
-        bootstrap=[f"{o.mesh_address}:{settings.gossip_port}" for o in sorted(others, key=lambda o: o.index)],
+        bootstrap=[f"{o.mesh_address}:{settings.gossip_port}" for o in sorted(seeds, key=lambda o: o.index)],
         max_mtu=GOSSIP_MAX_MTU,
         api_addr=f"127.0.0.1:{settings.api_port}",
         admin_path="/run/jiji-corrosion/admin.sock",
@@ -65,6 +78,7 @@ CORROSION_SCHEMA = f"{CORROSION_ETC}/schemas/jiji.sql"
 NETWORK_SCRIPT = "/usr/local/lib/jiji-net/network.sh"
 DNS_PYZ = "/usr/local/lib/jiji-net/jiji-dns.pyz"
 TOOL_PATH = "/usr/local/bin/jiji-net"
+BRIDGE = "jiji-br0"
 
 
 def corrosion_unit() -> str:
@@ -81,8 +95,22 @@ def network_script(settings: MeshSettings, plan: ServerPlan, bridge: str) -> str
         bridge=bridge,
         create_bridge=settings.container_engine == "none",
         wireguard_port=settings.wireguard_port,
-        mesh_only_ports=[settings.gossip_port, settings.dns_port],
+        dns_port=settings.dns_port,
+        gossip_port=settings.gossip_port,
+        api_port=settings.api_port,
+        host_part_match=mesh_address_match(settings),
+        container_host_ports=[],
     )
+
+
+def mesh_address_match(settings: MeshSettings) -> str:
+    """An iptables source match for "the first host of any subnet": value/mask on the host part."""
+    host_mask = (1 << (32 - settings.subnet_prefix_len)) - 1
+    return f"{_dotted(1)}/{_dotted(host_mask)}"
+
+
+def _dotted(value: int) -> str:
+    return ".".join(str((value >> shift) & 0xFF) for shift in (24, 16, 8, 0))
 
 
 def network_unit() -> str:
@@ -100,6 +128,10 @@ def dns_unit(settings: MeshSettings, plan: ServerPlan) -> str:
         recursion_from=[settings.cluster_cidr, "127.0.0.0/8"],
         after_units=["jiji-corrosion.service"],
     )
+
+
+def step_script(kind: str, **values: object) -> str:
+    return _ENV.get_template(f"steps/{kind}.sh.j2").render(**values)
 
 
 @functools.cache

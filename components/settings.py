@@ -12,7 +12,7 @@ import pulumi
 from .model import CorrosionSource, MeshSettings, Server
 from .plan import ConfigError, validate
 
-_SERVER_KEYS = {"name", "host", "index", "port", "user", "endpoint", "private_address", "host_key"}
+_SERVER_KEYS = {"name", "host", "index", "port", "user", "endpoint", "private_address", "host_key", "gone"}
 
 
 def servers_from(raw: Any) -> list[Server]:
@@ -42,6 +42,7 @@ def servers_from(raw: Any) -> list[Server]:
                     endpoint=item.get("endpoint"),
                     private_address=item.get("private_address"),
                     host_key=item.get("host_key"),
+                    gone=item.get("gone", False) is True,
                 )
             )
         except (TypeError, ValueError) as e:

@@ -5,6 +5,9 @@
 #   lab/lab.sh down       remove everything the lab made: hosts, mounts, namespaces, links, files
 #   lab/lab.sh status     what is running
 #   lab/lab.sh ssh I CMD  run CMD on host I
+#   lab/lab.sh stop I / start I   power host I off (its disk kept) / boot it again
+#   lab/lab.sh reset I    host I as a new machine (its disk thrown away)
+#   lab/lab.sh stack-config FILE  the lab stack's config with the hosts' SSH host keys pinned
 # Hosts reach each other and the resolver, nothing else (no default route, no NAT).
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
@@ -157,22 +160,57 @@ up() {
     step "lab up: $n hosts; key $KEY"
 }
 
+stop_host() {
+    local i=$1 dir=$LAB/h$1 pid
+    [ -f "$dir/nspawn.pid" ] || return 0
+    pid=$(cat "$dir/nspawn.pid")
+    if kill -0 "$pid" 2>/dev/null; then
+        note "host $i: powering off"
+        kill -TERM "$pid"   # nspawn asks the host's systemd to power off
+        for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+        kill -0 "$pid" 2>/dev/null && { note "host $i: still up, killing"; kill -KILL "$pid"; sleep 1; }
+    fi
+    rm -f "$dir/nspawn.pid"
+}
+
+# Host I as a new machine: its disk (the overlay's upper layer) thrown away, booted again.
+reset_host() {
+    local i=$1 dir=$LAB/h$1
+    stop_host "$i"
+    mountpoint -q "$dir/root" && umount "$dir/root"
+    rm -rf "$dir/upper" "$dir/work"
+    start_host "$i"
+    wait_ssh "$i"
+}
+
+# The lab stack's config, written outside the repository (make up passes it with --config-file):
+# the hosts with their SSH host keys pinned, and the lab's Corrosion build.
+stack_config() {
+    local file=$1 n i key
+    n=$(cat "$LAB/hosts")
+    {
+        echo "# The local lab (lab/lab.sh stack-config); make up adds the SSH key as a secret."
+        echo "config:"
+        echo "  jiji-net:container_engine: none"
+        echo "  jiji-net:corrosion_local_path: $JIJI_CACHE/corrosion/klukai-$KLUKAI_VERSION/bin/corrosion"
+        echo "  jiji-net:servers:"
+        for ((i = 0; i < n; i++)); do
+            key=$(ssh-keyscan -t ed25519 "$(host_ip "$i")" 2>/dev/null | awk '{print $2, $3; exit}')
+            [ -n "$key" ] || die "host $i did not show its SSH host key" "run lab/lab.sh status"
+            echo "    - {name: lab$i, host: $(host_ip "$i"), index: $i, endpoint: $(host_ip "$i"), host_key: \"$key\"}"
+        done
+    } >"$file.new"
+    mv "$file.new" "$file"
+}
+
 down() {
     need_root "network namespaces and systemd-nspawn"
     step "lab down"
-    local dir i pid
+    local dir i
     for dir in "$LAB"/h*; do
         [ -d "$dir" ] || continue
         i=${dir##*/h}
-        if [ -f "$dir/nspawn.pid" ]; then
-            pid=$(cat "$dir/nspawn.pid")
-            if kill -0 "$pid" 2>/dev/null; then
-                note "host $i: powering off"
-                kill -TERM "$pid"   # nspawn asks the host's systemd to power off
-                for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-                kill -0 "$pid" 2>/dev/null && { note "host $i: still up, killing"; kill -KILL "$pid"; sleep 1; }
-            fi
-        fi
+        stop_host "$i"
         mountpoint -q "$dir/root" && umount "$dir/root"
         ip link del "jl-h$i" 2>/dev/null || true
         ip netns del "$(host_ns "$i")" 2>/dev/null || true
@@ -202,5 +240,9 @@ case "${1:-}" in
     status) status ;;
     ssh) shift; lab_ssh "$@" ;;
     rootfs) check_prereqs; build_rootfs ;;
-    *) die "usage: lab/lab.sh up [N] | down | status | ssh I CMD" "pick one of those" ;;
+    stop) stop_host "$2" ;;
+    start) start_host "$2"; wait_ssh "$2" ;;
+    reset) reset_host "$2" ;;
+    stack-config) stack_config "$2" ;;
+    *) die "usage: lab/lab.sh up [N] | down | status | ssh I CMD | stop I | start I | reset I | stack-config FILE" "pick one of those" ;;
 esac

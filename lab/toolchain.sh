@@ -11,7 +11,7 @@ set -euo pipefail
 
 DEB_PACKAGES=(
     debootstrap systemd-container iproute2 iptables wireguard-tools wireguard-go openssh-client
-    dnsutils dnsperf dnsmasq-base python3-venv
+    dnsutils dnsperf dnsmasq-base python3-venv shellcheck
 )
 
 install_packages() {

@@ -15,6 +15,7 @@ import json
 import runpy
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -32,6 +33,7 @@ class Registration:
     parent_type: str
     dependencies: list[str]
     inputs: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -49,7 +51,7 @@ def fake_public_key(name: str) -> str:
 
 def fake_provider(typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
     if typ == "command:remote:Command":
-        return {"stdout": fake_public_key(name) + "\n" if name.endswith("-wg-key") else "", "stderr": ""}
+        return {"stdout": fake_public_key(name) + "\n" if name.endswith("-host") else "", "stderr": ""}
     return {}
 
 
@@ -57,9 +59,10 @@ _SECRET_SIG = "4dabf18193072939515e22adb298388d"  # Pulumi's marker of a secret 
 
 
 def _plain(value: Any) -> Any:
-    """Inputs as comparable data: assets by path, secrets as {"secret": value}."""
+    """Inputs as comparable data: assets by path and content hash (as the engine compares them),
+    secrets as {"secret": value}."""
     if isinstance(value, pulumi.FileAsset):
-        return {"file_asset": value.path}
+        return {"file_asset": value.path, "hash": hashlib.sha256(Path(value.path).read_bytes()).hexdigest()}
     if isinstance(value, dict):
         if _SECRET_SIG in value:
             return {"secret": _plain(value["value"])}
@@ -86,10 +89,17 @@ class _Mocks(pulumi.runtime.Mocks):
 
 
 _GRAPH: dict[str, tuple[str, str, list[str]]] = {}
+# The resource options the engine acts on, by resource name: the stand-in provider honours them.
+OPTIONS: dict[str, dict[str, Any]] = {}
 _original_register = pulumi_mocks.MockMonitor.RegisterResource
 
 
 def _recording_register(self: Any, request: Any) -> Any:
+    OPTIONS[request.name] = {
+        "delete_before_replace": bool(request.deleteBeforeReplace),
+        "ignore_changes": list(request.ignoreChanges),
+        "retain_on_delete": bool(request.retainOnDelete),
+    }
     response = _original_register(self, request)
     parent_type = request.parent.split("::")[2].split("$")[-1] if request.parent else ""
     deps = [urn.rsplit("::", 1)[1] for urn in request.dependencies]
@@ -107,6 +117,7 @@ def config_values(config: dict[str, Any]) -> dict[str, str]:
 def evaluate(config: dict[str, Any], provider: Provider = fake_provider) -> Evaluation:
     """Runs the program once with `config` as the stack's config."""
     _GRAPH.clear()
+    OPTIONS.clear()
     # Earlier asyncio.run() calls in the same process leave no current loop; Pulumi needs one.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -142,7 +153,7 @@ def evaluate(config: dict[str, Any], provider: Provider = fake_provider) -> Eval
         asyncio.set_event_loop(None)
         loop.close()
     resources = {
-        name: Registration(typ, name, parent_type, deps, mocks.inputs.get(name, {}))
+        name: Registration(typ, name, parent_type, deps, mocks.inputs.get(name, {}), OPTIONS.get(name, {}))
         for name, (typ, parent_type, deps) in _GRAPH.items()
         if typ != "pulumi:pulumi:Stack"  # registered only by the first run in a process
     }

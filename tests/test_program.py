@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,11 @@ SECRET_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-real-key\n-----END OPEN
 TYPES = {
     "jiji:network:Mesh",
     "jiji:network:Server",
-    "jiji:network:ContainerNetwork",
-    "jiji:network:WireGuard",
-    "jiji:network:Corrosion",
-    "jiji:network:Dns",
     "command:remote:Command",
     "command:remote:CopyToRemote",
 }
+STEPS = ("host", "network", "wireguard", "corrosion", "dns")
+UPLOADS = ("jiji-net-upload", "jiji-dns-upload", "mesh-upload", "corrosion-upload")
 
 
 def lab_config(binary: Path, n: int = 3, **overrides: Any) -> dict[str, Any]:
@@ -67,7 +66,7 @@ def test_outputs_carry_plan_and_public_keys(three: Evaluation) -> None:
         "mesh_address": "10.210.2.1",
         "container_range": "10.210.2.2-10.210.2.254",
         "dns_address": "10.210.2.1",
-        "public_key": fake_public_key("lab2-wg-key"),
+        "public_key": fake_public_key("lab2-host"),
         "endpoint": "198.18.0.12:51820",
         "ssh": {"host": "198.18.0.12", "port": 22, "user": "root", "host_key": None},
     }
@@ -75,38 +74,42 @@ def test_outputs_carry_plan_and_public_keys(three: Evaluation) -> None:
     assert three.outputs["cluster_cidr"] == "10.210.0.0/16" and three.outputs["domain"] == "jiji"
 
 
-def test_graph_has_literal_types_and_parents(three: Evaluation) -> None:
+def test_graph_has_literal_types_parents_and_ten_resources_a_server(three: Evaluation) -> None:
     r = three.resources
     assert {x.typ for x in r.values()} - {"pulumi:pulumi:Stack"} == TYPES
     assert (r["jiji"].typ, r["jiji"].parent_type) == ("jiji:network:Mesh", "pulumi:pulumi:Stack")
     assert (r["lab1"].typ, r["lab1"].parent_type) == ("jiji:network:Server", "jiji:network:Mesh")
-    expected_parents = {
-        "lab1-host": "jiji:network:Server",
-        "lab1-wg-key": "jiji:network:Server",
-        "lab1-registry": "jiji:network:Server",
-        "lab1-jiji-net-upload": "jiji:network:Server",
-        "lab1-network": "jiji:network:Server",
-        "lab1-network-service": "jiji:network:ContainerNetwork",
-        "lab1-wg-conf": "jiji:network:WireGuard",
-        "lab1-corrosion-upload": "jiji:network:Corrosion",
-        "lab1-corrosion-service": "jiji:network:Corrosion",
-        "lab1-dns-service": "jiji:network:Dns",
-    }
-    assert {n: r[n].parent_type for n in expected_parents} == expected_parents
-    # Each server has the same set of resources, named after it.
+    assert r["jiji-registry"].parent_type == "jiji:network:Mesh"
     per_server = [sorted(n.removeprefix(f"lab{i}-") for n in r if n.startswith(f"lab{i}-")) for i in range(3)]
-    assert per_server[0] == per_server[1] == per_server[2] and len(per_server[0]) == 26
+    assert per_server[0] == per_server[1] == per_server[2] == sorted(STEPS + UPLOADS)
+    assert all(r[f"lab1-{n}"].parent_type == "jiji:network:Server" for n in STEPS + UPLOADS)
+    # The server's component and its nine steps and uploads; one registry step for the mesh.
+    assert len(r) == 1 + 3 * 10 + 1
+
+
+def test_every_step_is_safe_under_replacement(three: Evaluation) -> None:
+    for name, res in three.resources.items():
+        if res.typ == "command:remote:Command":
+            assert res.options["delete_before_replace"], name
+            assert res.inputs["addPreviousOutputInEnv"] is False, name
+            # Short constant commands with a timeout; the script is the stdin.
+            assert res.inputs["create"].startswith("timeout -k 10 ") and res.inputs["create"].count("sh -s -- apply") == 1
+            assert res.inputs["delete"].startswith("timeout -k 10 ") and "sh -s -- remove" in res.inputs["delete"]
+            assert res.inputs["stdin"].rstrip().endswith('main "$@" </dev/null'), name
+        if res.typ.startswith("command:"):
+            assert not res.options["ignore_changes"] and not res.options["retain_on_delete"], name
+            assert "triggers" not in res.inputs, name
 
 
 def test_order_follows_what_each_step_needs(three: Evaluation) -> None:
     deps = {n: set(x.dependencies) for n, x in three.resources.items()}
-    # Peers need every other server's public key; the interface needs the network unit first.
-    assert {"lab0-wg-key", "lab1-wg-key", "lab2-wg-key", "lab1-network-service"} <= deps["lab1-wg-conf"]
-    assert "lab1-wg-conf" in deps["lab1-corrosion-upload"]
-    assert {"lab1-corrosion-install", "lab1-corrosion-config", "lab1-corrosion-data"} <= deps["lab1-corrosion-service"]
-    assert {"lab1-corrosion-service", "lab1-jiji-net-install"} <= deps["lab1-registry"]
-    assert "lab1-corrosion-service" in deps["lab1-dns-service"]
-    assert all("lab1-host" in deps[n] for n in ("lab1-wg-key", "lab1-ip-forward", "lab1-network-script"))
+    # Peers need every server's public key (through the mesh table); the interface needs the network unit.
+    assert {"lab0-host", "lab1-host", "lab2-host"} <= deps["lab1-mesh-upload"]
+    assert {"lab1-network", "lab1-mesh-upload"} <= deps["lab1-wireguard"]
+    assert {"lab1-wireguard", "lab1-corrosion-upload"} <= deps["lab1-corrosion"]
+    assert {"lab1-corrosion", "lab1-jiji-dns-upload", "lab1-jiji-net-upload"} <= deps["lab1-dns"]
+    assert {f"lab{i}-dns" for i in range(3)} <= deps["jiji-registry"]
+    assert all("lab1-host" in deps[f"lab1-{n}"] for n in ("network", "jiji-net-upload", "corrosion-upload"))
 
 
 def test_no_secret_in_any_input_or_output(three: Evaluation) -> None:
@@ -118,46 +121,67 @@ def test_no_secret_in_any_input_or_output(three: Evaluation) -> None:
             assert connection is not None and connection["secret"]["privateKey"] == SECRET_KEY, name
         text = json.dumps(inputs)
         assert SECRET_KEY not in text and "not-a-real-key" not in text, name
-        assert "PrivateKey =" not in str(inputs.get("stdin", "")), name
+        # No key value anywhere (the wireguard step names the key file, never a key).
+        assert not re.search(r"PrivateKey\s*=\s*[A-Za-z0-9+/]{43}=", str(inputs.get("stdin", ""))), name
     assert "not-a-real-key" not in json.dumps(three.outputs)
-    # The private key file is read only where it is generated and where syncconf needs it.
-    readers = {n for n, x in three.commands().items() if "/etc/wireguard/jiji0.key" in x.inputs.get("create", "")}
-    assert readers == {f"lab{i}-{s}" for i in range(3) for s in ("wg-key", "wg-conf")}
-    assert "wg pubkey" in three.resources["lab0-wg-key"].inputs["create"]
+    # The private key file is named only where it is generated and where syncconf needs it.
+    readers = {n for n, x in three.commands().items() if "/etc/wireguard/jiji0.key" in x.inputs.get("stdin", "")}
+    assert readers == {f"lab{i}-{s}" for i in range(3) for s in ("host", "wireguard")}
+    assert "wg pubkey" in three.resources["lab0-host"].inputs["stdin"]
+
+
+def embedded(script: str, path_var: str) -> str:
+    """The content a step script installs at the path in shell variable `path_var`."""
+    marker = f'put_file "{path_var}" '
+    start = script.index(marker)
+    body = script[script.index("\n", start) + 1 :]
+    return body[: body.index("__JIJI_EOF__\n")]
 
 
 def test_rendered_files_golden(three: Evaluation) -> None:
     c = three.commands()
-    golden("lab1-network.sh", c["lab1-network-script"].inputs["stdin"])
-    golden("lab1-jiji-dns.service", c["lab1-dns-unit"].inputs["stdin"])
-    golden("lab1-jiji-corrosion.service", c["lab1-corrosion-unit"].inputs["stdin"])
-    conf = c["lab1-wg-conf"].inputs["stdin"]
-    assert f"PublicKey = {fake_public_key('lab0-wg-key')}" in conf and "Endpoint = 198.18.0.12:51820" in conf
-    rows = json.loads(c["lab0-registry"].inputs["stdin"])
+    golden("lab1-network.sh", embedded(c["lab1-network"].inputs["stdin"], "$SCRIPT"))
+    golden("lab1-jiji-dns.service", embedded(c["lab1-dns"].inputs["stdin"], "$UNIT"))
+    golden("lab1-jiji-corrosion.service", embedded(c["lab1-corrosion"].inputs["stdin"], "$UNIT"))
+    rows = json.loads(embedded_registry(c["jiji-registry"].inputs["stdin"]))
     assert [s["id"] for s in rows["servers"]] == ["lab0", "lab1", "lab2"]
-    assert rows["servers"][2]["wireguard_pubkey"] == fake_public_key("lab2-wg-key")
+    assert rows["servers"][2]["wireguard_pubkey"] == fake_public_key("lab2-host")
 
 
-def test_endpoint_change_touches_only_that_peer_line(binary: Path, three: Evaluation) -> None:
+def embedded_registry(script: str) -> str:
+    body = script[script.index("register <<'__JIJI_EOF__'\n") :].split("\n", 1)[1]
+    return body[: body.index("__JIJI_EOF__\n")]
+
+
+def table_lines(evaluation: Evaluation) -> list[str]:
+    return Path(evaluation.resources["lab0-mesh-upload"].inputs["source"]["file_asset"]).read_text().splitlines()
+
+
+def test_endpoint_change_shows_once_in_the_registry_and_reaches_every_wireguard_step(
+    binary: Path, three: Evaluation
+) -> None:
     config = lab_config(binary)
     config["servers"][1]["endpoint"] = "198.18.0.99"
+    before_table = table_lines(three)
     after = evaluate(config)
-    assert changed(three, after) == {"lab0-wg-conf", "lab2-wg-conf"} | {f"lab{i}-registry" for i in range(3)}
-    for name in ("lab0-wg-conf", "lab2-wg-conf"):
-        diff = [
-            line
-            for line in difflib.unified_diff(
-                three.resources[name].inputs["stdin"].splitlines(), after.resources[name].inputs["stdin"].splitlines(), n=0
-            )
-            if line[:1] in "+-" and not line.startswith(("+++", "---"))
-        ]
-        assert diff == ["-Endpoint = 198.18.0.11:51820", "+Endpoint = 198.18.0.99:51820"]
+    # The table every server gets changed in that one line; state keeps only its hash per server.
+    diff = [x for x in difflib.unified_diff(before_table, table_lines(after), n=0) if x[:1] in "+-" and x[:3] not in ("+++", "---")]
+    assert [x[0] for x in diff] == ["-", "+"] and "198.18.0.99:51820" in diff[1]
+    # Every wireguard step carries the new table's hash; nothing of Corrosion or jiji-dns changes.
+    assert changed(three, after) == {f"lab{i}-{s}" for i in range(3) for s in ("wireguard", "mesh-upload")} | {"jiji-registry"}
+    registry = [
+        x
+        for x in difflib.unified_diff(
+            three.resources["jiji-registry"].inputs["stdin"].splitlines(), after.resources["jiji-registry"].inputs["stdin"].splitlines(), n=0
+        )
+        if x[:1] in "+-" and x[:3] not in ("+++", "---")
+    ]
+    assert registry == ['-    "198.18.0.11"', '+    "198.18.0.99"']
 
 
-def test_a_fourth_server_changes_peers_in_place_and_renumbers_nothing(binary: Path, three: Evaluation) -> None:
+def test_a_fourth_server_changes_no_corrosion_or_dns_file(binary: Path, three: Evaluation) -> None:
     four = evaluate(lab_config(binary, n=4))
-    assert changed(three, four) == {f"lab{i}-{s}" for i in range(3) for s in ("wg-conf", "corrosion-config", "registry")}
-    # Corrosion is not restarted for a new bootstrap entry; nothing of lab0-2 is replaced or removed.
+    assert changed(three, four) == {f"lab{i}-{s}" for i in range(3) for s in ("wireguard", "mesh-upload")} | {"jiji-registry"}
     assert set(three.resources) <= set(four.resources)
     for i in range(3):
         assert four.outputs["servers"][f"lab{i}"] == three.outputs["servers"][f"lab{i}"]
@@ -167,34 +191,58 @@ def test_a_fourth_server_changes_peers_in_place_and_renumbers_nothing(binary: Pa
     assert changed(three, again) == set() and set(again.resources) == set(three.resources)
 
 
+def test_a_connection_change_changes_only_connections(binary: Path, three: Evaluation) -> None:
+    other = lab_config(binary, ssh_private_key=SECRET_KEY.replace("not-a-real-key", "another-key"))
+    after = evaluate(other)
+    for name, res in after.resources.items():
+        before = {k: v for k, v in three.resources[name].inputs.items() if k != "connection"}
+        assert {k: v for k, v in res.inputs.items() if k != "connection"} == before, name
+
+
+def test_a_gone_server_is_kept_untouched_and_forgotten_by_the_rest(binary: Path, three: Evaluation) -> None:
+    config = lab_config(binary)
+    config["servers"][1]["gone"] = True
+    after = evaluate(config)
+    lab1 = {n: r for n, r in after.resources.items() if n.startswith("lab1-")}
+    assert len(lab1) == 9
+    assert all(r.options["ignore_changes"] == ["*"] and r.options["retain_on_delete"] for r in lab1.values())
+    assert "lab1" not in after.outputs["servers"]
+    assert [line.split("\t")[0] for line in table_lines(after)[1:]] == ["lab0", "lab2"]
+    rows = json.loads(embedded_registry(after.resources["jiji-registry"].inputs["stdin"]))
+    assert [s["id"] for s in rows["servers"]] == ["lab0", "lab2"]
+    assert "lab1-dns" not in after.resources["jiji-registry"].dependencies
+    # The first server gone: the registry moves to the next one, under the same resource name.
+    config["servers"][1]["gone"] = False
+    config["servers"][0]["gone"] = True
+    moved = evaluate(config)
+    assert moved.resources["jiji-registry"].inputs["connection"]["secret"]["host"] == "198.18.0.11"
+
+
 def test_removing_a_middle_server_keeps_the_others_slots(binary: Path, three: Evaluation) -> None:
     config = lab_config(binary)
     del config["servers"][1]
     after = evaluate(config)
     assert not any(n.startswith("lab1") for n in after.resources)
     assert after.outputs["servers"]["lab2"]["subnet"] == "10.210.2.0/24"
-    assert json.loads(after.resources["lab0-registry"].inputs["stdin"])["servers"][1]["id"] == "lab2"
+    assert json.loads(embedded_registry(after.resources["jiji-registry"].inputs["stdin"]))["servers"][1]["id"] == "lab2"
 
 
 def test_engines_get_their_network_step(binary: Path) -> None:
-    docker = evaluate(lab_config(binary, container_engine="docker")).commands()
-    assert "--gateway 10.210.0.1" in docker["lab0-docker-network"].inputs["create"]
-    assert "trusted_host_interfaces=jiji0" in docker["lab0-docker-network"].inputs["create"]
-    assert "lab0-docker-network" in docker["lab0-network-service"].dependencies
-    assert "ip link add" not in docker["lab0-network-script"].inputs["stdin"]
-    podman = evaluate(lab_config(binary, container_engine="podman")).commands()
-    assert "containers.conf.d/50-jiji-net.conf" in podman["lab0-podman-network"].inputs["create"]
+    docker = evaluate(lab_config(binary, container_engine="docker")).commands()["lab0-network"].inputs["stdin"]
+    assert "--gateway 10.210.0.1" in docker and "trusted_host_interfaces=jiji0" in docker
+    assert "ip link add" not in embedded(docker, "$SCRIPT")
+    podman = evaluate(lab_config(binary, container_engine="podman")).commands()["lab0-network"].inputs["stdin"]
+    assert "containers.conf.d/50-jiji-net.conf" in podman
 
 
 def test_a_pinned_download_is_checked_on_the_server(binary: Path) -> None:
     url = "https://example.invalid/corrosion-x86_64-unknown-linux-gnu.tar.gz"
     sha = "a" * 64
-    c = evaluate(
-        lab_config(binary, corrosion_local_path="", corrosion_url=url, corrosion_sha256=sha)
-    ).commands()
-    assert url in c["lab0-corrosion-download"].inputs["create"]
-    install = c["lab0-corrosion-install"].inputs["create"]
-    assert f"{sha}  /var/lib/jiji-net/staging/corrosion." in install and "tar -xzOf" in install
+    evaluation = evaluate(lab_config(binary, corrosion_local_path="", corrosion_url=url, corrosion_sha256=sha))
+    step = evaluation.commands()["lab0-corrosion"].inputs["stdin"]
+    assert f"python3 - {url} " in step and f"check_staged \"$STAGED\" {sha}" in step and "tar -xzOf" in step
+    assert "lab0-corrosion-upload" not in evaluation.resources
+    assert evaluation.commands()["lab0-corrosion"].inputs["create"].startswith("timeout -k 10 600 ")
 
 
 def test_bad_config_fails_before_any_resource(binary: Path) -> None:

@@ -1,0 +1,185 @@
+"""The remote steps of a server, rendered as shell scripts (pure: no Pulumi imports).
+
+A step is one script, from `templates/steps/<kind>.sh.j2`, that both applies and removes its
+part of a server: `sh -s -- apply` or `sh -s -- remove` with the script on stdin. So:
+- the files a step installs travel inside its script (quoted here-documents), and
+  `pulumi preview --diff` shows a changed file as its changed lines;
+- `delete` runs the script stored with the resource, so it removes exactly what that version
+  applied;
+- the commands themselves are short and constant: a failure message shows the step's own
+  stderr, not a page of shell.
+
+Every script is safe to run again: files are replaced only when their content differs, and units
+restart only when what they run changed, so a run whose only change is the connection (a new
+SSH key, a pinned host key) restarts nothing. A step's `remove` acts only while the ownership
+stamp on the server names its own resource (see `_lib.sh.j2`), so a replacement or a renamed
+server's new resource is never undone by the old one's delete.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from . import render, topology
+from .model import MeshSettings, Server
+from .plan import ServerPlan
+
+_END = "__JIJI_EOF__"
+
+
+@dataclass(frozen=True)
+class Step:
+    """A rendered step: its script (the command's stdin) and how long it may run."""
+
+    kind: str
+    script: str
+    timeout: int
+
+    @property
+    def create(self) -> str:
+        return _command("apply", self.timeout)
+
+    @property
+    def delete(self) -> str:
+        return _command("remove", self.timeout)
+
+
+def _command(action: str, timeout: int) -> str:
+    # `timeout` bounds a step that hangs (a download, a unit that never starts); exit 124 is
+    # its own, so it gets a sentence.
+    return (
+        f"timeout -k 10 {timeout} sh -s -- {action} || {{ rc=$?; [ $rc -ne 124 ] ||"
+        f" echo 'jiji-net: the {action} step timed out after {timeout} s' >&2; exit $rc; }}"
+    )
+
+
+def _embedded(text: str, what: str) -> str:
+    """File content for a quoted here-document: must end a line and never contain the end marker."""
+    if not text.endswith("\n"):
+        raise ValueError(f"{what}: content must end with a newline")
+    if _END in text.splitlines():
+        raise ValueError(f"{what}: content contains the here-document marker {_END}")
+    return text
+
+
+def render_step(kind: str, owner: str, timeout: int, **values: object) -> Step:
+    for key, value in values.items():
+        if key.endswith("_text") and isinstance(value, str):
+            _embedded(value, f"{kind} step, {key}")
+    script = render.step_script(kind, step=kind, owner=owner, **values)
+    return Step(kind=kind, script=script, timeout=timeout)
+
+
+def quote(value: str) -> str:
+    return shlex.quote(value)
+
+
+STAGING = "/var/lib/jiji-net/staging"
+MESH_TABLE = f"{STAGING}/mesh.tsv"
+SYSTEMD = "/etc/systemd/system"
+# Directories the program creates; the host step removes them last, and only when empty.
+OWN_DIRS = (
+    "/etc/jiji/corrosion/schemas",
+    "/etc/jiji/corrosion",
+    "/etc/jiji",
+    "/usr/local/lib/jiji-net",
+    STAGING,
+    "/var/lib/jiji-net/steps",
+    "/var/lib/jiji-net",
+    "/var/lib/jiji",
+)
+_ENGINE_TOOLS = {"docker": ("docker",), "podman": ("podman",), "none": ()}
+PODMAN_DROP_IN = "/etc/containers/containers.conf.d/50-jiji-net.conf"
+
+
+def staged_path(name: str, sha256: str) -> str:
+    """Where an upload lands before it is checked and installed: keyed by content."""
+    return f"{STAGING}/{name}.{sha256[:16]}"
+
+
+def host_step(owner: str, engine: str) -> Step:
+    """Checks the server, makes its WireGuard key once; stdout is the public key."""
+    tools = ("wg", "wg-quick", "ip", "iptables", "python3", "systemctl", "sha256sum", "timeout", "awk", *_ENGINE_TOOLS[engine])
+    return render_step("host", owner, 60, key_path=render.KEY_PATH, tools=tools, own_dirs=OWN_DIRS)
+
+
+def network_step(owner: str, settings: MeshSettings, plan: ServerPlan) -> Step:
+    engine = settings.container_engine
+    return render_step(
+        "network",
+        owner,
+        180,
+        engine=engine,
+        bridge=render.BRIDGE,
+        subnet=plan.subnet,
+        gateway=plan.mesh_address,
+        mtu=settings.mtu,
+        script_path=render.NETWORK_SCRIPT,
+        unit_path=f"{SYSTEMD}/jiji-net-network.service",
+        script_text=render.network_script(settings, plan, render.BRIDGE),
+        unit_text=render.network_unit(),
+        podman_drop_in=PODMAN_DROP_IN,
+        podman_drop_in_text=f'# Managed by jiji-net.\n[containers]\ndns_servers = ["{plan.mesh_address}"]\n',
+    )
+
+
+def wireguard_step(owner: str, settings: MeshSettings, plan: ServerPlan, server: Server, table_sha256: str) -> Step:
+    return render_step(
+        "wireguard",
+        owner,
+        60,
+        server=server.name,
+        private_network=topology.private_network_of(server),
+        keepalive=settings.keepalive,
+        key_path=render.KEY_PATH,
+        table_sha256=table_sha256,
+        header_text=render.wireguard_interface(settings, plan),
+    )
+
+
+def corrosion_step(
+    owner: str, settings: MeshSettings, plan: ServerPlan, seeds: list[ServerPlan], binary_sha256: str
+) -> Step:
+    url = settings.corrosion.url or ""
+    return render_step(
+        "corrosion",
+        owner,
+        600 if url else 120,
+        url=url,
+        member="corrosion" if url.endswith(".tar.gz") else "",
+        staged=staged_path("corrosion", binary_sha256),
+        binary_sha256=binary_sha256,
+        binary_path=render.CORROSION_BINARY,
+        config_path=render.CORROSION_CONFIG,
+        schema_path=render.CORROSION_SCHEMA,
+        unit_path=f"{SYSTEMD}/jiji-corrosion.service",
+        data_dir=render.CORROSION_DIR,
+        api=f"127.0.0.1:{settings.api_port}",
+        ready_timeout=30,
+        config_text=render.corrosion_config(settings, plan, seeds),
+        schema_text=render.corrosion_schema(),
+        unit_text=render.corrosion_unit(),
+    )
+
+
+def dns_step(owner: str, settings: MeshSettings, plan: ServerPlan, dns_sha256: str, tool_sha256: str) -> Step:
+    return render_step(
+        "dns",
+        owner,
+        60,
+        dns_staged=staged_path("jiji-dns", dns_sha256),
+        dns_sha256=dns_sha256,
+        dns_path=render.DNS_PYZ,
+        tool_staged=staged_path("jiji-net", tool_sha256),
+        tool_sha256=tool_sha256,
+        tool_path=render.TOOL_PATH,
+        host_config_path=render.HOST_CONFIG,
+        unit_path=f"{SYSTEMD}/jiji-dns.service",
+        host_config_text=render.host_config(settings, plan),
+        unit_text=render.dns_unit(settings, plan),
+    )
+
+
+def registry_step(owner: str, rows_text: str) -> Step:
+    return render_step("registry", owner, 120, stamped=False, tool_path=render.TOOL_PATH, rows_text=rows_text)

@@ -1,0 +1,100 @@
+"""The step scripts (pure rendering) and the mesh table's peers, rendered by the same awk program
+the servers run, against golden copies."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from components import render, steps, topology
+from components.model import CorrosionSource, MeshSettings, Server
+from components.plan import plan_addresses
+from tests.test_plan import golden
+
+AWK = Path(render.__file__).parent / "templates" / "steps" / "wireguard-peers.awk"
+SETTINGS = MeshSettings(corrosion=CorrosionSource(local_path="/cache/corrosion"), container_engine="none")
+
+
+def servers(n: int = 3) -> list[Server]:
+    return [Server(name=f"web{i}", host=f"198.18.0.{10 + i}", index=i, endpoint=f"198.18.0.{10 + i}") for i in range(n)]
+
+
+def table(members: list[Server], settings: MeshSettings = SETTINGS) -> str:
+    plans = plan_addresses(settings, members)
+    keys = {s.name: f"PUBKEY{s.index}" + "A" * 37 + "=" for s in members}
+    return render.mesh_table(topology.mesh_rows(settings, members, plans, keys))
+
+
+def peers(text: str, server: Server, tmp_path: Path) -> str:
+    """What `server` makes of the table: the awk program its wireguard step runs."""
+    path = tmp_path / "mesh.tsv"
+    path.write_text(text)
+    network = topology.private_network_of(server)
+    out = subprocess.run(
+        ["awk", "-v", f"self={server.name}", "-v", f"network={network}", "-v", "keepalive=25", "-f", str(AWK), str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout
+
+
+def test_jiji0_conf_golden_and_secret_free(tmp_path: Path) -> None:
+    ss = servers(3)
+    plans = plan_addresses(SETTINGS, ss)
+    conf = render.wireguard_interface(SETTINGS, plans["web1"]) + peers(table(ss), ss[1], tmp_path)
+    golden("web1-jiji0.conf", conf)
+    assert "PrivateKey" not in conf
+
+
+def test_a_peer_on_the_same_private_network_is_reached_there(tmp_path: Path) -> None:
+    a = Server(name="a", host="h1", index=0, endpoint="203.0.113.1", private_address="10.0.1.5")
+    b = Server(name="b", host="h2", index=1, endpoint="203.0.113.2", private_address="10.0.1.6/24")
+    c = Server(name="c", host="h3", index=2, endpoint="100.64.3.3:41820", private_address="10.9.9.9")
+    text = table([a, b, c])
+    assert "Endpoint = 10.0.1.6:51820" in peers(text, a, tmp_path)
+    assert "Endpoint = 100.64.3.3:41820" in peers(text, a, tmp_path)  # another private network: its endpoint
+    assert "Endpoint = 203.0.113.1:51820" in peers(text, c, tmp_path)
+    assert "# a\n" not in peers(text, a, tmp_path)
+
+
+def test_a_damaged_table_stops_the_step(tmp_path: Path) -> None:
+    path = tmp_path / "mesh.tsv"
+    path.write_text("web0\t0\t10.210.0.0/24\n")
+    out = subprocess.run(["awk", "-v", "self=x", "-v", "network=-", "-v", "keepalive=25", "-f", str(AWK), str(path)],
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 1 and "mesh table line 1 has 3 fields, not 7" in out.stderr
+
+
+def test_table_values_with_whitespace_are_refused() -> None:
+    row = {c: "x" for c in render.MESH_TABLE_COLUMNS} | {"name": "a", "endpoint": "1.2.3.4 5"}
+    with pytest.raises(ValueError, match="has whitespace"):
+        render.mesh_table([row])
+
+
+def test_file_content_cannot_end_the_here_document() -> None:
+    with pytest.raises(ValueError, match="here-document marker"):
+        steps.registry_step("registry", "ok\n__JIJI_EOF__\nrm -rf /\n")
+    with pytest.raises(ValueError, match="must end with a newline"):
+        steps.registry_step("registry", "{}")
+
+
+def test_seeds_are_the_first_few_others_so_a_new_server_changes_nobody() -> None:
+    plans = plan_addresses(SETTINGS, servers(6))
+    everyone = list(plans.values())
+    assert [p.name for p in topology.seeds_of(plans["web0"], everyone)] == ["web1", "web2"]
+    assert [p.name for p in topology.seeds_of(plans["web4"], everyone)] == ["web0", "web1"]
+    assert topology.seeds_of(plans["web2"], everyone[:3]) == topology.seeds_of(plans["web2"], everyone)
+
+
+def test_256_servers_render_65280_peer_entries_without_quadratic_work(tmp_path: Path) -> None:
+    # Not a speed test (bench/ has those): a guard against quadratic work per peer entry.
+    ss = [Server(name=f"s{i}", host=f"h{i}", index=i, endpoint=f"203.0.{i // 250}.{i % 250 + 1}") for i in range(256)]
+    started = time.monotonic()
+    text = table(ss)
+    entries = sum(peers(text, s, tmp_path).count("[Peer]") for s in ss[:8])
+    assert entries == 8 * 255 and len(text) < 256 * 120
+    assert time.monotonic() - started < 30
