@@ -18,11 +18,17 @@ test:
 	$(VENV)/bin/python -m pytest
 
 ## up: the main job: toolchain, lab hosts, then `pulumi up` of the lab stack
+# The lab stack's config (hosts with their SSH host keys pinned, the encrypted SSH key, the
+# encryption salt) lives in .lab/, not in the repository: a checkout stays clean.
+STACK_CONFIG := .lab/Pulumi.$(STACK).yaml
 up: toolchain lab-up
 	mkdir -p .lab/state
+	bash lab/lab.sh stack-config $(STACK_CONFIG).hosts
 	$(PULUMI_ENV) pulumi stack select --create $(STACK)
-	$(PULUMI_ENV) pulumi config set --secret ssh_private_key --stack $(STACK) < .lab/lab/id_ed25519
-	$(PULUMI_ENV) pulumi up --yes --stack $(STACK)
+	cat $(STACK_CONFIG).hosts > $(STACK_CONFIG).new && { grep '^encryptionsalt:' $(STACK_CONFIG) 2>/dev/null || true; } >> $(STACK_CONFIG).new
+	mv $(STACK_CONFIG).new $(STACK_CONFIG)
+	$(PULUMI_ENV) pulumi config set --secret ssh_private_key --stack $(STACK) --config-file $(STACK_CONFIG) < .lab/lab/id_ed25519
+	$(PULUMI_ENV) pulumi up --yes --stack $(STACK) --config-file $(STACK_CONFIG)
 
 toolchain:
 	bash lab/toolchain.sh all

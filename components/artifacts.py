@@ -52,7 +52,9 @@ def zipapps() -> tuple[Artifact, Artifact]:
 def local_binary(path: str) -> Artifact:
     p = Path(path)
     if not p.is_file():
-        raise ConfigError([f"corrosion_local_path: {path} is not a file; build it (lab/toolchain.sh corrosion) or fix the path"])
+        raise ConfigError(
+            [f"corrosion_local_path: {path} is not a file; build it (lab/toolchain.sh corrosion) or fix the path"]
+        )
     return Artifact(str(p.resolve()), _sha256_file(p))
 
 

@@ -87,7 +87,7 @@ class _Remote:
         depends_on: Sequence[pulumi.Resource],
     ) -> remote.CopyToRemote:
         """A local file onto the server's staging directory; steps check its SHA-256 and install it.
-        The host step empties the staging directory when the server leaves."""
+        Each step's remove deletes the uploads it installs from."""
         return remote.CopyToRemote(
             f"{self.server}-{name}-upload",
             connection=self.connection,
@@ -126,12 +126,28 @@ class Server(pulumi.ComponentResource):
         self.host = self.remote.step("host", self, steps.host_step(self.owner("host"), settings.container_engine))
         self.public_key: pulumi.Output[str] = self.host.stdout.apply(lambda out: out.strip().splitlines()[-1])
 
-    def join(self, seeds: list[ServerPlan], table: pulumi.Output[Artifact], registry_ready: list[pulumi.Resource]) -> None:
+    def join(
+        self, seeds: list[ServerPlan], table: pulumi.Output[Artifact], registry_ready: list[pulumi.Resource]
+    ) -> None:
         r, settings, plan, spec, uploads = self.remote, self.settings, self.plan, self.spec, self.uploads
         own = self.owner
-        tool_up = r.upload("jiji-net", self, pulumi.FileAsset(uploads.tool.path), steps.staged_path("jiji-net", uploads.tool.sha256), [self.host])
-        dns_up = r.upload("jiji-dns", self, pulumi.FileAsset(uploads.dns.path), steps.staged_path("jiji-dns", uploads.dns.sha256), [self.host])
-        table_up = r.upload("mesh", self, table.apply(lambda t: pulumi.FileAsset(t.path)), steps.MESH_TABLE, [self.host])
+        tool_up = r.upload(
+            "jiji-net",
+            self,
+            pulumi.FileAsset(uploads.tool.path),
+            steps.staged_path("jiji-net", uploads.tool.sha256),
+            [self.host],
+        )
+        dns_up = r.upload(
+            "jiji-dns",
+            self,
+            pulumi.FileAsset(uploads.dns.path),
+            steps.staged_path("jiji-dns", uploads.dns.sha256),
+            [self.host],
+        )
+        table_up = r.upload(
+            "mesh", self, table.apply(lambda t: pulumi.FileAsset(t.path)), steps.MESH_TABLE, [self.host]
+        )
         network = r.step("network", self, steps.network_step(own("network"), settings, plan), [self.host])
         wireguard = r.step(
             "wireguard",
@@ -143,11 +159,19 @@ class Server(pulumi.ComponentResource):
         if uploads.corrosion is not None:
             binary_sha = uploads.corrosion.sha256
             corrosion_deps.append(
-                r.upload("corrosion", self, pulumi.FileAsset(uploads.corrosion.path), steps.staged_path("corrosion", binary_sha), [self.host])
+                r.upload(
+                    "corrosion",
+                    self,
+                    pulumi.FileAsset(uploads.corrosion.path),
+                    steps.staged_path("corrosion", binary_sha),
+                    [self.host],
+                )
             )
         else:
             binary_sha = settings.corrosion.sha256 or ""
-        corrosion = r.step("corrosion", self, steps.corrosion_step(own("corrosion"), settings, plan, seeds, binary_sha), corrosion_deps)
+        corrosion = r.step(
+            "corrosion", self, steps.corrosion_step(own("corrosion"), settings, plan, seeds, binary_sha), corrosion_deps
+        )
         self.dns = r.step(
             "dns",
             self,
@@ -189,7 +213,11 @@ class Mesh(pulumi.ComponentResource):
         registrar = self.servers[live[0].name]
         rows = keys.apply(lambda k: _registry_rows(settings, live, plans, k))
         registrar.remote.step(
-            "registry", self, rows.apply(lambda text: steps.registry_step(f"{name}-registry", text)), ready, f"{name}-registry"
+            "registry",
+            self,
+            rows.apply(lambda text: steps.registry_step(f"{name}-registry", text)),
+            ready,
+            f"{name}-registry",
         )
         self.outputs: dict[str, Any] = {
             "cluster_cidr": settings.cluster_cidr,
@@ -199,7 +227,9 @@ class Mesh(pulumi.ComponentResource):
         self.register_outputs(self.outputs)
 
 
-def _server_output(settings: MeshSettings, spec: ServerSpec, plan: ServerPlan, public_key: pulumi.Output[str]) -> dict[str, Any]:
+def _server_output(
+    settings: MeshSettings, spec: ServerSpec, plan: ServerPlan, public_key: pulumi.Output[str]
+) -> dict[str, Any]:
     return {
         "index": plan.index,
         "subnet": plan.subnet,
@@ -212,7 +242,9 @@ def _server_output(settings: MeshSettings, spec: ServerSpec, plan: ServerPlan, p
     }
 
 
-def _registry_rows(settings: MeshSettings, live: list[ServerSpec], plans: dict[str, ServerPlan], keys: dict[str, str]) -> str:
+def _registry_rows(
+    settings: MeshSettings, live: list[ServerSpec], plans: dict[str, ServerPlan], keys: dict[str, str]
+) -> str:
     servers = [
         {
             "id": s.name,

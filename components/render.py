@@ -144,15 +144,18 @@ HOST_CONFIG = "/etc/jiji/host.json"
 
 def host_config(settings: MeshSettings, plan: ServerPlan) -> str:
     """What the host tool (`jiji-net status`, `gc`, ...) needs to know about its server."""
-    return json.dumps(
-        {
-            "server": plan.name,
-            "mesh_address": plan.mesh_address,
-            "subnet": plan.subnet,
-            "container_engine": settings.container_engine,
-            "domain": settings.domain,
-            "corrosion_api": f"127.0.0.1:{settings.api_port}",
-        },
-        indent=2,
-        sort_keys=True,
-    ) + "\n"
+    return (
+        json.dumps(
+            {
+                "server": plan.name,
+                "mesh_address": plan.mesh_address,
+                "subnet": plan.subnet,
+                "container_engine": settings.container_engine,
+                "domain": settings.domain,
+                "corrosion_api": f"127.0.0.1:{settings.api_port}",
+            },
+            indent=2,
+            sort_keys=True,
+        )
+        + "\n"
+    )

@@ -100,7 +100,18 @@ def staged_path(name: str, sha256: str) -> str:
 
 def host_step(owner: str, engine: str) -> Step:
     """Checks the server, makes its WireGuard key once; stdout is the public key."""
-    tools = ("wg", "wg-quick", "ip", "iptables", "python3", "systemctl", "sha256sum", "timeout", "awk", *_ENGINE_TOOLS[engine])
+    tools = (
+        "wg",
+        "wg-quick",
+        "ip",
+        "iptables",
+        "python3",
+        "systemctl",
+        "sha256sum",
+        "timeout",
+        "awk",
+        *_ENGINE_TOOLS[engine],
+    )
     return render_step("host", owner, 60, key_path=render.KEY_PATH, tools=tools, own_dirs=OWN_DIRS)
 
 

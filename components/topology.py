@@ -24,7 +24,9 @@ def mesh_rows(
         private_network = private_endpoint = ""
         if s.private_address:
             private_network = private_network_of(s)
-            private_endpoint = _join(str(netaddr.IPNetwork(_with_prefix(s.private_address)).ip), settings.wireguard_port)
+            private_endpoint = _join(
+                str(netaddr.IPNetwork(_with_prefix(s.private_address)).ip), settings.wireguard_port
+            )
         rows.append(
             {
                 "name": s.name,

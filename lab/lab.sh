@@ -179,6 +179,9 @@ reset_host() {
     stop_host "$i"
     mountpoint -q "$dir/root" && umount "$dir/root"
     rm -rf "$dir/upper" "$dir/work"
+    # Its network too: links and addresses live in the namespace, which outlives the host.
+    ip link del "jl-h$i" 2>/dev/null || true
+    ip netns del "$(host_ns "$i")" 2>/dev/null || true
     start_host "$i"
     wait_ssh "$i"
 }

@@ -79,8 +79,9 @@ def _env(state: Path | None) -> dict[str, str]:
 
 
 def make_engine(stack: str) -> Engine:
-    """The real engine when installed, else the stand-in; prints which, so the test log says."""
-    real = real_engine()
+    """The real engine when installed, else the stand-in; prints which, so the test log says.
+    JIJI_ENGINE=stand-in picks the stand-in even where the real engine is installed."""
+    real = None if os.environ.get("JIJI_ENGINE") == "stand-in" else real_engine()
     engine: Engine = RealEngine(stack, real) if real else StandIn()
     print(f"\nengine path: {engine.path}")
     return engine
@@ -95,7 +96,11 @@ class StandIn:
     def up(self, config: dict[str, Any], replace: list[str] | None = None) -> Run:
         started = time.monotonic()
         self.provider.begin(set(replace or ()))
-        result = evaluate(config, self.provider)
+        try:
+            result = evaluate(config, self.provider)
+        except CommandFailed as failed:
+            failed.actions = list(self.provider.actions)
+            raise
         self.provider.finish()
         return Run(result.outputs, list(self.provider.actions), time.monotonic() - started)
 
@@ -119,15 +124,18 @@ class RealEngine:
         self.dir = Path(tempfile.mkdtemp(prefix="jiji-engine-"))
         (self.dir / "state").mkdir()
         self.config_file = self.dir / f"Pulumi.{stack}.yaml"
-        self.env = _env(self.dir / "state")
-        self._secret: Any = None
-        self.cli("stack", "init", stack)
+        # --event-log (what each step did, as JSON lines) exists only with this set.
+        self.env = {**_env(self.dir / "state"), "PULUMI_DEBUG_COMMANDS": "true"}
+        self._secret: tuple[str, Any] | None = None  # (the key, its ciphertext in the config file)
+        self.cli("stack", "init")
 
-    def cli(self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 1800
+    ) -> subprocess.CompletedProcess[str]:
         argv = [str(pulumi_bin_dir() / "pulumi"), "--cwd", str(REPO), *args, "--non-interactive"]
         if args[0] != "plugin":
             argv += ["--stack", self.stack]
-        if args[0] in ("up", "preview", "destroy", "config", "stack") and args[:2] != ("stack", "init"):
+        if args[0] in ("up", "preview", "destroy", "config"):
             argv += ["--config-file", str(self.config_file)]
         out = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=self.env, timeout=timeout)
         if check and out.returncode != 0:
@@ -135,15 +143,16 @@ class RealEngine:
         return out
 
     def _write_config(self, config: dict[str, Any]) -> None:
-        current = yaml.safe_load(self.config_file.read_text()) if self.config_file.exists() else None
-        current = current or {}
+        """The stack's config file: plain values as given, the SSH key set (encrypted) by the CLI
+        whenever it changes."""
+        current = (yaml.safe_load(self.config_file.read_text()) if self.config_file.exists() else None) or {}
         values = {f"jiji-net:{k}": v for k, v in config.items() if k != "ssh_private_key"}
-        if self._secret is None:
+        if self._secret is None or self._secret[0] != config["ssh_private_key"]:
             self.config_file.write_text(json.dumps({**current, "config": values}))
             self.cli("config", "set", "--secret", "ssh_private_key", stdin=config["ssh_private_key"])
-            self._secret = yaml.safe_load(self.config_file.read_text())["config"]["jiji-net:ssh_private_key"]
             current = yaml.safe_load(self.config_file.read_text())
-        values["jiji-net:ssh_private_key"] = self._secret
+            self._secret = (config["ssh_private_key"], current["config"]["jiji-net:ssh_private_key"])
+        values["jiji-net:ssh_private_key"] = self._secret[1]
         self.config_file.write_text(json.dumps({**current, "config": values}, indent=1))
 
     def up(self, config: dict[str, Any], replace: list[str] | None = None, preview: bool = False) -> Run:
@@ -157,7 +166,9 @@ class RealEngine:
         seconds = time.monotonic() - started
         actions = _actions(events)
         if out.returncode != 0:
-            raise CommandFailed(f"pulumi {args[0]} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+            failed = CommandFailed(f"pulumi {args[0]} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+            failed.actions = actions
+            raise failed
         outputs = {} if preview else json.loads(self.cli("stack", "output", "--json", "--show-secrets").stdout)
         return Run(outputs, actions, seconds, log=out.stdout + out.stderr)
 
@@ -197,7 +208,6 @@ def _actions(events: Path) -> list[tuple[str, str]]:
         metadata = (event.get("resOutputsEvent") or {}).get("metadata")
         if not metadata or metadata.get("op") in ("same", "read", "refresh"):
             continue
-        urn = metadata["urn"]
-        if "::command:remote:" in urn:
-            out.append((metadata["op"], urn.rsplit("::", 1)[1]))
+        if metadata.get("type", "").startswith("command:remote:"):
+            out.append((metadata["op"], metadata["urn"].rsplit("::", 1)[1]))
     return out

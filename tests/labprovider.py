@@ -30,7 +30,9 @@ from tests import program
 
 
 class CommandFailed(RuntimeError):
-    pass
+    """A run that failed; `actions` are the steps that finished before it stopped."""
+
+    actions: list[tuple[str, str]] = []
 
 
 class LabProvider:
@@ -91,8 +93,16 @@ class LabProvider:
         if typ == "command:remote:CopyToRemote":
             data = Path(inputs["source"]["file_asset"]).read_bytes()
             digest = hashlib.sha256(data).hexdigest()
-            if previous is None or previous["outputs"].get("hash") != digest or previous["inputs"]["remotePath"] != inputs["remotePath"]:
-                self._ssh(inputs["connection"], f"mkdir -p \"$(dirname '{inputs['remotePath']}')\" && cat > '{inputs['remotePath']}'", data)
+            if (
+                previous is None
+                or previous["outputs"].get("hash") != digest
+                or previous["inputs"]["remotePath"] != inputs["remotePath"]
+            ):
+                self._ssh(
+                    inputs["connection"],
+                    f"mkdir -p \"$(dirname '{inputs['remotePath']}')\" && cat > '{inputs['remotePath']}'",
+                    data,
+                )
             return {"hash": digest}
         raise AssertionError(f"unexpected custom resource {typ} {name}")
 

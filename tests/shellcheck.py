@@ -54,7 +54,9 @@ def main() -> int:
         for name, text in rendered().items():
             path = Path(tmp) / name.replace("/", "--")
             path.write_text(text)
-            result = subprocess.run(["shellcheck", "--shell=sh", "--severity=style", str(path)], capture_output=True, text=True)
+            result = subprocess.run(
+                ["shellcheck", "--shell=sh", "--severity=style", str(path)], capture_output=True, text=True
+            )
             if result.returncode != 0:
                 failed += 1
                 print(f"== {name}\n{result.stdout}")

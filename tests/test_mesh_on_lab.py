@@ -1,41 +1,40 @@
-"""The program's commands, run for real on four lab hosts.
+"""The program on four lab hosts, through the real Pulumi engine when it is installed (else the
+stand-in: mocks + tests/labprovider.py; each test prints which path ran). Everything on the
+hosts is real: sshd, systemd, wireguard-go, klukai, jiji-dns, dig.
 
-The pulumi-command provider cannot be built here, so `tests/labprovider.py` runs each command the
-program registers over SSH with the same inputs, keeping the last inputs so unchanged resources
-are left alone and removed ones run their `delete`. Everything on the hosts is real: sshd,
-systemd, wireguard-go, klukai, jiji-dns, dig.
+One test walks a stack through what operators do to it: a cold up, a no-op, rotating the SSH
+key, adding a server, losing one for good, `--replace`, renaming a server, destroy. The others
+check the operator commands, the engine steps, the host checks and a failed up.
 """
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import hashlib
 import json
 import os
-import shlex
 import subprocess
 import sys
 import time
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pulumi
 import pytest
 
-from components import artifacts, scripts
+from components import steps
+from components.model import MeshSettings, Server
+from components.plan import plan_addresses
 from tests.conftest import Lab
-from tests.harness import REPO, corrosion_binary, pulumi_bin_dir, wait_until
-from tests.labprovider import CommandFailed, LabProvider
-from tests.program import Evaluation, evaluate
+from tests.engines import RealEngine, make_engine
+from tests.harness import REPO, corrosion_binary, wait_until
+from tests.labprovider import CommandFailed
 
 pytestmark = pytest.mark.corrosion
 
 KEY = REPO / ".lab" / "lab" / "id_ed25519"
 MESH = {i: f"10.210.{i}.1" for i in range(4)}
 CORROSION = "/usr/local/lib/jiji-net/corrosion -c /etc/jiji/corrosion/config.toml"
+UNITS = ("jiji-net-network", "wg-quick@jiji0", "jiji-corrosion", "jiji-dns")
 
 # What "as it was found" means on a host: everything the program could have touched.
 SNAPSHOT = r"""
@@ -56,49 +55,28 @@ def lab4() -> Iterator[Lab]:
     instance.down()
 
 
-def config(n: int, **changes: Any) -> dict[str, Any]:
-    servers = [{"name": f"lab{i}", "host": f"198.18.0.1{i}", "index": i, "endpoint": f"198.18.0.1{i}"} for i in range(n)]
+def host_keys(lab: Lab, n: int) -> dict[str, str]:
+    """Each lab host's ed25519 host key, pinned in the stack as the program requires."""
+    scan = subprocess.run(
+        ["ssh-keyscan", "-t", "ed25519", *(lab.ip(i) for i in range(n))], capture_output=True, text=True, timeout=30
+    ).stdout
+    keys = {line.split()[0]: " ".join(line.split()[1:3]) for line in scan.splitlines() if not line.startswith("#")}
+    return {f"lab{i}": keys[lab.ip(i)] for i in range(n)}
+
+
+def config(lab: Lab, n: int, key: str | None = None, **changes: Any) -> dict[str, Any]:
+    pinned = host_keys(lab, n)
+    servers = [
+        {"name": f"lab{i}", "host": lab.ip(i), "index": i, "endpoint": lab.ip(i), "host_key": pinned[f"lab{i}"]}
+        for i in range(n)
+    ]
     return {
         "servers": servers,
-        "ssh_private_key": KEY.read_text(),
+        "ssh_private_key": key or KEY.read_text(),
         "container_engine": "none",
         "corrosion_local_path": str(corrosion_binary()),
         **changes,
     }
-
-
-def up(provider: LabProvider, cfg: dict[str, Any]) -> tuple[Evaluation, float]:
-    started = time.monotonic()
-    provider.begin()
-    result = evaluate(cfg, provider)
-    provider.finish()
-    return result, time.monotonic() - started
-
-
-@contextlib.contextmanager
-def new_dns_build() -> Iterator[None]:
-    """The program as it would run after a change to jiji-dns's sources: a different zipapp."""
-    real = artifacts.zipapps
-
-    def changed() -> tuple[artifacts.Artifact, artifacts.Artifact]:
-        dns, tool = real()
-        path = Path(dns.path).with_name("jiji-dns-changed.pyz")
-        with zipfile.ZipFile(path.with_suffix(".zip"), "w") as z:
-            with zipfile.ZipFile(dns.path) as original:
-                for item in original.infolist():
-                    z.writestr(item, original.read(item))
-            z.writestr("CHANGED", "a new build")
-        data = b"#!/usr/bin/env python3\n" + path.with_suffix(".zip").read_bytes()
-        path.with_suffix(".zip").unlink()
-        path.write_bytes(data)
-        return artifacts.Artifact(str(path), hashlib.sha256(data).hexdigest()), tool
-
-    artifacts.zipapps = changed  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        artifacts.zipapps = real  # type: ignore[assignment]
-        (artifacts.BUILD_DIR / "jiji-dns-changed.pyz").unlink(missing_ok=True)
 
 
 def write(lab: Lab, i: int, statements: list[Any]) -> None:
@@ -127,61 +105,80 @@ def container(lab: Lab, i: int, address: str) -> None:
 
 
 def remove_container(lab: Lab, i: int) -> None:
-    lab.run(i, "ip netns del ct 2>/dev/null; ip link del cth 2>/dev/null; true")
+    lab.run(i, "ip netns del ct 2>/dev/null; ip link del cth 2>/dev/null; true", check=False)
 
 
-def test_mesh_up_change_and_destroy(lab4: Lab) -> None:
+def unit_starts(lab: Lab, i: int) -> dict[str, str]:
+    """When each of our units last entered `active`: a restart changes it."""
+    out = lab.run(i, "systemctl show -p Id -p ActiveEnterTimestampMonotonic " + " ".join(UNITS))
+    blocks = [
+        dict(line.split("=", 1) for line in block.splitlines() if "=" in line) for block in out.strip().split("\n\n")
+    ]
+    return {b["Id"]: b["ActiveEnterTimestampMonotonic"] for b in blocks}
+
+
+def firewall_packets(lab: Lab, i: int) -> int:
+    """Packets counted by the first rule of our INPUT chain (established flows): a flush and
+    refill of the chain resets it."""
+    line = lab.run(i, "iptables -w -v -x -n -L JIJI-INPUT | awk '$0 ~ /ESTABLISHED/ {print $1; exit}'").strip()
+    return int(line or 0)
+
+
+def assert_unchanged(before: str, after: str, what: str) -> None:
+    diff = "\n".join(difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0))
+    assert not diff, f"{what} is not as it was found:\n{diff}"
+
+
+def names(actions: list[tuple[str, str]], *ops: str) -> set[str]:
+    return {n for op, n in actions if op in ops}
+
+
+def ready(lab: Lab, i: int) -> str:
+    return lab.run(i, "jiji-net ready; echo exit=$?", check=False)
+
+
+def test_a_stack_through_what_operators_do_to_it(lab4: Lab, tmp_path: Path) -> None:
     lab = lab4
     before = {i: lab.run(i, SNAPSHOT) for i in range(4)}
-    provider = LabProvider()
+    engine = make_engine("lab-lifecycle")
+    timings: dict[str, float] = {}
     try:
         # Cold up of three servers.
-        first, cold_seconds = up(provider, config(3))
-        print(f"\ncold up of 3 servers: {cold_seconds:.1f} s, {len(provider.actions)} resources created")
+        first = engine.up(config(lab, 3))
+        timings["cold up, 3 servers"] = first.seconds
         keys = {f"lab{i}": first.outputs["servers"][f"lab{i}"]["public_key"] for i in range(3)}
         assert all(len(k) == 44 and k.endswith("=") for k in keys.values())
         for i in range(3):
             for j in range(3):
                 if i != j:
                     assert lab.pings(i, MESH[j]), f"lab{i} cannot ping lab{j} over jiji0"
-        for i in range(3):
             seen = lab.handshakes(i)
             assert set(seen) == {keys[f"lab{j}"] for j in range(3) if j != i} and all(seen.values()), seen
             assert "PrivateKey" not in lab.run(i, "cat /etc/wireguard/jiji0.conf")
             assert lab.run(i, "stat -c %a /etc/wireguard/jiji0.key").strip() == "600"
-        # Corrosion: each node sees the two others; the program registered all three servers.
-        for i in range(3):
+            assert "exit=0" in ready(lab, i), ready(lab, i)
             members = lab.run(i, f"{CORROSION} cluster members")
-            assert {a for a in MESH.values() if a != MESH[i] and f'"{a}:9280"' in members} == {
-                MESH[j] for j in range(3) if j != i
-            }, members
+            assert {a for a in MESH.values() if f'"{a}:9280"' in members} == {MESH[j] for j in range(3) if j != i}, (
+                members
+            )
         rows = lab.run(1, f"{CORROSION} query 'SELECT id, wireguard_pubkey FROM servers ORDER BY id'").split()
         assert rows == [f"lab{i}|{keys[f'lab{i}']}" for i in range(3)]
+        if isinstance(engine, RealEngine):
+            state = engine.state()
+            for i in range(3):
+                private = lab.run(i, "cat /etc/wireguard/jiji0.key").strip()
+                assert private not in state and private not in first.log
+            assert "Unable to set" not in first.log, first.log
 
-        # Service discovery: a row written on lab0 is answered by lab1's DNS within 2 s.
-        write(
-            lab,
-            0,
-            [
-                ["INSERT INTO services (project, name) VALUES (?, ?)", ["shop", "web"]],
-                [
-                    "INSERT INTO containers (id, service, project, server_id, ip, health_status, started_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    ["c0", "web", "shop", "lab0", "10.210.0.2", "healthy", 1],
-                ],
-            ],
-        )
-        written = time.monotonic()
-        wait_until(lambda: dig(lab, 1, MESH[1], "shop-web.jiji") == ["10.210.0.2"], 2, "lab1 answers shop-web.jiji")
-        print(f"row on lab0 -> answer from lab1: {time.monotonic() - written:.2f} s")
-        write(lab, 0, [["UPDATE containers SET health_status = 'unhealthy' WHERE id = ?", ["c0"]]])
-        wait_until(lambda: dig(lab, 1, MESH[1], "shop-web.jiji") == [], 2, "an unhealthy container leaves the answer")
-        # Forwarded through the lab's upstream; not answered on the underlay address.
+        # Service discovery, forwarding, and where DNS is not answered.
+        write(lab, 0, [
+            ["INSERT INTO services (project, name) VALUES (?, ?)", ["shop", "web"]],
+            ["INSERT INTO containers (id, service, project, server_id, ip, health_status, started_at)"
+             " VALUES (?, ?, ?, ?, ?, ?, ?)", ["c0", "web", "shop", "lab0", "10.210.0.2", "healthy", 1]],
+        ])  # fmt: skip
+        wait_until(lambda: dig(lab, 1, MESH[1], "shop-web.jiji") == ["10.210.0.2"], 3, "lab1 answers shop-web.jiji")
         assert dig(lab, 2, MESH[2], "www.lab.test") == ["198.18.0.200"]
         assert "connection refused" in lab.run(1, "dig +time=1 +tries=1 @198.18.0.11 www.lab.test", check=False)
-
-        # The firewall: from the underlay (the lab resolver's namespace, routed at lab0's mesh
-        # address), sshd answers there but DNS on the mesh address is dropped.
         outside = ["ip", "netns", "exec", "jiji-lab-dns"]
         subprocess.run([*outside, "ip", "route", "replace", "10.210.0.1/32", "via", lab.ip(0)], check=True)
         try:
@@ -190,113 +187,147 @@ def test_mesh_up_change_and_destroy(lab4: Lab) -> None:
                 capture_output=True,
             )
             assert ssh_port.returncode == 0, "routing to lab0's mesh address from the underlay"
-            probe = subprocess.run(
-                [*outside, "dig", "+time=1", "+tries=1", "@10.210.0.1", "www.lab.test"], capture_output=True, text=True
-            )
+            probe = subprocess.run([*outside, "dig", "+time=1", "+tries=1", "@10.210.0.1", "www.lab.test"],
+                                   capture_output=True, text=True)  # fmt: skip
             assert "timed out" in probe.stdout, probe.stdout
-            counters = lab.run(0, "iptables -w -v -S JIJI-INPUT | grep -- '-d 10.210.0.1/32 -p udp -m udp --dport 53'")
-            assert "-c 0 0" not in counters, counters
         finally:
             subprocess.run([*outside, "ip", "route", "del", "10.210.0.1/32"], check=False)
 
-        # Containers on lab0 and lab2 reach each other with their own addresses.
+        # Containers on lab0 and lab2 reach each other with their own addresses, use DNS, and
+        # cannot touch the hosts' own services: no sshd, and no joining the registry's gossip.
         container(lab, 0, "10.210.0.2")
         container(lab, 2, "10.210.2.2")
-        lab.run(
-            2,
-            "ip netns exec ct timeout 10 python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
-            ' s.bind(("0.0.0.0", 7000)); print(s.recvfrom(64)[1][0])\' > /tmp/peer 2>&1 &',
-        )
+        lab.run(2, "ip netns exec ct timeout 10 python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
+                   ' s.bind(("0.0.0.0", 7000)); print(s.recvfrom(64)[1][0])\' > /tmp/peer 2>&1 &')  # fmt: skip
         assert lab.pings(0, "10.210.2.2", netns="ct")
-        lab.run(
-            0,
-            "ip netns exec ct python3 -c 'import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
-            ' [s.sendto(b"x", ("10.210.2.2", 7000)) or time.sleep(0.2) for _ in range(5)]\'',
-        )
+        lab.run(0, "ip netns exec ct python3 -c 'import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
+                   ' [s.sendto(b"x", ("10.210.2.2", 7000)) or time.sleep(0.2) for _ in range(5)]\'')  # fmt: skip
         assert lab.run(2, "cat /tmp/peer").strip() == "10.210.0.2"
-        assert lab.run(0, "ip netns exec ct dig +short +time=1 +tries=1 @10.210.0.1 api.lab.test").strip() == "198.18.0.201"
+        assert (
+            lab.run(0, "ip netns exec ct dig +short +time=1 +tries=1 @10.210.0.1 api.lab.test").strip()
+            == "198.18.0.201"
+        )
+        for target in ("10.210.0.1", "10.210.1.1"):
+            blocked = lab.run(0, f"ip netns exec ct timeout 5 python3 -c 'import socket; socket.create_connection((\"{target}\", 22), 2)'"
+                                 " 2>&1; echo exit=$?", check=False)  # fmt: skip
+            assert "exit=0" not in blocked, f"a container reached sshd on {target}"
+        evil = (
+            '[db]\npath = "/tmp/evil/state.db"\nschema_paths = ["/etc/jiji/corrosion/schemas"]\n'
+            '[gossip]\naddr = "10.210.0.2:9280"\nbootstrap = ["10.210.1.1:9280"]\nplaintext = true\n'
+            '[api]\naddr = "127.0.0.1:9299"\n[admin]\npath = "/tmp/evil/admin.sock"\n'
+        )
+        lab.run(0, "mkdir -p /tmp/evil && cat > /tmp/evil/config.toml", stdin=evil)
+        lab.run(0, "ip netns exec ct timeout 15 /usr/local/lib/jiji-net/corrosion agent -c /tmp/evil/config.toml"
+                   " >/tmp/evil/log 2>&1; true", check=False)  # fmt: skip
+        assert "10.210.0.2" not in lab.run(1, f"{CORROSION} cluster members"), (
+            "a container joined the registry's gossip"
+        )
+        lab.run(0, "rm -rf /tmp/evil")
 
         # A second up changes nothing.
-        _, noop_seconds = up(provider, config(3))
-        assert provider.actions == [], provider.actions
-        print(f"no-op up: {noop_seconds:.1f} s")
+        noop = engine.up(config(lab, 3))
+        assert noop.actions == [], noop.actions
+        timings["no-op up"] = noop.seconds
 
-        # A new jiji-dns build is uploaded again (pulumi-command replaces the upload; this provider
-        # re-runs it), installed and restarted; the old upload is removed.
-        with new_dns_build():
-            _, _ = up(provider, config(3))
-        assert {a for a in provider.actions} == {
-            (kind, f"lab{i}-{step}")
-            for i in range(3)
-            for kind, step in (("update", "jiji-dns-upload"), ("update", "jiji-dns-install"), ("update", "dns-service"))
-        }, provider.actions
+        # A new SSH key: every resource's connection changes, no unit restarts, no firewall flush.
+        new_key = tmp_path / "rotated"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(new_key)], check=True)
         for i in range(3):
-            assert len(lab.run(i, "ls /var/lib/jiji-net/staging/ | grep jiji-dns").split()) == 1
-            assert dig(lab, i, MESH[i], "www.lab.test") == ["198.18.0.200"]
-        up(provider, config(3))  # back to the real build
+            lab.run(i, "cat >> /root/.ssh/authorized_keys", stdin=Path(f"{new_key}.pub").read_text())
+        starts = {i: unit_starts(lab, i) for i in range(3)}
+        counted = {i: firewall_packets(lab, i) for i in range(3)}
+        shakes = {i: lab.handshakes(i) for i in range(3)}
+        rotated = engine.up(config(lab, 3, key=new_key.read_text()))
+        timings["SSH key rotated"] = rotated.seconds
+        assert names(rotated.actions, "update") == names(first.actions, "create"), rotated.actions
+        for i in range(3):
+            assert unit_starts(lab, i) == starts[i], f"lab{i}: a unit restarted"
+            assert firewall_packets(lab, i) >= counted[i] > 0, f"lab{i}: the firewall was refilled"
+            assert all(lab.handshakes(i)[k] >= v > 0 for k, v in shakes[i].items())
+        cfg3 = config(lab, 3, key=new_key.read_text())
 
-        # A fourth server: the others' peers change in place; their handshakes and keys survive.
+        # A fourth server: the others get the new table (live peers), Corrosion and DNS untouched.
         ifindex = lab.run(0, "ip -o link show jiji0 | cut -d: -f1")
-        shake_before = lab.handshakes(0)
-        four, add_seconds = up(provider, config(4))
-        print(f"adding a 4th server: {add_seconds:.1f} s")
-        updated = {n for action, n in provider.actions if action == "update"}
-        assert updated == {f"lab{i}-{s}" for i in range(3) for s in ("wg-conf", "corrosion-config", "registry")}
-        assert not [a for a in provider.actions if a[0] == "delete"]
+        starts0 = unit_starts(lab, 0)
+        for_four = config(lab, 4, key=new_key.read_text())
+        lab.run(3, "cat >> /root/.ssh/authorized_keys", stdin=Path(f"{new_key}.pub").read_text())
+        four = engine.up(for_four)
+        timings["adding a 4th server"] = four.seconds
+        assert names(four.actions, "update") == {
+            f"lab{i}-{s}" for i in range(3) for s in ("wireguard", "mesh-upload")
+        } | {"jiji-registry"}, four.actions
+        assert not names(four.actions, "delete", "replace", "delete-replaced")
         assert lab.run(0, "ip -o link show jiji0 | cut -d: -f1") == ifindex, "jiji0 was recreated"
-        shake_after = lab.handshakes(0)
-        assert all(shake_after[k] >= v > 0 for k, v in shake_before.items()), (shake_before, shake_after)
+        assert unit_starts(lab, 0) == starts0
         for i in range(3):
             assert four.outputs["servers"][f"lab{i}"] == first.outputs["servers"][f"lab{i}"]
-            assert lab.pings(3, MESH[i]) and lab.pings(i, MESH[3])
+            wait_until(lambda i=i: lab.pings(3, MESH[i]) and lab.pings(i, MESH[3]), 15, f"lab3 <-> lab{i}")
         wait_until(lambda: "10.210.3.1:9280" in lab.run(0, f"{CORROSION} cluster members"), 15, "lab3 joins Corrosion")
-        assert dig(lab, 3, MESH[3], "www.lab.test") == ["198.18.0.200"]
 
-        # Removing it again restores the three-server state; lab3 is left as it was found.
-        write(
-            lab,
-            0,
-            [
-                [
-                    "INSERT INTO containers (id, service, project, server_id, ip, health_status, started_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    ["c3", "web", "shop", "lab3", "10.210.3.2", "healthy", 2],
-                ]
-            ],
+        # lab3 dies for good. Marked gone, the others forget it without dialing it; then it is
+        # dropped from the stack without a delete.
+        subprocess.run(["bash", str(lab.script), "stop", "3"], check=True, capture_output=True)
+        for_four["servers"][3]["gone"] = True
+        gone = engine.up(for_four)
+        timings["a gone server forgotten"] = gone.seconds
+        assert not names(gone.actions, "create") and not any(
+            n.startswith("lab3-") for n in names(gone.actions, "update")
         )
-        wait_until(lambda: dig(lab, 1, MESH[1], "shop-web.jiji") == ["10.210.3.2"], 2, "lab3's container answered")
-        _, remove_seconds = up(provider, config(3))
-        print(f"removing it: {remove_seconds:.1f} s")
-        assert {n for a, n in provider.actions if a == "delete"} == {n for n in four.resources if n.startswith("lab3")} - {
-            n for n, r in four.resources.items() if not r.typ.startswith("command:")
-        }
-        assert {n: r["inputs"] for n, r in provider.state.items()} == {
-            n: r.inputs for n, r in first.resources.items() if r.typ.startswith("command:")
-        }
-        assert_unchanged(before[3], lab.run(3, SNAPSHOT), "lab3 after leaving")
         assert MESH[3] not in lab.run(0, "wg show jiji0 allowed-ips")
-        wait_until(lambda: dig(lab, 1, MESH[1], "shop-web.jiji") == [], 2, "the removed server's containers leave DNS")
         assert lab.run(2, f"{CORROSION} query \"SELECT count(*) FROM servers WHERE id = 'lab3'\"").strip() == "0"
+        assert "lab3" not in gone.outputs["servers"]
+        dropped = engine.up(cfg3)
+        timings["the gone server dropped"] = dropped.seconds
+        assert {n for _, n in dropped.actions} == {n for n in names(four.actions, "create") if n.startswith("lab3-")}
+        assert engine.up(cfg3).actions == []
+        subprocess.run(["bash", str(lab.script), "reset", "3"], check=True, capture_output=True, timeout=300)
+
+        # --replace of a step: removed first, applied again; lab1 stays on the mesh.
+        replaced = engine.up(cfg3, replace=["lab1-wireguard"])
+        assert "lab1-wireguard" in {n for _, n in replaced.actions}
+        wait_until(lambda: lab.pings(0, MESH[1]) and lab.pings(1, MESH[2]), 15, "lab1 back on the mesh")
+        assert "exit=0" in ready(lab, 1), ready(lab, 1)
+        assert engine.up(cfg3).actions == []
+        # --replace of the host step gives lab1 a new key; its peers take it, live.
+        rekeyed = engine.up(cfg3, replace=["lab1-host"])
+        new_lab1 = rekeyed.outputs["servers"]["lab1"]["public_key"]
+        assert new_lab1 != keys["lab1"]
+        wait_until(lambda: lab.pings(0, MESH[1]) and lab.pings(1, MESH[2]), 15, "lab1 with its new key")
+        assert "exit=0" in ready(lab, 1), ready(lab, 1)
+        assert engine.up(cfg3).actions == []
+
+        # Renaming a server (same index): new resource names take over; the old deletes do nothing.
+        renamed_cfg = json.loads(json.dumps(cfg3))
+        renamed_cfg["servers"][2]["name"] = "lab9"
+        data_before = lab.run(2, "ls /var/lib/jiji/corrosion")
+        renamed = engine.up(renamed_cfg)
+        timings["renaming a server"] = renamed.seconds
+        assert renamed.outputs["servers"]["lab9"]["public_key"] == keys["lab2"], "the renamed server kept its key"
+        assert lab.run(2, "ls /var/lib/jiji/corrosion") == data_before
+        for i in range(3):
+            assert "exit=0" in ready(lab, i), (i, ready(lab, i))
+        wait_until(lambda: lab.run(0, f"{CORROSION} query 'SELECT id FROM servers ORDER BY id'").split() == ["lab0", "lab1", "lab9"],
+                   10, "the registry has the new name")  # fmt: skip
+        assert engine.up(renamed_cfg).actions == []
+        print("\n" + "\n".join(f"{what}: {seconds:.1f} s" for what, seconds in timings.items()))
     finally:
-        for i in range(4):
+        for i in range(3):
             remove_container(lab, i)
-        provider.destroy()
-        provider.close()
-    # Destroy leaves every server as it was found.
-    for i in range(4):
+        engine.destroy()
+        engine.close()
+    for i in range(3):
         assert_unchanged(before[i], lab.run(i, SNAPSHOT), f"lab{i} after destroy")
-
-
-def assert_unchanged(before: str, after: str, what: str) -> None:
-    diff = "\n".join(difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0))
-    assert not diff, f"{what} is not as it was found:\n{diff}"
+    assert_unchanged(before[3], lab.run(3, SNAPSHOT), "lab3 after its reset")
 
 
 def stack_with_outputs(workdir: Path, outputs: dict[str, Any]) -> dict[str, str]:
     """A local-backend stack `lab` whose outputs are `outputs`, made by the real engine through
     the Automation API (an inline program needs no language host), and the environment that
     lets `pulumi stack output` find it."""
+    import pulumi
     from pulumi import automation
+
+    from tests.harness import pulumi_bin_dir
 
     env = {
         **os.environ,
@@ -327,25 +358,12 @@ def stack_with_outputs(workdir: Path, outputs: dict[str, Any]) -> dict[str, str]
     return env
 
 
-def host_keys(lab: Lab, n: int) -> dict[str, str]:
-    """Each lab host's ed25519 host key, to pin in the stack (as a careful operator would)."""
-    scan = subprocess.run(
-        ["ssh-keyscan", "-t", "ed25519", *(lab.ip(i) for i in range(n))], capture_output=True, text=True, timeout=30
-    ).stdout
-    keys = {line.split()[0]: " ".join(line.split()[1:3]) for line in scan.splitlines() if not line.startswith("#")}
-    return {f"lab{i}": keys[lab.ip(i)] for i in range(n)}
-
-
 def test_operator_commands_tell_the_truth(lab4: Lab, tmp_path: Path) -> None:
     lab = lab4
     before = {i: lab.run(i, SNAPSHOT) for i in range(3)}
-    pinned = host_keys(lab, 3)
-    cfg = config(3)
-    for s in cfg["servers"]:
-        s["host_key"] = pinned[s["name"]]
-    provider = LabProvider()
+    engine = make_engine("lab-operator")
     try:
-        result, _ = up(provider, cfg)
+        result = engine.up(config(lab, 3))
         outputs = tmp_path / "outputs.json"
         outputs.write_text(json.dumps(result.outputs))
         tool = REPO / "build" / "jiji-net.pyz"
@@ -371,7 +389,9 @@ def test_operator_commands_tell_the_truth(lab4: Lab, tmp_path: Path) -> None:
             st = report[f"lab{i}"]["output"]
             assert sorted(p["server"] for p in st["wireguard"]["peers"]) == [f"lab{j}" for j in range(3) if j != i]
             assert not any(p["stale"] for p in st["wireguard"]["peers"])
-            assert sorted(m["addr"] for m in st["corrosion"]["members"]) == [f"{MESH[j]}:9280" for j in range(3) if j != i]
+            assert sorted(m["addr"] for m in st["corrosion"]["members"]) == [
+                f"{MESH[j]}:9280" for j in range(3) if j != i
+            ]
             assert st["dns"]["subscription_state"] == "live" and st["dns"]["unit"] == "active"
         text = ops("-H", "lab2", "status").stdout
         assert text.startswith("== lab2 (198.18.0.12)") and "lab0  198.18.0.10:51820  10.210.0.0/24" in text
@@ -439,19 +459,20 @@ def test_operator_commands_tell_the_truth(lab4: Lab, tmp_path: Path) -> None:
         wait_until(lambda: ops("-H", "all", "ready").returncode == 0, 30, "every server ready again")
     finally:
         lab.run(0, "ip netns del c-live 2>/dev/null; ip netns del c-old 2>/dev/null; true")
-        provider.destroy()
-        provider.close()
+        engine.destroy()
+        engine.close()
     for i in range(3):
         assert_unchanged(before[i], lab.run(i, SNAPSHOT), f"lab{i} after destroy")
 
 
-def fake_engine_cli(cli: str, exists: str) -> str:
+def fake_engine_cli(cli: str, inspect: str) -> str:
     """Stands in for the docker or podman CLI: remembers the jiji network, records every call."""
     return f"""#!/bin/sh
 echo "$*" >> /tmp/{cli}-calls
 case "$1 $2" in
-    "network {exists}") [ -e /tmp/{cli}-net ] ;;
-    "network create") touch /tmp/{cli}-net ;;
+    "network exists") [ -e /tmp/{cli}-net ] ;;
+    "network inspect") [ -e /tmp/{cli}-net ] && {{ [ -z "${{4:-}}" ] || cat /tmp/{cli}-net; }} ;;
+    "network create") echo '{inspect}' > /tmp/{cli}-net ;;
     "network rm") rm -f /tmp/{cli}-net ;;
 esac
 """
@@ -464,87 +485,131 @@ ExecStart=/bin/sh -c 'echo start >> /tmp/docker-starts'
 """
 
 
-def test_docker_daemon_json_is_merged_and_put_back(lab4: Lab) -> None:
-    """Our docker step against a recording stand-in for the docker CLI (the lab has no docker):
-    daemon.json keeps the operator's keys, dockerd restarts only when `dns` changes, and delete
-    puts the operator's `dns` back."""
+def network_step(engine: str) -> steps.Step:
+    settings = MeshSettings(container_engine=engine)
+    server = Server(name="lab3", host="198.18.0.13", index=3, endpoint="198.18.0.13")
+    return steps.network_step("lab3-network", settings, plan_addresses(settings, [server])["lab3"])
+
+
+def run_step(lab: Lab, i: int, step: steps.Step, action: str = "apply") -> str:
+    return lab.run(i, f"sh -s -- {action}", stdin=step.script)
+
+
+def test_docker_daemon_json_is_merged_and_put_back_exactly(lab4: Lab) -> None:
+    """The network step against a recording stand-in for the docker CLI (the lab has no docker):
+    daemon.json keeps the operator's keys, dockerd restarts only when `dns` changes, a network
+    with another subnet is refused, and remove puts the file back byte for byte."""
     lab = lab4
-    apply = scripts.docker_network_apply("10.210.3.0/24", "10.210.3.1", 1420)
-    daemon = {"log-driver": "journald", "dns": ["192.0.2.53"], "features": {"buildkit": True}}
+    step = network_step("docker")
+    daemon = '{"log-driver": "journald", "dns": ["192.0.2.53"],\n "features": {"buildkit": true}}\n'
     try:
-        lab.run(3, "cat > /usr/local/bin/docker && chmod 755 /usr/local/bin/docker", stdin=fake_engine_cli("docker", "inspect"))
+        lab.run(3, "cat > /usr/local/bin/docker && chmod 755 /usr/local/bin/docker",
+                stdin=fake_engine_cli("docker", "10.210.3.0/24 10.210.3.1 1420"))  # fmt: skip
         lab.run(3, "cat > /etc/systemd/system/docker.service && systemctl daemon-reload", stdin=FAKE_DOCKER_UNIT)
-        lab.run(3, "mkdir -p /etc/docker && cat > /etc/docker/daemon.json", stdin=json.dumps(daemon))
-        lab.run(3, apply)
+        lab.run(3, "mkdir -p /etc/docker && cat > /etc/docker/daemon.json", stdin=daemon)
+        run_step(lab, 3, step)
         merged = json.loads(lab.run(3, "cat /etc/docker/daemon.json"))
-        assert merged == {**daemon, "dns": ["10.210.3.1"]}
+        assert merged == {**json.loads(daemon), "dns": ["10.210.3.1"]}
         calls = lab.run(3, "cat /tmp/docker-calls")
         assert "network create --driver bridge --subnet 10.210.3.0/24 --gateway 10.210.3.1" in calls
         assert "com.docker.network.bridge.trusted_host_interfaces=jiji0" in calls
-        lab.run(3, apply)  # again: nothing to change, no second network, no restart
+        run_step(lab, 3, step)  # again: nothing to change, no second network, no restart
         assert lab.run(3, "grep -c 'network create' /tmp/docker-calls").strip() == "1"
         assert lab.run(3, "wc -l < /tmp/docker-starts").strip() == "1"
-        lab.run(3, scripts.DOCKER_NETWORK_DELETE)
-        assert json.loads(lab.run(3, "cat /etc/docker/daemon.json")) == daemon
+        run_step(lab, 3, step, "remove")
+        assert lab.run(3, "cat /etc/docker/daemon.json") == daemon
         assert "network rm jiji" in lab.run(3, "cat /tmp/docker-calls")
-        assert lab.run(3, "ls /var/lib/jiji-net/").strip() == ""
-        # A daemon.json without "dns" gets the key removed again, not set to null.
-        lab.run(3, "echo '{\"log-driver\": \"local\"}' > /etc/docker/daemon.json")
-        lab.run(3, apply)
-        lab.run(3, scripts.DOCKER_NETWORK_DELETE)
-        assert json.loads(lab.run(3, "cat /etc/docker/daemon.json")) == {"log-driver": "local"}
+        # No daemon.json before: none after.
+        lab.run(3, "rm /etc/docker/daemon.json")
+        run_step(lab, 3, step)
+        run_step(lab, 3, step, "remove")
+        assert lab.run(3, "ls /etc/docker").strip() == ""
+        # A jiji network with another subnet is refused, with what to do.
+        lab.run(3, "echo '10.99.0.0/24 10.99.0.1 1420' > /tmp/docker-net")
+        with pytest.raises(
+            RuntimeError, match="docker network jiji has subnet/gateway/mtu '10.99.0.0/24 10.99.0.1 1420'"
+        ):
+            run_step(lab, 3, step)
+        run_step(lab, 3, step, "remove")
         # A broken daemon.json stops the step with a message, and is left as it was.
         lab.run(3, "echo '{broken' > /etc/docker/daemon.json")
         with pytest.raises(RuntimeError, match="daemon.json is not valid JSON"):
-            lab.run(3, apply)
+            run_step(lab, 3, step)
         assert lab.run(3, "cat /etc/docker/daemon.json").strip() == "{broken"
+        run_step(lab, 3, step, "remove")
     finally:
-        lab.run(
-            3,
-            "rm -rf /usr/local/bin/docker /etc/systemd/system/docker.service /etc/docker /var/lib/jiji-net"
-            " /tmp/docker-*; systemctl daemon-reload",
-        )
+        lab.run(3, "rm -rf /usr/local/bin/docker /etc/systemd/system/docker.service /etc/docker /var/lib/jiji-net"
+                   " /usr/local/lib/jiji-net /tmp/docker-*; systemctl daemon-reload", check=False)  # fmt: skip
 
 
 def test_podman_gets_a_drop_in_and_keeps_containers_conf(lab4: Lab) -> None:
-    """Our podman step against a recording stand-in for the podman CLI: the network is created
-    once, DNS goes into a drop-in, the operator's containers.conf is never touched."""
     lab = lab4
-    apply = scripts.podman_network_apply("10.210.3.0/24", "10.210.3.1", 1420)
+    step = network_step("podman")
     own = '[containers]\nlog_driver = "journald"\n'
     try:
-        lab.run(3, "cat > /usr/local/bin/podman && chmod 755 /usr/local/bin/podman", stdin=fake_engine_cli("podman", "exists"))
+        lab.run(3, "cat > /usr/local/bin/podman && chmod 755 /usr/local/bin/podman",
+                stdin=fake_engine_cli("podman", "10.210.3.0/24 10.210.3.1 1420"))  # fmt: skip
         lab.run(3, "mkdir -p /etc/containers && cat > /etc/containers/containers.conf", stdin=own)
-        lab.run(3, apply)
-        lab.run(3, apply)
+        run_step(lab, 3, step)
+        run_step(lab, 3, step)
         calls = lab.run(3, "cat /tmp/podman-calls")
         assert calls.count("network create") == 1
         assert "--subnet 10.210.3.0/24 --gateway 10.210.3.1 --interface-name jiji-br0 --opt mtu=1420 jiji" in calls
-        assert lab.run(3, f"cat {scripts.PODMAN_DROP_IN}").splitlines()[1:] == ["[containers]", 'dns_servers = ["10.210.3.1"]']
-        lab.run(3, scripts.PODMAN_NETWORK_DELETE)
-        assert lab.run(3, f"ls {scripts.PODMAN_DROP_IN} 2>/dev/null; cat /etc/containers/containers.conf") == own
+        assert lab.run(3, f"cat {steps.PODMAN_DROP_IN}").splitlines()[1:] == [
+            "[containers]",
+            'dns_servers = ["10.210.3.1"]',
+        ]
+        run_step(lab, 3, step, "remove")
+        assert (
+            lab.run(3, f"ls {steps.PODMAN_DROP_IN} 2>/dev/null; cat /etc/containers/containers.conf", check=False)
+            == own
+        )
         assert "network rm jiji" in lab.run(3, "cat /tmp/podman-calls")
     finally:
-        lab.run(3, "rm -rf /usr/local/bin/podman /etc/containers /tmp/podman-*")
+        lab.run(3, "rm -rf /usr/local/bin/podman /etc/containers /tmp/podman-* /var/lib/jiji-net /usr/local/lib/jiji-net",
+                check=False)  # fmt: skip
 
 
-def test_preflight_names_what_is_missing(lab4: Lab) -> None:
+def test_the_host_step_names_what_is_missing(lab4: Lab) -> None:
     """The first step on a server stops before changing anything, saying what to fix."""
     lab = lab4
-    script = shlex.quote(scripts.preflight("docker"))
-    as_nobody = lab.run(3, f"su -s /bin/sh nobody -c {script} 2>&1; echo exit=$?", check=False)
+    docker = steps.host_step("lab3-host", "docker").script
+    as_nobody = lab.run(3, "su -s /bin/sh nobody -c 'sh -s -- apply' 2>&1; echo exit=$?", stdin=docker, check=False)
     assert "connected as nobody" in as_nobody and "connect as root (servers[].user)" in as_nobody
     assert as_nobody.strip().endswith("exit=1")
     # Only some tools on PATH: the message lists exactly the others (docker is not on the lab).
-    lab.run(3, "mkdir -p /tmp/somebin && for t in id hostname ip python3 mkdir systemctl sha256sum; do"
-               " ln -sf $(command -v $t) /tmp/somebin/$t; done")  # fmt: skip
-    partial = lab.run(3, f"PATH=/tmp/somebin /bin/sh -c {script} 2>&1; echo exit=$?", check=False)
-    assert "lab3 lacks: wg wg-quick iptables docker wireguard(kernel-module-or-wireguard-go)." in partial, partial
+    lab.run(3, "mkdir -p /tmp/somebin && for t in sh id hostname ip python3 mkdir systemctl sha256sum timeout awk cat mv"
+               " printf; do ln -sf $(command -v $t) /tmp/somebin/$t; done")  # fmt: skip
+    partial = lab.run(3, "PATH=/tmp/somebin sh -s -- apply 2>&1; echo exit=$?", stdin=docker, check=False)
+    assert "lab3: host: lacks: wg wg-quick iptables docker wireguard(kernel-module-or-wireguard-go)." in partial, (
+        partial
+    )
     assert partial.strip().endswith("exit=1")
-    assert lab.run(3, "ls /var/lib/jiji-net 2>&1 || true").strip().endswith("No such file or directory")
+    assert lab.run(3, "ls /var/lib/jiji-net/staging 2>&1 || true").strip().endswith("No such file or directory")
     lab.run(3, "rm -rf /tmp/somebin")
-    assert lab.run(3, f"/bin/sh -c {shlex.quote(scripts.preflight('none'))}").strip() == "ready"
-    lab.run(3, scripts.HOST_CLEANUP)
+    # sshd without the sftp subsystem (uploads need it) is named.
+    lab.run(3, "sed -i 's/^Subsystem/#Subsystem/' /etc/ssh/sshd_config")
+    try:
+        no_sftp = lab.run(
+            3, "sh -s -- apply 2>&1; echo exit=$?", stdin=steps.host_step("lab3-host", "none").script, check=False
+        )
+    finally:
+        lab.run(3, "sed -i 's/^#Subsystem/Subsystem/' /etc/ssh/sshd_config")
+    assert "sshd offers no sftp subsystem" in no_sftp and no_sftp.strip().endswith("exit=1"), no_sftp
+    ok = steps.host_step("lab3-host", "none").script
+    key = lab.run(3, "sh -s -- apply", stdin=ok).strip()
+    assert len(key) == 44 and lab.run(3, "sh -s -- apply", stdin=ok).strip() == key, "the key is made once"
+    lab.run(3, "sh -s -- remove", stdin=ok)
+    assert lab.run(3, "ls /var/lib/jiji-net /etc/wireguard/jiji0.key 2>&1 || true").count("No such file") == 2
+
+
+def test_a_step_that_hangs_is_stopped_and_says_so(lab4: Lab) -> None:
+    lab = lab4
+    hung = steps.Step(kind="test", script="sleep 60\n", timeout=2)
+    started = time.monotonic()
+    out = lab.run(3, f"{hung.create}; echo exit=$?", check=False)
+    assert time.monotonic() - started < 20
+    assert "exit=124" in out
 
 
 def test_a_failed_up_is_finished_by_the_next(lab4: Lab) -> None:
@@ -552,32 +617,40 @@ def test_a_failed_up_is_finished_by_the_next(lab4: Lab) -> None:
     that step with the unit's log; once the port is free, the next `up` restarts it, runs what is
     left, and the mesh is whole."""
     lab = lab4
-    provider = LabProvider()
+    engine = make_engine("lab-failed")
     # SO_REUSEADDR: an earlier test's Corrosion may have left connections in TIME_WAIT.
     blocker = "systemd-run --unit=jiji-test-blocker python3 -c 'import socket, time; s = socket.socket();" \
         " s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1);" \
         " s.bind((\"127.0.0.1\", 9220)); s.listen(); time.sleep(600)'"  # fmt: skip
+    cfg = config(lab, 3)
     try:
         lab.run(1, blocker)
         wait_until(lambda: "127.0.0.1:9220" in lab.run(1, "ss -ltn"), 5, "the blocker listens on 9220")
         with pytest.raises(CommandFailed) as failed:
-            up(provider, config(3))
-        assert "198.18.0.11" in str(failed.value), failed.value
-        assert "jiji-corrosion is running but not serving after 30 s" in str(failed.value), failed.value
-        # What ran before the failure stays done; how far other servers got depends on timing.
-        done = set(provider.state)
-        assert "lab1-wg-conf" in done and "lab1-corrosion-service" not in done and "lab1-dns-service" not in done
+            engine.up(cfg)
+        message = str(failed.value)
+        assert (
+            "jiji-net: lab1: corrosion: jiji-corrosion is running but its API on 127.0.0.1:9220 does not answer after 30 s"
+            in message
+        )
+        assert "PRIVATE KEY" not in message
+        done = names(failed.value.actions, "create", "update")
+        assert "lab1-wireguard" in done and "lab1-corrosion" not in done and "lab1-dns" not in done
         lab.run(1, "systemctl stop jiji-test-blocker")
-        _, seconds = up(provider, config(3))
-        rerun = {n for _, n in provider.actions}
-        assert {"lab1-corrosion-service", "lab1-dns-service"} <= rerun and not rerun & done, rerun
-        print(f"\nfinishing the failed up: {seconds:.1f} s, {len(rerun)} steps")
+        again = engine.up(cfg)
+        rerun = {n for _, n in again.actions}
+        assert {"lab1-corrosion", "lab1-dns", "jiji-registry"} <= rerun and not rerun & (done - {"lab1-corrosion"}), (
+            rerun
+        )
+        print(f"\nfinishing the failed up: {again.seconds:.1f} s, {len(rerun)} steps")
         for i in range(3):
             wait_until(lambda i=i: dig(lab, i, MESH[i], "www.lab.test") == ["198.18.0.200"], 10, f"lab{i} DNS")
         assert lab.run(1, f"{CORROSION} query 'SELECT count(*) FROM servers'").strip() == "3"
-        up(provider, config(3))
-        assert provider.actions == []
+        assert engine.up(cfg).actions == []
     finally:
-        lab.run(1, "systemctl stop jiji-test-blocker 2>/dev/null; systemctl reset-failed jiji-test-blocker 2>/dev/null; true")
-        provider.destroy()
-        provider.close()
+        lab.run(
+            1,
+            "systemctl stop jiji-test-blocker 2>/dev/null; systemctl reset-failed jiji-test-blocker 2>/dev/null; true",
+        )
+        engine.destroy()
+        engine.close()

@@ -53,9 +53,7 @@ def three(binary: Path) -> Evaluation:
 
 def changed(before: Evaluation, after: Evaluation) -> set[str]:
     """Resources a preview would show as updated (same name, different inputs)."""
-    return {
-        n for n, r in after.resources.items() if n in before.resources and r.inputs != before.resources[n].inputs
-    }
+    return {n for n, r in after.resources.items() if n in before.resources and r.inputs != before.resources[n].inputs}
 
 
 def test_outputs_carry_plan_and_public_keys(three: Evaluation) -> None:
@@ -93,7 +91,9 @@ def test_every_step_is_safe_under_replacement(three: Evaluation) -> None:
             assert res.options["delete_before_replace"], name
             assert res.inputs["addPreviousOutputInEnv"] is False, name
             # Short constant commands with a timeout; the script is the stdin.
-            assert res.inputs["create"].startswith("timeout -k 10 ") and res.inputs["create"].count("sh -s -- apply") == 1
+            assert (
+                res.inputs["create"].startswith("timeout -k 10 ") and res.inputs["create"].count("sh -s -- apply") == 1
+            )
             assert res.inputs["delete"].startswith("timeout -k 10 ") and "sh -s -- remove" in res.inputs["delete"]
             assert res.inputs["stdin"].rstrip().endswith('main "$@" </dev/null'), name
         if res.typ.startswith("command:"):
@@ -165,14 +165,22 @@ def test_endpoint_change_shows_once_in_the_registry_and_reaches_every_wireguard_
     before_table = table_lines(three)
     after = evaluate(config)
     # The table every server gets changed in that one line; state keeps only its hash per server.
-    diff = [x for x in difflib.unified_diff(before_table, table_lines(after), n=0) if x[:1] in "+-" and x[:3] not in ("+++", "---")]
+    diff = [
+        x
+        for x in difflib.unified_diff(before_table, table_lines(after), n=0)
+        if x[:1] in "+-" and x[:3] not in ("+++", "---")
+    ]
     assert [x[0] for x in diff] == ["-", "+"] and "198.18.0.99:51820" in diff[1]
     # Every wireguard step carries the new table's hash; nothing of Corrosion or jiji-dns changes.
-    assert changed(three, after) == {f"lab{i}-{s}" for i in range(3) for s in ("wireguard", "mesh-upload")} | {"jiji-registry"}
+    assert changed(three, after) == {f"lab{i}-{s}" for i in range(3) for s in ("wireguard", "mesh-upload")} | {
+        "jiji-registry"
+    }
     registry = [
         x
         for x in difflib.unified_diff(
-            three.resources["jiji-registry"].inputs["stdin"].splitlines(), after.resources["jiji-registry"].inputs["stdin"].splitlines(), n=0
+            three.resources["jiji-registry"].inputs["stdin"].splitlines(),
+            after.resources["jiji-registry"].inputs["stdin"].splitlines(),
+            n=0,
         )
         if x[:1] in "+-" and x[:3] not in ("+++", "---")
     ]
@@ -181,7 +189,9 @@ def test_endpoint_change_shows_once_in_the_registry_and_reaches_every_wireguard_
 
 def test_a_fourth_server_changes_no_corrosion_or_dns_file(binary: Path, three: Evaluation) -> None:
     four = evaluate(lab_config(binary, n=4))
-    assert changed(three, four) == {f"lab{i}-{s}" for i in range(3) for s in ("wireguard", "mesh-upload")} | {"jiji-registry"}
+    assert changed(three, four) == {f"lab{i}-{s}" for i in range(3) for s in ("wireguard", "mesh-upload")} | {
+        "jiji-registry"
+    }
     assert set(three.resources) <= set(four.resources)
     for i in range(3):
         assert four.outputs["servers"][f"lab{i}"] == three.outputs["servers"][f"lab{i}"]
@@ -240,7 +250,7 @@ def test_a_pinned_download_is_checked_on_the_server(binary: Path) -> None:
     sha = "a" * 64
     evaluation = evaluate(lab_config(binary, corrosion_local_path="", corrosion_url=url, corrosion_sha256=sha))
     step = evaluation.commands()["lab0-corrosion"].inputs["stdin"]
-    assert f"python3 - {url} " in step and f"check_staged \"$STAGED\" {sha}" in step and "tar -xzOf" in step
+    assert f"python3 - {url} " in step and f'release=$(from_upload "$STAGED" {sha}' in step and "tar -xzOf" in step
     assert "lab0-corrosion-upload" not in evaluation.resources
     assert evaluation.commands()["lab0-corrosion"].inputs["create"].startswith("timeout -k 10 600 ")
 

@@ -34,7 +34,18 @@ def peers(text: str, server: Server, tmp_path: Path) -> str:
     path.write_text(text)
     network = topology.private_network_of(server)
     out = subprocess.run(
-        ["awk", "-v", f"self={server.name}", "-v", f"network={network}", "-v", "keepalive=25", "-f", str(AWK), str(path)],
+        [
+            "awk",
+            "-v",
+            f"self={server.name}",
+            "-v",
+            f"network={network}",
+            "-v",
+            "keepalive=25",
+            "-f",
+            str(AWK),
+            str(path),
+        ],
         capture_output=True,
         text=True,
         check=True,
