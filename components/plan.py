@@ -66,6 +66,7 @@ def subnet_of(settings: MeshSettings, index: int) -> netaddr.IPNetwork:
 HOST_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
 
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_LABEL_CHAR = re.compile(r"[a-z0-9-]")
 # POSIX's portable user name characters, not starting with '-' or a digit (those read as options
 # and uids), at most 32 characters (the Linux utmp limit).
 _USER = re.compile(r"[A-Za-z_][A-Za-z0-9._-]{0,31}")
@@ -126,7 +127,9 @@ def _check_cluster(value: object, problems: list[str]) -> netaddr.IPNetwork | No
     except (netaddr.AddrFormatError, ValueError, TypeError):
         network = None
     if network is None:
-        problems.append(f"cluster_cidr: {value!r} is not a CIDR; write an IPv4 range as a.b.c.d/len, e.g. {_CIDR_EXAMPLE}")
+        problems.append(
+            f"cluster_cidr: {value!r} is not a CIDR; write an IPv4 range as a.b.c.d/len, e.g. {_CIDR_EXAMPLE}"
+        )
     elif network.version != 4:
         problems.append(f"cluster_cidr: {value!r} is IPv6; use an IPv4 range such as {_CIDR_EXAMPLE}")
     elif network.ip != network.network:
@@ -157,9 +160,7 @@ def _subnet_room(settings: MeshSettings, cluster: netaddr.IPNetwork, problems: l
 
 
 def _check_settings(settings: MeshSettings, problems: list[str]) -> None:
-    _integer(
-        "mtu", settings.mtu, problems, low=1280, high=1500, hint="WireGuard in a 1500-byte network wants 1420"
-    )
+    _integer("mtu", settings.mtu, problems, low=1280, high=1500, hint="WireGuard in a 1500-byte network wants 1420")
     for key in ("wireguard_port", "gossip_port", "api_port", "dns_port"):
         default = getattr(MeshSettings, key)
         _integer(key, getattr(settings, key), problems, low=1, high=65535, hint=f"use a free port, e.g. {default}")
@@ -204,7 +205,11 @@ def _check_corrosion(src: CorrosionSource, problems: list[str]) -> None:
             )
         elif not _SHA256.fullmatch(src.sha256):
             lower = src.sha256.lower()
-            fix = f"write {lower!r}" if _SHA256.fullmatch(lower) else "write the 64 hex digits `sha256sum` prints for the archive"
+            fix = (
+                f"write {lower!r}"
+                if _SHA256.fullmatch(lower)
+                else "write the 64 hex digits `sha256sum` prints for the archive"
+            )
             problems.append(f"corrosion_sha256: {src.sha256!r} is not 64 lower-case hex digits; {fix}")
     elif src.sha256:
         problems.append(
@@ -214,7 +219,11 @@ def _check_corrosion(src: CorrosionSource, problems: list[str]) -> None:
 
 
 def _check_servers(
-    settings: MeshSettings, servers: list[Server], cluster: netaddr.IPNetwork | None, count: int | None, problems: list[str]
+    settings: MeshSettings,
+    servers: list[Server],
+    cluster: netaddr.IPNetwork | None,
+    count: int | None,
+    problems: list[str],
 ) -> None:
     for position, s in enumerate(servers):
         where = f"servers[{s.name}]" if isinstance(s.name, str) and _LABEL.fullmatch(s.name) else f"servers[{position}]"
@@ -231,7 +240,9 @@ def _check_servers(
     _unique([(s.name, s.index) for s in servers if _is_int(s.index)], "index", problems)
     _unique([(s.name, s.host) for s in live if isinstance(s.host, str)], "host", problems)
     _unique(
-        [(s.name, _host_part(s.endpoint)) for s in live if isinstance(s.endpoint, str) and s.endpoint], "endpoint", problems
+        [(s.name, _host_part(s.endpoint)) for s in live if isinstance(s.endpoint, str) and s.endpoint],
+        "endpoint",
+        problems,
     )
     if servers and not live:
         problems.append(
@@ -255,9 +266,9 @@ def _check_server(
             f"{where}.name: {s.name!r} is not a lower-case DNS label (1-63 letters, digits and '-', not first or last);"
             f" it names resources, DNS rows and systemd units: {fix}"
         )
-    if _integer(f"{where}.index", s.index, problems, low=0, high=2**31 - 1, hint="use the server's slot: 0, 1, 2, ...") and (
-        count is not None and s.index >= count
-    ):
+    if _integer(
+        f"{where}.index", s.index, problems, low=0, high=2**31 - 1, hint="use the server's slot: 0, 1, 2, ..."
+    ) and (count is not None and s.index >= count):
         problems.append(
             f"{where}.index: {s.index} is out of range 0-{count - 1} for {settings.cluster_cidr} in"
             f" /{settings.subnet_prefix_len} subnets; pick a free slot in that range, or widen cluster_cidr"
@@ -271,7 +282,11 @@ def _check_server(
     why = _host_problem(s.host)
     if why is not None:
         host_fix = _repaired_dns_name(s.host)
-        fix = f"write {host_fix!r}" if host_fix else "write an IP address or a DNS name, e.g. '203.0.113.10' or 'web1.example.com'"
+        fix = (
+            f"write {host_fix!r}"
+            if host_fix
+            else "write an IP address or a DNS name, e.g. '203.0.113.10' or 'web1.example.com'"
+        )
         problems.append(f"{where}.host: {s.host!r} {why}; {fix}")
     if not isinstance(s.gone, bool):
         problems.append(
@@ -280,7 +295,11 @@ def _check_server(
         )
     for field, check, fix in (
         ("endpoint", _endpoint_problem, _ENDPOINT_FIX),
-        ("private_address", _private_address_problem, "write an IP address, optionally with its prefix length, e.g. '10.0.0.5/24'"),
+        (
+            "private_address",
+            _private_address_problem,
+            "write an IP address, optionally with its prefix length, e.g. '10.0.0.5/24'",
+        ),
     ):
         value = getattr(s, field)
         if value is None:
@@ -316,6 +335,7 @@ def _keyscan_hint(s: Server) -> str:
         f"print the key with `ssh-keyscan {port}-t ed25519 {host}` (over a network path you trust) and set"
         " host_key to the part after the host name, e.g. 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA...'"
     )
+
 
 def plan_addresses(settings: MeshSettings, servers: list[Server]) -> dict[str, ServerPlan]:
     plans = {}
@@ -399,7 +419,10 @@ def _dns_name_problem(value: object) -> str | None:
         if len(label) > 63:
             return f"has a {len(label)}-character label, more than the 63 of a DNS label"
         if not _LABEL.fullmatch(label):
-            return f"has the label {label!r}: only lower-case letters, digits and '-' (not first or last)"
+            others = "".join(sorted({c for c in label if not _LABEL_CHAR.fullmatch(c)}))
+            if others:
+                return f"holds {others!r}; a DNS label has only lower-case letters, digits and '-'"
+            return f"has the label {label!r}, which starts or ends with '-'"
     if labels[-1].isdigit():
         return "ends in an all-numeric label, which reads as a mistyped IPv4 address"
     return None
@@ -417,7 +440,7 @@ def _dns_fix(value: object, example: str) -> str:
     repaired = _repaired_dns_name(value)
     if repaired:
         return f"write {repaired!r}"
-    return f"write dot-separated labels of lower-case letters, digits and '-', e.g. {example!r}"
+    return f"write lower-case labels separated by dots, e.g. {example!r}"
 
 
 def _host_problem(value: object) -> str | None:
@@ -538,6 +561,7 @@ def _unique(pairs: list[tuple[object, object]], field: str, problems: list[str])
             )
         else:
             seen[value] = name
+
 
 def _split_endpoint(value: str) -> tuple[str, str, str]:
     if value.startswith("["):

@@ -27,7 +27,9 @@ def servers_from(raw: Any) -> list[Server]:
     """The servers list of the stack as model values; ConfigError if its shape is wrong (values
     are checked by plan.validate)."""
     if not isinstance(raw, list) or not raw:
-        raise ConfigError([f"servers: {raw!r} is not a non-empty list; list each server as {{name, host, index, endpoint, host_key}}"])
+        raise ConfigError(
+            [f"servers: {raw!r} is not a non-empty list; list each server as {{name, host, index, endpoint, host_key}}"]
+        )
     out, problems = [], []
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
@@ -38,7 +40,9 @@ def servers_from(raw: Any) -> list[Server]:
         if unknown:
             problems.append(f"servers[{i}]: unknown keys {sorted(unknown)}; allowed: {sorted(_SERVER_KEYS)}")
         if missing:
-            problems.append(f"servers[{i}]: missing {sorted(missing)}; every server, gone or not, needs name, host and index")
+            problems.append(
+                f"servers[{i}]: missing {sorted(missing)}; every server, gone or not, needs name, host and index"
+            )
         if unknown or missing:
             continue
         out.append(
@@ -105,7 +109,9 @@ def _servers_value(cfg: pulumi.Config, problems: list[str]) -> Any:
     except pulumi.ConfigMissingError:
         problems.append("servers: missing; list the servers as jiji-net:servers in the stack file (see README)")
     except pulumi.ConfigTypeError:
-        problems.append(f"servers: {cfg.get('servers')!r} is not a list in JSON or YAML; write a list of {{name, host, index, ...}}")
+        problems.append(
+            f"servers: {cfg.get('servers')!r} is not a list in JSON or YAML; write a list of {{name, host, index, ...}}"
+        )
     return None
 
 

@@ -21,7 +21,9 @@ LOCAL = CorrosionSource(local_path="/cache/corrosion")
 
 def fake_host_key(seed: str) -> str:
     """A well-formed ssh-ed25519 public key line (wire format: type, then 32 key bytes); no host has it."""
-    blob = b"".join(len(part).to_bytes(4, "big") + part for part in (b"ssh-ed25519", hashlib.sha256(seed.encode()).digest()))
+    blob = b"".join(
+        len(part).to_bytes(4, "big") + part for part in (b"ssh-ed25519", hashlib.sha256(seed.encode()).digest())
+    )
     return "ssh-ed25519 " + base64.b64encode(blob).decode()
 
 
