@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import copy
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -17,6 +17,7 @@ from components.model import MeshSettings, Server
 from components.plan import ConfigError
 from tests.program import _Mocks, config_values, evaluate, fake_provider
 from tests.test_plan import fake_host_key
+from tests.test_program import lab_config
 
 KEY0 = fake_host_key("lab0")
 SHA = "ab" * 32
@@ -30,22 +31,8 @@ AFTER_HOST = "set host_key to the part after the host name"
 
 
 def base() -> dict[str, Any]:
-    return {
-        "servers": [
-            {
-                "name": f"lab{i}",
-                "host": f"198.18.0.1{i}",
-                "index": i,
-                "endpoint": f"198.18.0.1{i}",
-                "host_key": fake_host_key(f"lab{i}"),
-            }
-            for i in range(2)
-        ],
-        "ssh_private_key": "-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-real-key\n-----END OPENSSH PRIVATE KEY-----",
-        "container_engine": "none",
-        # Only its being set matters here: no case reaches the upload, which checks the file.
-        "corrosion_local_path": "/var/cache/jiji-net/corrosion/bin/corrosion",
-    }
+    # Only its being set matters here: no case reaches the upload, which checks the file.
+    return lab_config(Path("/var/cache/jiji-net/corrosion/bin/corrosion"), n=2)
 
 
 def with_changes(changes: dict[str, Any]) -> dict[str, Any]:
@@ -538,5 +525,5 @@ def test_well_formed_servers_come_through(server: dict[str, Any]) -> None:
 
 def test_the_base_config_is_valid() -> None:
     # Each refused case above differs from this one in the value it names, and nothing else.
-    mesh, servers = load(copy.deepcopy(base()))
+    mesh, servers = load(base())
     assert mesh.domain == "jiji" and [s.name for s in servers] == ["lab0", "lab1"]
