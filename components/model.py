@@ -10,7 +10,11 @@ CONTAINER_ENGINES = ("docker", "podman", "none")
 
 @dataclass(frozen=True, kw_only=True)
 class Server:
-    """One server of the stack. `index` is its stable slot: it picks the server's subnet."""
+    """One server of the stack. `index` is its stable slot: it picks the server's subnet.
+
+    `gone` marks a server that is unreachable for good: its resources leave the state without
+    anyone contacting it, and its index stays taken while it is listed.
+    """
 
     name: str
     host: str
@@ -20,7 +24,6 @@ class Server:
     endpoint: str | None = None
     private_address: str | None = None
     host_key: str | None = None
-    # Unreachable for good: its resources are dropped from state without contacting it.
     gone: bool = False
 
 
@@ -47,3 +50,5 @@ class MeshSettings:
     dns_ttl: int = 60
     container_engine: str = "docker"
     corrosion: CorrosionSource = CorrosionSource()
+    # Without a pinned host key, pulumi-command trusts whoever answers SSH: for throwaway labs only.
+    allow_unpinned_host_keys: bool = False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 from pathlib import Path
 
@@ -15,8 +17,25 @@ GOLDEN = Path(__file__).parent / "golden"
 LOCAL = CorrosionSource(local_path="/cache/corrosion")
 
 
+def fake_host_key(seed: str) -> str:
+    """A well-formed ssh-ed25519 public key line (wire format: type, then 32 key bytes); no host has it."""
+    blob = b"".join(
+        len(part).to_bytes(4, "big") + part for part in (b"ssh-ed25519", hashlib.sha256(seed.encode()).digest())
+    )
+    return "ssh-ed25519 " + base64.b64encode(blob).decode()
+
+
 def servers(n: int = 3) -> list[Server]:
-    return [Server(name=f"web{i}", host=f"198.18.0.{10 + i}", index=i, endpoint=f"198.18.0.{10 + i}") for i in range(n)]
+    return [
+        Server(
+            name=f"web{i}",
+            host=f"198.18.0.{10 + i}",
+            index=i,
+            endpoint=f"198.18.0.{10 + i}",
+            host_key=fake_host_key(f"web{i}"),
+        )
+        for i in range(n)
+    ]
 
 
 def settings(**kw: object) -> MeshSettings:
@@ -55,13 +74,13 @@ def test_removing_a_server_renumbers_nobody() -> None:
     ("change", "fragment"),
     [
         ({"cluster_cidr": "10.210.0.0/33"}, "cluster_cidr: '10.210.0.0/33' is not a CIDR"),
-        ({"cluster_cidr": "10.210.0.5/16"}, "has host bits set; use 10.210.0.0/16"),
+        ({"cluster_cidr": "10.210.0.5/16"}, "cluster_cidr: '10.210.0.5/16' has host bits set; use '10.210.0.0/16'"),
         ({"subnet_prefix_len": 16}, "subnet_prefix_len: 16 must be longer than the cluster prefix /16"),
         ({"subnet_prefix_len": 31}, "leaves no room for containers"),
         ({"container_engine": "lxc"}, "container_engine: 'lxc' is not one of docker, podman, none"),
         ({"mtu": 9000}, "mtu: 9000 is outside 1280-1500"),
-        ({"corrosion": CorrosionSource(url="https://example.invalid/c.tgz")}, "corrosion.sha256"),
-        ({"corrosion": CorrosionSource()}, "set exactly one of corrosion.url"),
+        ({"corrosion": CorrosionSource(url="https://example.invalid/c.tgz")}, "corrosion_sha256: missing"),
+        ({"corrosion": CorrosionSource()}, "neither is set; set exactly one: corrosion_url with corrosion_sha256"),
     ],
 )
 def test_bad_settings_are_named_with_a_fix(change: dict[str, object], fragment: str) -> None:
@@ -87,11 +106,13 @@ def test_bad_servers_are_named_with_a_fix() -> None:
         "host 'h1' is used by both",
         "endpoint '203.0.113.1' is used by both",
         "servers[c].index: 300 is out of range 0-255",
-        "servers[c].endpoint: 10.210.5.5 is inside cluster_cidr",
+        "servers[c].endpoint: '10.210.5.5' is inside cluster_cidr",
         "servers[d]: neither endpoint",
-        "servers[e_x].endpoint: 'not-an-ip' is not an IP address",
-        "servers[e_x].port: 70000",
-        "name 'e_x' must be letters, digits and '-'",
+        # A name that is not a label is not repeated as the server's handle: its position is.
+        "servers[4].endpoint: 'not-an-ip' is not an IP address",
+        "servers[4].port: 70000 is outside 1-65535",
+        "servers[4].name: 'e_x' is not a lower-case DNS label",
+        "servers[a].host_key: missing",
     ]:
         assert fragment in text, fragment
 

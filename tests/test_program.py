@@ -13,7 +13,7 @@ import pytest
 
 from components.plan import ConfigError
 from tests.program import Evaluation, evaluate, fake_public_key
-from tests.test_plan import golden
+from tests.test_plan import fake_host_key, golden
 
 SECRET_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-real-key\n-----END OPENSSH PRIVATE KEY-----"
 TYPES = {
@@ -29,7 +29,14 @@ UPLOADS = ("jiji-net-upload", "jiji-dns-upload", "mesh-upload", "corrosion-uploa
 def lab_config(binary: Path, n: int = 3, **overrides: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
         "servers": [
-            {"name": f"lab{i}", "host": f"198.18.0.1{i}", "index": i, "endpoint": f"198.18.0.1{i}"} for i in range(n)
+            {
+                "name": f"lab{i}",
+                "host": f"198.18.0.1{i}",
+                "index": i,
+                "endpoint": f"198.18.0.1{i}",
+                "host_key": fake_host_key(f"lab{i}"),
+            }
+            for i in range(n)
         ],
         "ssh_private_key": SECRET_KEY,
         "container_engine": "none",
@@ -66,7 +73,7 @@ def test_outputs_carry_plan_and_public_keys(three: Evaluation) -> None:
         "dns_address": "10.210.2.1",
         "public_key": fake_public_key("lab2-host"),
         "endpoint": "198.18.0.12:51820",
-        "ssh": {"host": "198.18.0.12", "port": 22, "user": "root", "host_key": None},
+        "ssh": {"host": "198.18.0.12", "port": 22, "user": "root", "host_key": fake_host_key("lab2")},
     }
     assert three.outputs["mesh"]["servers"]["lab2"] == lab2
     assert three.outputs["cluster_cidr"] == "10.210.0.0/16" and three.outputs["domain"] == "jiji"
@@ -259,7 +266,7 @@ def test_bad_config_fails_before_any_resource(binary: Path) -> None:
     bad = lab_config(binary, servers=[{"name": "a", "host": "h", "index": 0, "endpoint": "10.210.0.9"}])
     with pytest.raises(ConfigError) as err:
         evaluate(bad)
-    assert "servers[a].endpoint: 10.210.0.9 is inside cluster_cidr" in str(err.value)
+    assert "servers[a].endpoint: '10.210.0.9' is inside cluster_cidr" in str(err.value)
 
 
 def test_missing_key_is_named(binary: Path) -> None:
