@@ -6,8 +6,10 @@ and statements):
 - the main loop inspects pending containers and writes their rows, and reconciles the engine's
   full list against this server's rows at start, every `--reconcile-interval` seconds and after
   the event stream restarts, so nothing changed while the registrar was away is lost.
-One thread writes, so an event and a reconcile never race each other. Failures of the engine or
-of Corrosion are retried with capped exponential backoff; only a bad configuration ends it.
+One thread writes, so an event and a reconcile never race each other. (A change in the moment
+between starting `events` and the engine subscribing it is caught by the next periodic
+reconcile.) Failures of the engine or of Corrosion are retried with capped exponential backoff;
+only a bad configuration ends it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .registrations import Host, Row
 from .sources import HostConfig
 
 CONFIG_ERROR = 2  # the unit's RestartPreventExitStatus: restarting cannot fix the configuration
+STREAM_GRACE = 2.0  # seconds the first reconcile waits for the event stream to open
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -140,7 +143,6 @@ class Registrar:
         # This server's rows as last read from or written to Corrosion, so an event that changes
         # nothing writes nothing. Replaced by every reconcile, so it cannot drift for long.
         self.rows: dict[str, Row] = {}
-        self.rows_known = False
         self.skip_reasons: dict[str, str] = {}  # log a skipped container once per reason
         self._stream: EventStream | None = None
         self._stream_lock = threading.Lock()
@@ -233,7 +235,7 @@ class Registrar:
         if statements:
             self.corrosion.execute(statements)
         self._log_changes(current, after)
-        self.rows, self.rows_known = after, True
+        self.rows = after
         self.skip_reasons = {cid: why for cid, why in self.skip_reasons.items() if cid in looked.found}
         log("reconciled", containers=len(ids), rows=len(after), statements=len(statements), ms=int((time.monotonic() - began) * 1000))
 
@@ -259,11 +261,13 @@ class Registrar:
         events = threading.Thread(target=self.follow_events, name="events", daemon=True)
         events.start()
         backoff = Backoff(self.settings.max_backoff)
-        next_reconcile = time.monotonic()
+        # The first reconcile runs once the event stream is open (it asks for one), so nothing
+        # can change unseen between the two; without a stream, it runs after a short grace.
+        next_reconcile = time.monotonic() + STREAM_GRACE
         while not self.stop.is_set():
             wait = max(0.0, min(0.5, next_reconcile - time.monotonic()))
             ids, full = self.pending.take(wait)
-            due = full or not self.rows_known or time.monotonic() >= next_reconcile
+            due = full or time.monotonic() >= next_reconcile
             try:
                 if due:
                     self.reconcile()
