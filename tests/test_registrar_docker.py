@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from tests import harness
+from tests.test_registrar_engine import SERVER, host_config
 
 pytestmark = [
     pytest.mark.corrosion,
@@ -34,7 +35,6 @@ pytestmark = [
 ]
 
 RECORDED = Path(__file__).parent / "recorded" / "registrar"
-SERVER, SUBNET = "lab0", "10.210.0.0/24"
 API = "1.50"
 
 
@@ -211,13 +211,7 @@ def dockerd() -> Iterator[Daemon]:
 def registrar(tool: Path, dockerd: Daemon, node: harness.CorrosionNode, tmp_path: Path) -> Iterator[Any]:
     node.execute("DELETE FROM containers", "DELETE FROM services")
     node.add_container("other-server-row", "myapp", "api", "lab2", "10.210.2.2", 1, "lab2")
-    config = tmp_path / "host.json"
-    config.write_text(
-        json.dumps(
-            {"server": SERVER, "mesh_address": "10.210.0.1", "subnet": SUBNET, "container_engine": "docker",
-             "domain": "jiji", "corrosion_api": node.api}
-        )  # fmt: skip
-    )
+    config = host_config(tmp_path, node.api, engine="docker")
     env = dict(os.environ, DOCKER_HOST=f"unix://{dockerd.path}", DOCKER_CONFIG=str(tmp_path / "docker-config"))
     procs: list[subprocess.Popen[bytes]] = []
 
