@@ -1,9 +1,10 @@
 """The registrar's pure core: which row a container should have, and the statements that make this
 server's rows in Corrosion equal to that. Nothing here runs a command or talks to Corrosion.
 
-Only rows with `server_id` = this server are ever written or deleted: every statement carries the
-server id in its WHERE clause, so even a container id that collided with another server's row
-could not touch it.
+Only `containers` rows with `server_id` = this server are ever written or deleted: every such
+statement carries the server id in its WHERE clause, so even a container id that collided with
+another server's row could not touch it. `services` rows are shared by every server running the
+service: they are inserted when missing and never changed or deleted here.
 """
 
 from __future__ import annotations
