@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from . import dnsview, gc, register, remote, sources, sql, table
+from . import dnsview, gc, register, registrar, remote, sources, sql, table
 from .corrosion import Corrosion, CorrosionError
 from .members import parse_members
 from .report import Facts, checks, status
@@ -42,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("sql")
     sub.add_parser("ready", parents=[common], help="exit 0 only when WireGuard, the container network, Corrosion and DNS are healthy here")
     sub.add_parser("register", parents=[common], help="(used by the Pulumi program) sync servers/cluster_metadata rows from stdin JSON")
+    r = sub.add_parser(
+        "registrar", help="(run by jiji-registrar.service) keep this server's container rows equal to its engine's containers"
+    )
+    registrar.add_arguments(r)
     return p
 
 
@@ -53,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "register":
             print(register.run(Corrosion(), json.load(sys.stdin)))
             return 0
+        if args.command == "registrar":
+            return cmd_registrar(args)
         host = sources.HostConfig.load(args.host_config)
         corrosion = Corrosion(host.corrosion_api)
         command = {"status": cmd_status, "ready": cmd_ready, "dns": cmd_dns, "inspect": cmd_inspect, "gc": cmd_gc, "db": cmd_db}
@@ -60,6 +66,22 @@ def main(argv: list[str] | None = None) -> int:
     except (CorrosionError, ValueError) as e:
         print(f"jiji-net {args.command}: {e}", file=sys.stderr)
         return 1
+
+
+def cmd_registrar(args: argparse.Namespace) -> int:
+    # Every configuration error exits with CONFIG_ERROR, which the unit does not restart on.
+    try:
+        settings = registrar.settings_from(args, sources.HostConfig.load(args.host_config))
+    except SystemExit as e:
+        print(e, file=sys.stderr)
+        return registrar.CONFIG_ERROR
+    except (KeyError, TypeError) as e:
+        print(f"jiji-net registrar: {args.host_config} lacks or garbles {e}; run pulumi up to rewrite it", file=sys.stderr)
+        return registrar.CONFIG_ERROR
+    except ValueError as e:
+        print(f"jiji-net registrar: {e}", file=sys.stderr)
+        return registrar.CONFIG_ERROR
+    return registrar.main(settings, once=args.once)
 
 
 def _rows(corrosion: Corrosion, query: str, params: list[Any] | None = None) -> list[dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""Reads the live state of this server (the only module here that runs commands)."""
+"""Reads the live state of this server (with enginecli.py for the registrar, the only modules
+here that run commands)."""
 
 from __future__ import annotations
 
