@@ -134,6 +134,13 @@ def step_script(kind: str, **values: object) -> str:
     return _ENV.get_template(f"steps/{kind}.sh.j2").render(**values)
 
 
+def registrar_unit(settings: MeshSettings) -> str:
+    """`jiji-net registrar`, which puts this server's containers into the registry (docker and podman only)."""
+    return _ENV.get_template("jiji-registrar.service.j2").render(
+        engine_unit=f"{settings.container_engine}.service", network="jiji", reconcile_interval=30
+    )
+
+
 @functools.cache
 def corrosion_schema() -> str:
     return (_HOSTBIN / "corrosion-schema.sql").read_text()

@@ -65,7 +65,7 @@ def _embedded(text: str, what: str) -> str:
 
 def render_step(kind: str, owner: str, timeout: int, **values: object) -> Step:
     for key, value in values.items():
-        if key.endswith("_text") and isinstance(value, str):
+        if key.endswith("_text") and isinstance(value, str) and value:  # "" means: not installed
             _embedded(value, f"{kind} step, {key}")
     script = render.step_script(kind, step=kind, owner=owner, **values)
     return Step(kind=kind, script=script, timeout=timeout)
@@ -189,6 +189,8 @@ def dns_step(owner: str, settings: MeshSettings, plan: ServerPlan, dns_sha256: s
         unit_path=f"{SYSTEMD}/jiji-dns.service",
         host_config_text=render.host_config(settings, plan),
         unit_text=render.dns_unit(settings, plan),
+        registrar_unit_path=f"{SYSTEMD}/jiji-registrar.service",
+        registrar_unit_text=render.registrar_unit(settings) if settings.container_engine != "none" else "",
     )
 
 
