@@ -127,8 +127,13 @@ class Server(pulumi.ComponentResource):
         self.public_key: pulumi.Output[str] = self.host.stdout.apply(lambda out: out.strip().splitlines()[-1])
 
     def join(
-        self, seeds: list[ServerPlan], table: pulumi.Output[Artifact], registry_ready: list[pulumi.Resource]
+        self,
+        seeds: list[ServerPlan],
+        table: pulumi.Output[Artifact],
+        hosts: list[pulumi.Resource],
+        registry_ready: list[pulumi.Resource],
     ) -> None:
+        """`table` is made from every live server's public key: `hosts` are their host steps."""
         r, settings, plan, spec, uploads = self.remote, self.settings, self.plan, self.spec, self.uploads
         own = self.owner
         tool_up = r.upload(
@@ -146,7 +151,7 @@ class Server(pulumi.ComponentResource):
             [self.host],
         )
         table_up = r.upload(
-            "mesh", self, table.apply(lambda t: pulumi.FileAsset(t.path)), steps.MESH_TABLE, [self.host]
+            "mesh", self, table.apply(lambda t: pulumi.FileAsset(t.path)), steps.MESH_TABLE, [self.host, *hosts]
         )
         network = r.step("network", self, steps.network_step(own("network"), settings, plan), [self.host])
         wireguard = r.step(
@@ -199,15 +204,14 @@ class Mesh(pulumi.ComponentResource):
         public_keys = {s.name: self.servers[s.name].public_key for s in live}
         names = [s.name for s in live]
         keys = pulumi.Output.all(*[public_keys[n] for n in names]).apply(lambda ks: dict(zip(names, ks, strict=True)))
-        table = keys.apply(
-            lambda k: artifacts.stack_file(
-                pulumi.get_stack(), "mesh.tsv", render.mesh_table(topology.mesh_rows(settings, live, plans, k))
-            )
-        )
+        table: pulumi.Output[Artifact] = pulumi.Output.from_input(_mesh_table(settings, live, plans, public_keys))  # type: ignore[arg-type]
+        hosts: list[pulumi.Resource] = [self.servers[s.name].host for s in live]
         live_plans = [plans[s.name] for s in live]
         ready: list[pulumi.Resource] = []
         for s in specs:
-            self.servers[s.name].join(topology.seeds_of(plans[s.name], live_plans), table, ready if not s.gone else [])
+            self.servers[s.name].join(
+                topology.seeds_of(plans[s.name], live_plans), table, hosts, ready if not s.gone else []
+            )
         # The registry's rows are written once, through the first live server (state keeps them
         # once, not once per server); every server's Corrosion and tool must be up first.
         registrar = self.servers[live[0].name]
@@ -225,6 +229,20 @@ class Mesh(pulumi.ComponentResource):
             "servers": {s.name: _server_output(settings, s, plans[s.name], public_keys[s.name]) for s in live},
         }
         self.register_outputs(self.outputs)
+
+
+async def _mesh_table(
+    settings: MeshSettings, live: list[ServerSpec], plans: dict[str, ServerPlan], keys: dict[str, pulumi.Output[str]]
+) -> Artifact:
+    """The mesh table as a file asset, always a known value: pulumi-command's CopyToRemote refuses
+    an unknown source even in a preview, so a key not known yet (a new server, before its host
+    step ran) is written as a placeholder. A real run waits for every key."""
+    known: dict[str, str] = {}
+    for name, key in keys.items():
+        value = await key.future() if await key.is_known() else None
+        known[name] = value or "(known-after-its-host-step)"
+    text = render.mesh_table(topology.mesh_rows(settings, live, plans, known))
+    return artifacts.stack_file(pulumi.get_stack(), "mesh.tsv", text)
 
 
 def _server_output(

@@ -98,9 +98,11 @@ class StandIn:
         self.provider.begin(set(replace or ()))
         try:
             result = evaluate(config, self.provider)
-        except CommandFailed as failed:
+        except CommandFailed:
+            # As the engine reports it: every step that failed, not the first exception seen.
+            failed = CommandFailed("\n".join(self.provider.errors))
             failed.actions = list(self.provider.actions)
-            raise
+            raise failed from None
         self.provider.finish()
         return Run(result.outputs, list(self.provider.actions), time.monotonic() - started)
 

@@ -42,6 +42,7 @@ class LabProvider:
         self.seen: set[str] = set()
         self.failed = False
         self.to_replace: set[str] = set()
+        self.errors: list[str] = []
         self._late_deletes: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._keydir = Path(tempfile.mkdtemp(prefix="jiji-labprovider-"))
@@ -58,7 +59,7 @@ class LabProvider:
             if options.get("delete_before_replace"):
                 self._run_delete(previous)
                 with self._lock:
-                    del self.state[name]
+                    self.state[name] = {**previous, "init_failed": True}  # its place, until created again
                     self.actions.append(("delete-replaced", name))
             else:
                 self._late_deletes.append(previous)
@@ -69,18 +70,19 @@ class LabProvider:
             return dict(previous["outputs"])
         try:
             outputs = self._apply(typ, name, inputs, previous)
-        except BaseException:
+        except BaseException as e:
+            self.errors.append(f"{name}: {e}")
             self.failed = True
             # pulumi-command returns a failed create with its ID, so the engine keeps the resource
             # (with an init error): the next up runs it again, a destroy runs its delete.
             if typ == "command:remote:Command":
                 with self._lock:
-                    self.state.pop(name, None)
                     entry = {"typ": typ, "name": name, "inputs": inputs, "outputs": {}, "options": options}
                     self.state[name] = {**entry, "init_failed": True}
             raise
         with self._lock:
-            self.state.pop(name, None)
+            # A resource keeps its place (the engine deletes in dependency order, which creation
+            # order stands for); a new one goes last.
             self.state[name] = {"typ": typ, "name": name, "inputs": inputs, "outputs": outputs, "options": options}
             self.actions.append(("update" if previous is not None else "create", name))
         return dict(outputs)
@@ -108,6 +110,7 @@ class LabProvider:
 
     def begin(self, replace: set[str] | None = None) -> None:
         self.failed = False
+        self.errors = []
         self.seen.clear()
         self.actions.clear()
         self.to_replace = set(replace or ())

@@ -51,7 +51,12 @@ def facts(**changes: object) -> Facts:
     base = dict(
         server="lab0",
         now=NOW,
-        units={"wg-quick@jiji0": "active", "jiji-net-network": "active", "jiji-corrosion": "active", "jiji-dns": "active"},
+        units={
+            "wg-quick@jiji0": "active",
+            "jiji-net-network": "active",
+            "jiji-corrosion": "active",
+            "jiji-dns": "active",
+        },
         wireguard=wg,
         peer_names={wg.peers[0].public_key: "lab1", wg.peers[1].public_key: "lab2"},
         members=parse_members(MEMBERS),
@@ -78,15 +83,39 @@ def test_a_healthy_server_passes_every_check() -> None:
     [
         ({"now": NOW + STALE_AFTER}, "wireguard", "no handshake in 180 s with: lab1, lab2"),
         ({"wireguard": "Unable to access interface: No such device"}, "wireguard", "jiji0 is down"),
-        ({"units": {"wg-quick@jiji0": "active", "jiji-net-network": "active", "jiji-corrosion": "inactive",
-                    "jiji-dns": "active"}}, "corrosion", "jiji-corrosion.service is inactive"),
-        ({"units": {"wg-quick@jiji0": "active", "jiji-net-network": "failed", "jiji-corrosion": "active",
-                    "jiji-dns": "active"}}, "network", "jiji-net-network.service (forwarding, NAT, firewall) is failed"),
+        (
+            {
+                "units": {
+                    "wg-quick@jiji0": "active",
+                    "jiji-net-network": "active",
+                    "jiji-corrosion": "inactive",
+                    "jiji-dns": "active",
+                }
+            },
+            "corrosion",
+            "jiji-corrosion.service is inactive",
+        ),
+        (
+            {
+                "units": {
+                    "wg-quick@jiji0": "active",
+                    "jiji-net-network": "failed",
+                    "jiji-corrosion": "active",
+                    "jiji-dns": "active",
+                }
+            },
+            "network",
+            "jiji-net-network.service (forwarding, NAT, firewall) is failed",
+        ),
         ({"corrosion_api": "unreachable"}, "corrosion", "API does not answer: unreachable"),
         ({"members": parse_members(MEMBERS)[:1]}, "corrosion", "sees 1 of 2 other members"),
         ({"dns": "/run/jiji-dns/stats.sock: [Errno 2]"}, "dns", "counters unreadable"),
         ({"dns": dict(STATS, subscription_state="disconnected")}, "dns", "the subscription is disconnected"),
-        ({"dns": dict(STATS, ready=False, subscription_state="connecting")}, "dns", "not ready: subscription connecting"),
+        (
+            {"dns": dict(STATS, ready=False, subscription_state="connecting")},
+            "dns",
+            "not ready: subscription connecting",
+        ),
     ],  # fmt: skip
 )
 def test_each_failure_is_named(changes: dict[str, object], failing: str, detail: str) -> None:
@@ -94,7 +123,9 @@ def test_each_failure_is_named(changes: dict[str, object], failing: str, detail:
     assert [c.name for c in bad] == [failing] and detail in bad[0].detail
 
 
-def row(id: str, server: str, ip: str, started: object, health: str = "healthy", instance: str = "", has: int = 1) -> dict[str, object]:
+def row(
+    id: str, server: str, ip: str, started: object, health: str = "healthy", instance: str = "", has: int = 1
+) -> dict[str, object]:
     return dict(id=id, project="shop", service="web", server_id=server, ip=ip, health_status=health,
                 started_at=started, instance_id=instance, has_service=has)  # fmt: skip
 
@@ -115,14 +146,22 @@ def test_dns_view_explains_every_row() -> None:
     assert why["a"] == "hidden: b on lab0 started later (newest wins per server)"
     assert why["c"] == "not healthy (unhealthy)"
     assert view["shop-web-blue.jiji"]["answers"] == ["10.210.2.2"]
-    assert view["shop-db.jiji"]["answers"] == [] and view["shop-db.jiji"]["rows"][0]["why"] == "no services row for shop/db"
+    assert (
+        view["shop-db.jiji"]["answers"] == []
+        and view["shop-db.jiji"]["rows"][0]["why"] == "no services row for shop/db"
+    )
     assert (web["project"], web["service"]) == ("shop", "web")
     dashed = dnsview.names([dict(row("x", "lab0", "10.210.0.5", 1), project="my-shop")], "jiji")
     assert [(e["name"], e["project"], e["service"]) for e in dashed] == [("my-shop-web.jiji", "my-shop", "web")]
 
 
 def test_gc_finds_rows_of_missing_containers_and_departed_servers() -> None:
-    rows = [row("live", "lab0", "1", 1), row("ghost", "lab0", "2", 1), row("away", "gone", "3", 1), row("other", "lab1", "4", 1)]
+    rows = [
+        row("live", "lab0", "1", 1),
+        row("ghost", "lab0", "2", 1),
+        row("away", "gone", "3", 1),
+        row("other", "lab1", "4", 1),
+    ]
     stale = gc.stale_rows(rows, {"lab0", "lab1"}, "lab0", {"live"})
     assert [(r["id"], r["reason"]) for r in stale] == [
         ("ghost", "no such container on this server"),
@@ -134,8 +173,14 @@ def test_gc_finds_rows_of_missing_containers_and_departed_servers() -> None:
 
 @pytest.mark.parametrize(
     "statement",
-    ["SELECT * FROM containers", "  select 1;", "WITH x AS (SELECT 1) SELECT * FROM x", "PRAGMA table_info(servers)",
-     "SELECT 'delete from x' AS s", "EXPLAIN QUERY PLAN SELECT 1"],  # fmt: skip
+    [
+        "SELECT * FROM containers",
+        "  select 1;",
+        "WITH x AS (SELECT 1) SELECT * FROM x",
+        "PRAGMA table_info(servers)",
+        "SELECT 'delete from x' AS s",
+        "EXPLAIN QUERY PLAN SELECT 1",
+    ],  # fmt: skip
 )
 def test_reading_statements_pass(statement: str) -> None:
     assert sql.refuse_writes(statement) is None
@@ -157,7 +202,9 @@ def test_writing_statements_are_refused(statement: str, reason: str) -> None:
 
 
 def test_tables_align_and_colour_only_on_request() -> None:
-    text = table.render(["peer", "age"], [["lab1", "5s"], ["a-long-name", "never"]], colours=["red", None], colour=False)
+    text = table.render(
+        ["peer", "age"], [["lab1", "5s"], ["a-long-name", "never"]], colours=["red", None], colour=False
+    )
     assert text.splitlines() == ["PEER         AGE", "lab1         5s", "a-long-name  never"]
     painted = table.render(["peer"], [["lab1"]], colours=["red"], colour=True)
     assert "\033[31mlab1\033[0m" in painted
@@ -177,14 +224,27 @@ def test_remote_strips_only_the_server_picking_options() -> None:
 def test_register_writes_only_differences_and_removes_departed_servers() -> None:
     desired = {
         "servers": [
-            {"id": "lab0", "hostname": "h0", "subnet": "10.210.0.0/24", "wireguard_ip": "10.210.0.1",
-             "wireguard_pubkey": "K0", "endpoints": ["198.18.0.10"]},
+            {
+                "id": "lab0",
+                "hostname": "h0",
+                "subnet": "10.210.0.0/24",
+                "wireguard_ip": "10.210.0.1",
+                "wireguard_pubkey": "K0",
+                "endpoints": ["198.18.0.10"],
+            },
         ],  # fmt: skip
         "metadata": {"domain": "jiji", "cluster_cidr": "10.210.0.0/16"},
     }
     statements = register.statements(desired)
     upsert, drop_containers, drop_servers, *meta = statements
-    assert isinstance(upsert, tuple) and upsert[1] == ["lab0", "h0", "10.210.0.0/24", "10.210.0.1", "K0", '["198.18.0.10"]']
+    assert isinstance(upsert, tuple) and upsert[1] == [
+        "lab0",
+        "h0",
+        "10.210.0.0/24",
+        "10.210.0.1",
+        "K0",
+        '["198.18.0.10"]',
+    ]
     assert "ON CONFLICT (id) DO UPDATE" in upsert[0] and "WHERE servers.hostname IS NOT excluded.hostname" in upsert[0]
     assert drop_containers == ("DELETE FROM containers WHERE server_id NOT IN (?)", ["lab0"])
     assert drop_servers == ("DELETE FROM servers WHERE id NOT IN (?)", ["lab0"])

@@ -251,8 +251,14 @@ def test_engines_get_their_network_step(binary: Path) -> None:
     podman = evaluate(lab_config(binary, container_engine="podman")).commands()["lab0-network"].inputs["stdin"]
     assert "containers.conf.d/50-jiji-net.conf" in podman
     # With an engine, the registrar runs beside jiji-dns; with none there is nothing to register.
-    assert "jiji-registrar.service" in evaluate(lab_config(binary, container_engine="podman")).commands()["lab0-dns"].inputs["stdin"]
-    assert "ExecStart=/usr/local/bin/jiji-net registrar" not in evaluate(lab_config(binary)).commands()["lab0-dns"].inputs["stdin"]
+    assert (
+        "jiji-registrar.service"
+        in evaluate(lab_config(binary, container_engine="podman")).commands()["lab0-dns"].inputs["stdin"]
+    )
+    assert (
+        "ExecStart=/usr/local/bin/jiji-net registrar"
+        not in evaluate(lab_config(binary)).commands()["lab0-dns"].inputs["stdin"]
+    )
 
 
 def test_a_pinned_download_is_checked_on_the_server(binary: Path) -> None:

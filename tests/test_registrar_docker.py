@@ -235,7 +235,10 @@ def registrar(tool: Path, dockerd: Daemon, node: harness.CorrosionNode, tmp_path
 
 
 def rows(node: harness.CorrosionNode) -> dict[str, tuple[str, str]]:
-    return {r[0]: (r[1], r[2]) for r in node.query("SELECT id, ip, health_status FROM containers WHERE server_id = ?", [SERVER])}
+    return {
+        r[0]: (r[1], r[2])
+        for r in node.query("SELECT id, ip, health_status FROM containers WHERE server_id = ?", [SERVER])
+    }
 
 
 def eventually(node: harness.CorrosionNode, expected: dict[str, tuple[str, str]], timeout: float = 5) -> None:
@@ -268,7 +271,9 @@ def test_real_docker_cli_events_inspect_and_reconcile(
     assert first.wait(10) == 0
     log = (tmp_path / "registrar-0.log").read_text()
     assert "event=events_ended code=0" in log and "event=stopped" in log
-    assert any('"label"' in urllib.parse.unquote(p) and "jiji.service" in urllib.parse.unquote(p) for p in dockerd.requests)
+    assert any(
+        '"label"' in urllib.parse.unquote(p) and "jiji.service" in urllib.parse.unquote(p) for p in dockerd.requests
+    )
     assert any('"type"' in urllib.parse.unquote(p) and "container" in urllib.parse.unquote(p) for p in dockerd.requests)
 
 
@@ -287,7 +292,9 @@ def test_real_docker_cli_reports_a_missing_container_as_gone(
     assert rows(node) == {B: ("10.210.0.6", "healthy")}
 
 
-def test_no_daemon_deletes_nothing(dockerd: Daemon, node: harness.CorrosionNode, registrar: Any, tmp_path: Path) -> None:
+def test_no_daemon_deletes_nothing(
+    dockerd: Daemon, node: harness.CorrosionNode, registrar: Any, tmp_path: Path
+) -> None:
     dockerd.run(A, "10.210.0.5", health="healthy")
     assert registrar("--once").wait(30) == 0
     dockerd.close()

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.corrosion
 RECORDED = Path(__file__).parent / "recorded" / "registrar"
 SERVER, SUBNET = "lab0", "10.210.0.0/24"
 
-FAKE_PODMAN = r'''
+FAKE_PODMAN = r"""
 import json, os, sys, time
 from pathlib import Path
 
@@ -77,7 +77,7 @@ elif args[:2] == ["container", "inspect"] and len(args) > 2:
 else:
     print(f"Error: unrecognized command `podman {' '.join(args)}`", file=sys.stderr)
     sys.exit(125)
-'''
+"""
 
 
 class FakePodman:
@@ -185,7 +185,9 @@ class Registrar:
         return self.log_path.read_text()
 
     def wait_log(self, text: str, timeout: float = 10, count: int = 1) -> None:
-        harness.wait_until(lambda: self.log().count(text) >= count, timeout, f"{text!r} x{count} in the registrar's log")
+        harness.wait_until(
+            lambda: self.log().count(text) >= count, timeout, f"{text!r} x{count} in the registrar's log"
+        )
 
     def terminate(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -241,8 +243,14 @@ def host_config(directory: Path, api: str, engine: str = "podman") -> Path:
     path = directory / "host.json"
     path.write_text(
         json.dumps(
-            {"server": SERVER, "mesh_address": "10.210.0.1", "subnet": SUBNET, "container_engine": engine,
-             "domain": "jiji", "corrosion_api": api}
+            {
+                "server": SERVER,
+                "mesh_address": "10.210.0.1",
+                "subnet": SUBNET,
+                "container_engine": engine,
+                "domain": "jiji",
+                "corrosion_api": api,
+            }
         )  # fmt: skip
     )
     return path
@@ -253,7 +261,9 @@ def start(tool: Path, fake: FakePodman, registry: harness.CorrosionNode, tmp_pat
     started: list[Registrar] = []
 
     def run(*extra: str, api: str | None = None) -> Registrar:
-        r = Registrar(tool, host_config(tmp_path, api or registry.api), fake, tmp_path / f"registrar-{len(started)}.log", *extra)
+        r = Registrar(
+            tool, host_config(tmp_path, api or registry.api), fake, tmp_path / f"registrar-{len(started)}.log", *extra
+        )
         started.append(r)
         return r
 
@@ -275,7 +285,9 @@ def eventually(node: harness.CorrosionNode, expected: dict[str, tuple[str, str, 
     return time.monotonic() - began
 
 
-def test_events_drive_rows_through_a_containers_life(fake: FakePodman, registry: harness.CorrosionNode, start: Any) -> None:
+def test_events_drive_rows_through_a_containers_life(
+    fake: FakePodman, registry: harness.CorrosionNode, start: Any
+) -> None:
     # A long interval: every change below must come from an event, not from a periodic reconcile.
     r = start("--reconcile-interval", "300")
     r.wait_log("event=reconciled")
@@ -283,7 +295,9 @@ def test_events_drive_rows_through_a_containers_life(fake: FakePodman, registry:
     fake.run(a, "10.210.0.5")
     eventually(registry, {a: ("api", "10.210.0.5", "unknown")})
     assert registry.query("SELECT project, name FROM services WHERE name = 'api'") == [["myapp", "api"]]
-    assert registry.query("SELECT instance_id, started_at FROM containers WHERE id = ?", [a]) == [["lab0", 1796184600412]]
+    assert registry.query("SELECT instance_id, started_at FROM containers WHERE id = ?", [a]) == [
+        ["lab0", 1796184600412]
+    ]
     fake.health(a, "healthy")
     took = eventually(registry, {a: ("api", "10.210.0.5", "healthy")})
     assert took < 2
@@ -301,7 +315,7 @@ def test_events_drive_rows_through_a_containers_life(fake: FakePodman, registry:
     fake.remove(b)
     eventually(registry, {})
     log = r.log()
-    assert log.count("event=malformed_event") == 2 and "line=\"this is not an event\"" in log
+    assert log.count("event=malformed_event") == 2 and 'line="this is not an event"' in log
     assert log.count("event=reconciled") == 1  # once the event stream was open, then events only
     assert r.proc.poll() is None
 
@@ -346,7 +360,9 @@ def test_the_event_stream_breaking_is_restarted_and_the_gap_reconciled(
     eventually(registry, {b: ("api", "10.210.0.6", "healthy")})
 
 
-def test_backoff_when_the_event_stream_cannot_stay_up(fake: FakePodman, registry: harness.CorrosionNode, start: Any) -> None:
+def test_backoff_when_the_event_stream_cannot_stay_up(
+    fake: FakePodman, registry: harness.CorrosionNode, start: Any
+) -> None:
     for _ in range(20):
         fake.append("EXIT 1")
     r = start("--reconcile-interval", "300", "--max-backoff", "2")
@@ -436,7 +452,10 @@ def test_once_reconciles_and_exits(fake: FakePodman, registry: harness.Corrosion
 def test_a_configuration_it_cannot_work_with_exits_2(tool: Path, tmp_path: Path, engine: str, message: str) -> None:
     config = host_config(tmp_path, "127.0.0.1:9", engine)
     out = subprocess.run(
-        [sys.executable, str(tool), "--host-config", str(config), "registrar"], capture_output=True, text=True, timeout=20
+        [sys.executable, str(tool), "--host-config", str(config), "registrar"],
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
     assert out.returncode == 2 and message in out.stderr
     out = subprocess.run(

@@ -147,7 +147,11 @@ def test_docker_inspect() -> None:
         ("podman-4.3-inspect-exited.json", LAB0, "not running"),
         ("docker-28-inspect-other-network.json", LAB1, "not attached to the jiji network"),
         # a container whose address is in another server's subnet cannot be reached through this one
-        ("podman-4.3-inspect-healthy.json", LAB1, "address 10.210.0.5 on jiji is outside this server's subnet 10.210.1.0/24"),
+        (
+            "podman-4.3-inspect-healthy.json",
+            LAB1,
+            "address 10.210.0.5 on jiji is outside this server's subnet 10.210.1.0/24",
+        ),
     ],
 )
 def test_containers_that_get_no_row(name: str, host: Host, reason: str) -> None:
@@ -192,7 +196,9 @@ def test_inspect_failures_are_told_apart() -> None:
     # podman 4.3
     assert engine.read_inspect(125, "[]\n", 'Error: no such container "nosuch"\n').only_missing
     # docker 28.2.2 CLI with no daemon: it still prints [] on stdout
-    down = engine.read_inspect(1, "[]\n", "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?\n")
+    down = engine.read_inspect(
+        1, "[]\n", "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?\n"
+    )
     assert not down.only_missing
     with pytest.raises(Malformed):
         engine.read_inspect(0, "{", "")

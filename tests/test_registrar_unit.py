@@ -45,5 +45,7 @@ def test_systemd_accepts_it(tmp_path: Path) -> None:
     unit.write_text(render(engine_unit="docker.service", network="jiji", reconcile_interval=30))
     out = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
     # Only complaints about this unit count; the missing binary is expected off a server.
-    ours = [line for line in out.stderr.splitlines() if "jiji-registrar" in line and "/usr/local/bin/jiji-net" not in line]
+    ours = [
+        line for line in out.stderr.splitlines() if "jiji-registrar" in line and "/usr/local/bin/jiji-net" not in line
+    ]
     assert ours == [], out.stderr
