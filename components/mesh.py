@@ -127,13 +127,10 @@ class Server(pulumi.ComponentResource):
         self.public_key: pulumi.Output[str] = self.host.stdout.apply(lambda out: out.strip().splitlines()[-1])
 
     def join(
-        self,
-        seeds: list[ServerPlan],
-        table: pulumi.Output[Artifact],
-        hosts: list[pulumi.Resource],
-        registry_ready: list[pulumi.Resource],
+        self, seeds: list[ServerPlan], table: pulumi.Output[Artifact], registry_ready: list[pulumi.Resource]
     ) -> None:
-        """`table` is made from every live server's public key: `hosts` are their host steps."""
+        """`table` waits for every live server's public key (it is made from them); it carries no
+        resource dependencies, which would be N per server, N*N in all."""
         r, settings, plan, spec, uploads = self.remote, self.settings, self.plan, self.spec, self.uploads
         own = self.owner
         tool_up = r.upload(
@@ -151,7 +148,7 @@ class Server(pulumi.ComponentResource):
             [self.host],
         )
         table_up = r.upload(
-            "mesh", self, table.apply(lambda t: pulumi.FileAsset(t.path)), steps.MESH_TABLE, [self.host, *hosts]
+            "mesh", self, table.apply(lambda t: pulumi.FileAsset(t.path)), steps.MESH_TABLE, [self.host]
         )
         network = r.step("network", self, steps.network_step(own("network"), settings, plan), [self.host])
         wireguard = r.step(
@@ -205,13 +202,10 @@ class Mesh(pulumi.ComponentResource):
         names = [s.name for s in live]
         keys = pulumi.Output.all(*[public_keys[n] for n in names]).apply(lambda ks: dict(zip(names, ks, strict=True)))
         table: pulumi.Output[Artifact] = pulumi.Output.from_input(_mesh_table(settings, live, plans, public_keys))  # type: ignore[arg-type]
-        hosts: list[pulumi.Resource] = [self.servers[s.name].host for s in live]
         live_plans = [plans[s.name] for s in live]
         ready: list[pulumi.Resource] = []
         for s in specs:
-            self.servers[s.name].join(
-                topology.seeds_of(plans[s.name], live_plans), table, hosts, ready if not s.gone else []
-            )
+            self.servers[s.name].join(topology.seeds_of(plans[s.name], live_plans), table, ready if not s.gone else [])
         # The registry's rows are written once, through the first live server (state keeps them
         # once, not once per server); every server's Corrosion and tool must be up first.
         registrar = self.servers[live[0].name]

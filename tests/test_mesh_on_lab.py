@@ -251,6 +251,9 @@ def test_a_stack_through_what_operators_do_to_it(lab4: Lab, tmp_path: Path) -> N
         starts0 = unit_starts(lab, 0)
         for_four = config(lab, 4, key=new_key.read_text())
         lab.run(3, "cat >> /root/.ssh/authorized_keys", stdin=Path(f"{new_key}.pub").read_text())
+        # Every command line on lab0, sampled while its steps run and its peers change: never the key.
+        lab.run(0, "nohup timeout 40 sh -c 'while :; do cat /proc/[0-9]*/cmdline 2>/dev/null | tr \"\\\\0\" \" \";"
+                   " echo; done' > /tmp/cmdlines 2>/dev/null &")  # fmt: skip
         four = engine.up(for_four)
         timings["adding a 4th server"] = four.seconds
         assert names(four.actions, "update") == {
@@ -259,6 +262,13 @@ def test_a_stack_through_what_operators_do_to_it(lab4: Lab, tmp_path: Path) -> N
         assert not names(four.actions, "delete", "replace", "delete-replaced")
         assert lab.run(0, "ip -o link show jiji0 | cut -d: -f1") == ifindex, "jiji0 was recreated"
         assert unit_starts(lab, 0) == starts0
+        lab.run(0, "pkill -f 'while :; do cat /proc'; true", check=False)
+        private0 = lab.run(0, "cat /etc/wireguard/jiji0.key").strip()
+        sampled = lab.run(0, "cat /tmp/cmdlines; rm -f /tmp/cmdlines")
+        assert "sh -s -- apply" in sampled, "the sampler did not run while the steps ran"
+        assert private0 not in sampled, "the private key was on a command line"
+        if isinstance(engine, RealEngine):
+            print(f"\nstate file, 4 servers: {len(engine.state())} bytes")
         for i in range(3):
             assert four.outputs["servers"][f"lab{i}"] == first.outputs["servers"][f"lab{i}"]
             wait_until(lambda i=i: lab.pings(3, MESH[i]) and lab.pings(i, MESH[3]), 15, f"lab3 <-> lab{i}")
@@ -663,3 +673,22 @@ def test_a_failed_up_is_finished_by_the_next(lab4: Lab) -> None:
         engine.close()
         for i in range(3):
             lab.run(i, "iptables -w -P INPUT ACCEPT; iptables -w -D INPUT -p tcp --dport 22 -j ACCEPT", check=False)
+
+
+def test_a_wrong_host_key_stops_before_anything_runs_there(lab4: Lab) -> None:
+    """lab1 answers with a host key other than the pinned one (as an impostor would): no step runs
+    on it, and the failure names it."""
+    lab = lab4
+    engine = make_engine("lab-hostkey")
+    cfg = config(lab, 3)
+    cfg["servers"][1]["host_key"] = cfg["servers"][0]["host_key"]
+    try:
+        with pytest.raises(CommandFailed) as failed:
+            engine.up(cfg)
+        assert "lab1-host" in str(failed.value), failed.value
+        assert not any(n.startswith("lab1-") for n in names(failed.value.actions, "create", "update"))
+        assert lab.run(1, "ls /var/lib/jiji-net 2>&1 || true").strip().endswith("No such file or directory")
+    finally:
+        engine.up(config(lab, 3))  # the real key: a stack that can be destroyed everywhere
+        engine.destroy()
+        engine.close()
