@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -211,7 +212,11 @@ class DnsDaemon:
         upstreams: list[str] | None = None,
         extra: list[str] | None = None,
         python: str = sys.executable,
+        workers: int | str = 1,
+        nofile: int | None = None,
     ) -> None:
+        """`workers`: 1 (one process, what most tests reason about) unless given; `nofile`: an
+        open-file limit (soft and hard) for the daemon."""
         self.port = free_port(socket.SOCK_DGRAM)
         self.host = "127.0.0.1"
         self.stats_socket = workdir / f"stats-{self.port}.sock"
@@ -231,9 +236,12 @@ class DnsDaemon:
             ",".join(upstreams or ["127.0.0.1:9"]),
             "--upstream-timeout",
             "1",
+            "--workers",
+            str(workers),
         ]
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(args + (extra or []), stdout=log, stderr=log)
+        limit = None if nofile is None else (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
+        self.proc = subprocess.Popen(args + (extra or []), stdout=log, stderr=log, preexec_fn=limit)
         log.close()
         wait_until(lambda: self.stats_socket.exists(), 10, "jiji-dns stats socket")
 
@@ -252,6 +260,11 @@ class DnsDaemon:
 
     def log(self) -> str:
         return self.log_path.read_text()
+
+    def pids(self) -> list[int]:
+        """The processes serving: the workers when there are several, else the daemon itself."""
+        workers = self.stats().get("workers")
+        return [int(w["pid"]) for w in workers] if workers else [self.proc.pid]
 
     def close(self) -> None:
         _stop(self.proc)

@@ -1,20 +1,59 @@
 """Forwards names outside our domain to the upstream resolvers, in order, one timeout each.
 
-UDP queries go out over one shared non-blocking socket per address family with a fresh random
-id; a reply is accepted only when both its id and its source address match a pending query.
-TCP queries are forwarded over TCP. In-flight UDP forwards are bounded: past the bound the
-client gets SERVFAIL at once instead of growing memory without end.
+Spoofing resistance (what an off-path attacker must guess): every UDP forward leaves from its
+own socket, connected to the upstream, so the kernel picks a fresh random source port per query
+and drops datagrams from any other address or port; the id comes from `secrets`. A reply is
+accepted only with the query's id and the query's question (compared case-insensitively, as
+the upstream may normalise case), so a reply for another name is dropped even when id and port
+match. A connected socket also surfaces the upstream's ICMP "port unreachable" as
+ConnectionRefusedError: the next upstream is tried at once instead of after the timeout.
+
+UDP forwards are callbacks on the event loop (no task per query). One in-flight bound covers UDP
+and TCP forwards together: past it the client gets SERVFAIL at once instead of growing memory.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
+import secrets
 import socket
 import struct
+from collections.abc import Callable
 
+from . import wire
 from .config import Endpoint
 from .events import Counters
+
+UDP_READ = 65535
+
+
+def reply_matches(query_question: bytes, qid: bytes, reply: bytes) -> bool:
+    """A reply for our query: QR set, our id, one question equal to ours ignoring case.
+
+    `query_question` is the lower-cased question (name, type, class) of the query as sent.
+    """
+    return (
+        len(reply) >= wire.HEADER_LEN + len(query_question)
+        and reply[:2] == qid
+        and reply[2] & 0x80 != 0
+        and reply[4:6] == b"\x00\x01"
+        and reply[12 : 12 + len(query_question)].lower() == query_question
+    )
+
+
+class _UdpForward:
+    """One client query on its way through the upstreams."""
+
+    __slots__ = ("query", "question", "done", "next_upstream", "sock", "timer", "qid")
+
+    def __init__(self, query: bytes, question: bytes, done: Callable[[bytes | None], None]) -> None:
+        self.query = query
+        self.question = question
+        self.done = done
+        self.next_upstream = 0
+        self.sock: socket.socket | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.qid = b""
 
 
 class Forwarder:
@@ -23,65 +62,105 @@ class Forwarder:
         self.timeout = timeout
         self.max_inflight = max_inflight
         self.counters = counters
-        self._socks: dict[int, socket.socket] = {}
-        self._pending: dict[tuple[int, str, int], asyncio.Future[bytes]] = {}
+        self.inflight = 0
+        self._udp: set[_UdpForward] = set()
 
-    def _socket(self, family: int) -> socket.socket:
-        sock = self._socks.get(family)
-        if sock is None:
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            sock.setblocking(False)
-            asyncio.get_running_loop().add_reader(sock.fileno(), self._on_readable, sock)
-            self._socks[family] = sock
-        return sock
+    def acquire(self) -> bool:
+        """Take an in-flight slot (UDP or TCP); False when all are taken (the caller SERVFAILs)."""
+        if self.inflight >= self.max_inflight:
+            self.counters.forwards_dropped_busy += 1
+            return False
+        self.inflight += 1
+        self.counters.forwarded += 1
+        return True
 
-    def _on_readable(self, sock: socket.socket) -> None:
-        for _ in range(64):
+    def release(self) -> None:
+        self.inflight -= 1
+
+    # ---- UDP -------------------------------------------------------------------------------
+    def forward_udp(self, query: bytes, done: Callable[[bytes | None], None]) -> None:
+        """Forward `query` (an in-flight slot is taken and released here); `done` is called once,
+        with the upstream's reply carrying the client's id, or None when every upstream failed."""
+        end = wire.question_end(query)
+        if end is None:
+            # No plain question to match replies against: refuse rather than accept any reply.
+            self.release()
+            done(None)
+            return
+        fwd = _UdpForward(query, query[12:end].lower(), done)
+        self._udp.add(fwd)
+        self._send_next(fwd)
+
+    def _send_next(self, fwd: _UdpForward) -> None:
+        loop = asyncio.get_running_loop()
+        while fwd.next_upstream < len(self.upstreams):
+            upstream = self.upstreams[fwd.next_upstream]
+            fwd.next_upstream += 1
+            sock = socket.socket(socket.AF_INET6 if upstream.family_v6 else socket.AF_INET, socket.SOCK_DGRAM)
             try:
-                data, addr = sock.recvfrom(65535)
+                sock.setblocking(False)
+                sock.connect((upstream.host, upstream.port))  # binds a fresh random port
+                fwd.qid = secrets.token_bytes(2)
+                sock.send(fwd.qid + fwd.query[2:])
+            except OSError:
+                sock.close()
+                self.counters.upstream_failures += 1
+                continue
+            fwd.sock = sock
+            loop.add_reader(sock.fileno(), self._on_readable, fwd)
+            fwd.timer = loop.call_later(self.timeout, self._on_timeout, fwd)
+            return
+        self._finish(fwd, None)
+
+    def _on_readable(self, fwd: _UdpForward) -> None:
+        sock = fwd.sock
+        if sock is None:
+            return
+        for _ in range(16):
+            try:
+                data = sock.recv(UDP_READ)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
-                continue  # ICMP errors surface here; the pending query times out and moves on
-            if len(data) < 12:
-                continue
-            fut = self._pending.get((data[0] << 8 | data[1], addr[0], addr[1]))
-            if fut is not None and not fut.done():
-                fut.set_result(data)
-
-    @property
-    def inflight(self) -> int:
-        return len(self._pending)
-
-    async def forward_udp(self, query: bytes) -> bytes | None:
-        """The upstream reply with the client's id restored, or None when every upstream failed."""
-        if len(self._pending) >= self.max_inflight:
-            self.counters.forwards_dropped_busy += 1
-            return None
-        self.counters.forwarded += 1
-        loop = asyncio.get_running_loop()
-        for upstream in self.upstreams:
-            family = socket.AF_INET6 if upstream.family_v6 else socket.AF_INET
-            sock = self._socket(family)
-            while True:
-                new_id = random.getrandbits(16)
-                key = (new_id, upstream.host, upstream.port)
-                if key not in self._pending:
-                    break
-            fut: asyncio.Future[bytes] = loop.create_future()
-            self._pending[key] = fut
-            try:
-                sock.sendto(struct.pack(">H", new_id) + query[2:], (upstream.host, upstream.port))
-                reply = await asyncio.wait_for(fut, self.timeout)
-                return query[:2] + reply[2:]
-            except (TimeoutError, OSError):
+                # ICMP unreachable (ConnectionRefusedError) or another error: this upstream is out.
                 self.counters.upstream_failures += 1
-            finally:
-                self._pending.pop(key, None)
-        return None
+                self._drop_socket(fwd)
+                self._send_next(fwd)
+                return
+            if reply_matches(fwd.question, fwd.qid, data):
+                self._drop_socket(fwd)
+                self._finish(fwd, fwd.query[:2] + data[2:])
+                return
+            self.counters.forward_replies_dropped += 1
 
+    def _on_timeout(self, fwd: _UdpForward) -> None:
+        fwd.timer = None
+        self.counters.upstream_failures += 1
+        self._drop_socket(fwd)
+        self._send_next(fwd)
+
+    def _drop_socket(self, fwd: _UdpForward) -> None:
+        if fwd.timer is not None:
+            fwd.timer.cancel()
+            fwd.timer = None
+        if fwd.sock is not None:
+            asyncio.get_running_loop().remove_reader(fwd.sock.fileno())
+            fwd.sock.close()
+            fwd.sock = None
+
+    def _finish(self, fwd: _UdpForward, reply: bytes | None) -> None:
+        if fwd in self._udp:
+            self._udp.discard(fwd)
+            self.release()
+            fwd.done(reply)
+
+    # ---- TCP -------------------------------------------------------------------------------
     async def forward_tcp(self, query: bytes) -> bytes | None:
-        self.counters.forwarded += 1
+        """The upstream's reply over TCP, or None; the caller holds an in-flight slot."""
+        end = wire.question_end(query)
+        if end is None:
+            return None
+        question = query[12:end].lower()
         for upstream in self.upstreams:
             writer = None
             try:
@@ -89,9 +168,13 @@ class Forwarder:
                     asyncio.open_connection(upstream.host, upstream.port), self.timeout
                 )
                 writer.write(struct.pack(">H", len(query)) + query)
-                await writer.drain()
+                await asyncio.wait_for(writer.drain(), self.timeout)
                 size = struct.unpack(">H", await asyncio.wait_for(reader.readexactly(2), self.timeout))[0]
-                return await asyncio.wait_for(reader.readexactly(size), self.timeout)
+                reply = await asyncio.wait_for(reader.readexactly(size), self.timeout)
+                if reply_matches(question, query[:2], reply):
+                    return reply
+                self.counters.forward_replies_dropped += 1
+                self.counters.upstream_failures += 1
             except (TimeoutError, OSError, asyncio.IncompleteReadError):
                 self.counters.upstream_failures += 1
             finally:
@@ -100,8 +183,6 @@ class Forwarder:
         return None
 
     def close(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sock in self._socks.values():
-            loop.remove_reader(sock.fileno())
-            sock.close()
-        self._socks.clear()
+        for fwd in list(self._udp):
+            self._drop_socket(fwd)
+        self._udp.clear()
