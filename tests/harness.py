@@ -236,12 +236,11 @@ class DnsDaemon:
             ",".join(upstreams or ["127.0.0.1:9"]),
             "--upstream-timeout",
             "1",
-            "--workers",
-            str(workers),
         ]
         log = open(self.log_path, "ab")
         limit = None if nofile is None else (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
-        self.proc = subprocess.Popen(args + (extra or []), stdout=log, stderr=log, preexec_fn=limit)
+        env = dict(os.environ, JIJI_DNS_WORKERS=str(workers))
+        self.proc = subprocess.Popen(args + (extra or []), stdout=log, stderr=log, preexec_fn=limit, env=env)
         log.close()
         wait_until(lambda: self.stats_socket.exists(), 10, "jiji-dns stats socket")
 
