@@ -89,11 +89,11 @@ class Responder:
                 if length > 63:
                     return self._slow(data, recursion, udp)
                 i += length + 1
+                if i > 266:  # the name's wire form (i - 11 bytes with its root) is over 255 bytes
+                    return self.error_reply(data, wire.RCODE_FORMERR, recursion)
                 length = data[i]
         except IndexError:
             return self._slow(data, recursion, udp)
-        if i > 266:  # the name's wire form (i - 11 bytes with its root) is over 255 bytes
-            return self.error_reply(data, wire.RCODE_FORMERR, recursion)
         end = i + 5
         if data[11] == 0:
             if end != n:

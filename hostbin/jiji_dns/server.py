@@ -107,6 +107,7 @@ def probe_free(endpoints: tuple[Endpoint, ...]) -> None:
 TCP_IDLE_TIMEOUT = 10.0
 TCP_WRITE_TIMEOUT = 5.0
 TCP_WRITE_BUFFER = 16384
+TCP_KERNEL_SNDBUF = 65536
 # File descriptors kept free for everything else: Corrosion streams, the stats socket, logs.
 FD_RESERVE = 64
 
@@ -266,6 +267,9 @@ class DNSServer:
         writer = None
         try:
             conn.setblocking(False)
+            # A fixed kernel send buffer (no autotuning to megabytes): a client that never reads
+            # fills it and then our write timeout, instead of parking MBs of replies per socket.
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, TCP_KERNEL_SNDBUF)
             reader, writer = await asyncio.open_connection(sock=conn)
             writer.transport.set_write_buffer_limits(high=TCP_WRITE_BUFFER)
             recursion = self.recursion_allowed(peer[0]) if peer else False
