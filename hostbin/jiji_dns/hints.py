@@ -23,7 +23,7 @@ from . import httpstream, rows
 from .config import Config, reconnect_delay
 from .events import Counters, log
 from .responder import Responder
-from .rows import MAX_CELL, MAX_ROWS, BadEvent, RowReader
+from .rows import MAX_CELL, BadEvent, RowReader
 from .table import Container
 
 BATCH = 256  # container ids re-read per query
@@ -89,7 +89,7 @@ class ChangeHints:
                     if isinstance(key, (str, int)) and len(str(key)) <= MAX_CELL:
                         self._pending.add(str(key))
                         self._wake.set()
-                        if len(self._pending) > MAX_ROWS:
+                        if len(self._pending) > self.responder.table.max_rows:
                             # More notified than the table may hold: a full re-read is cheaper.
                             self._pending.clear()
                             self.request_reconcile()
@@ -147,8 +147,8 @@ class ChangeHints:
                     c = read_row.row(event["row"])
                     if c is not None:
                         found[c.id] = c
-                        if len(found) > MAX_ROWS:
-                            raise BadEvent(f"query answered more than {MAX_ROWS} rows")
+                        if len(found) > self.responder.table.max_rows:
+                            raise BadEvent(f"query answered more than {self.responder.table.max_rows} rows (row cap)")
                 elif "error" in event:
                     raise ConnectionError(f"corrosion error: {str(event['error'])[:200]}")
                 elif "eoq" in event:

@@ -12,9 +12,7 @@ import socket
 from typing import Any
 
 from .events import Counters, log_limited
-from .table import COLUMNS, MAX_ROWS, Container, ServiceTable, row_reader
-
-__all__ = ["MAX_ROWS", "BadEvent", "RowReader", "change", "upsert", "valid_ip"]
+from .table import COLUMNS, Container, ServiceTable, row_reader
 
 # Longest text cell kept (an id, a name part, an address); a DNS label is at most 63 anyway.
 MAX_CELL = 255

@@ -125,8 +125,8 @@ def _remove(groups: dict[str, Group], c: Container) -> None:
 class ServiceTable:
     """Healthy containers and the answers derived from them for one domain."""
 
-    def __init__(self, domain: str, ttl: int, max_rows: int = MAX_ROWS) -> None:
-        self.max_rows = max_rows
+    def __init__(self, domain: str, ttl: int, max_rows: int | None = None) -> None:
+        self.max_rows = MAX_ROWS if max_rows is None else max_rows
         self.domain = domain.strip(".").lower()
         self.domain_wire = wire.encode_name(self.domain)
         self.ttl = ttl
