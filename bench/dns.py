@@ -23,7 +23,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests import harness  # noqa: E402
@@ -43,13 +45,13 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def dnsperf(port: int, datafile: Path, seconds: int) -> tuple[float, int, int]:
-    """(queries/s, completed, lost) of one bounded dnsperf run from core 1."""
+def dnsperf(port: int, datafile: Path, seconds: int, load: Load) -> tuple[float, int, int]:
+    """(queries/s, completed, lost) of one bounded dnsperf run on `load.cpus`."""
     out = subprocess.run(
         [
             "taskset",
             "-c",
-            "1",
+            load.cpus,
             "dnsperf",
             "-s",
             "127.0.0.1",
@@ -63,6 +65,10 @@ def dnsperf(port: int, datafile: Path, seconds: int) -> tuple[float, int, int]:
             "200",
             "-t",
             "2",
+            "-T",
+            str(load.threads),
+            "-c",
+            str(load.clients),
         ],
         capture_output=True,
         text=True,
@@ -74,10 +80,20 @@ def dnsperf(port: int, datafile: Path, seconds: int) -> tuple[float, int, int]:
     return qps, completed, lost
 
 
-def measure(pid: int, port: int, datafile: Path, seconds: int) -> dict[str, float]:
-    before = cpu_seconds(pid)
-    qps, completed, lost = dnsperf(port, datafile, seconds)
-    used = cpu_seconds(pid) - before
+@dataclass(frozen=True)
+class Load:
+    """Where dnsperf runs and how: one thread and one socket on core 1 by default. Several
+    client sockets matter for SO_REUSEPORT: the kernel spreads them by source port."""
+
+    cpus: str = "1"
+    threads: int = 1
+    clients: int = 1
+
+
+def measure(pids: list[int], port: int, datafile: Path, seconds: int, load: Load) -> dict[str, float]:
+    before = sum(cpu_seconds(pid) for pid in pids)
+    qps, completed, lost = dnsperf(port, datafile, seconds, load)
+    used = sum(cpu_seconds(pid) for pid in pids) - before
     return {"qps": qps, "cpu_us": used / max(completed, 1) * 1e6, "completed": completed, "lost": lost}
 
 
@@ -91,9 +107,9 @@ def write_queries(path: Path, names: list[str], qtype: str = "A") -> Path:
     return path
 
 
-def start_pinned(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+def start_pinned(args: list[str], log: Path, cpus: str = "0") -> subprocess.Popen[bytes]:
     with open(log, "ab") as f:
-        return subprocess.Popen(["taskset", "-c", "0", *args], stdout=f, stderr=f)
+        return subprocess.Popen(["taskset", "-c", cpus, *args], stdout=f, stderr=f)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -147,22 +163,28 @@ def bench_qps(work: Path, pyz: Path, node: harness.CorrosionNode, names: int, se
         "NXDOMAIN": write_queries(work / "q-nx", [f"missing{i}.jiji" for i in range(names)]),
         "forwarded": write_queries(work / "q-fwd", [f"fwd{i}.upstream.test" for i in range(100)]),
     }
-    jport, mport = harness.free_port(socket.SOCK_DGRAM), harness.free_port(socket.SOCK_DGRAM)
-    jiji = start_pinned(
-        [
+    jport, mport, xport = (harness.free_port(socket.SOCK_DGRAM) for _ in range(3))
+
+    def jiji_args(port: int, workers: int, stats: str) -> list[str]:
+        return [
             sys.executable,
             str(pyz),
             "--listen",
-            f"127.0.0.1:{jport}",
+            f"127.0.0.1:{port}",
             "--corrosion-api",
             node.api,
             "--upstream",
             upstream.address,
             "--stats-socket",
-            "none",
-        ],
-        work / "bench-jiji.log",
-    )
+            stats,
+            "--workers",
+            str(workers),
+        ]
+
+    jiji = start_pinned(jiji_args(jport, 1, "none"), work / "bench-jiji.log")
+    # Two workers get both cores (the load generator shares them): the issue 13 configuration.
+    xstats = work / "bench-x2.sock"
+    jiji2 = start_pinned(jiji_args(xport, 2, str(xstats)), work / "bench-jiji-x2.log", cpus="0,1")
     # cache-size=0: dnsmasq forwards every query, as jiji-dns does (neither caches upstream answers).
     dnsmasq = start_pinned(
         [
@@ -187,25 +209,60 @@ def bench_qps(work: Path, pyz: Path, node: harness.CorrosionNode, names: int, se
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(0.5)
             q = wire_name(f"shop-svc{names - 1}.jiji")
-            harness.wait_until(lambda: struct.unpack(">H", udp_ask(s, jport, q, 1)[6:8])[0] == 3, 60, "jiji-dns data")
-            harness.wait_until(lambda: struct.unpack(">H", udp_ask(s, mport, q, 1)[6:8])[0] == 3, 10, "dnsmasq data")
-        print(f"{'mix':<10} {'server':<9} {'queries/s':>10} {'CPU us/query':>13} {'lost':>6} {'CPU ratio':>10}")
+            for port, what in ((jport, "jiji-dns"), (mport, "dnsmasq")):
+                harness.wait_until(
+                    lambda port=port: struct.unpack(">H", udp_ask(s, port, q, 1)[6:8])[0] == 3, 60, f"{what} data"
+                )
+        harness.wait_until(lambda: read_stats(xstats)["ready"], 60, "jiji-dns x2 data")
+        x2_pids = [jiji2.pid] + [int(w["pid"]) for w in read_stats(xstats)["workers"]]
+        one_core, spread = Load(), Load(cpus="0,1", threads=2, clients=8)
+        servers: dict[str, list[tuple[str, list[int], int, Load]]] = {
+            # label, pids whose CPU counts, port, load generator
+            "jiji hit": [
+                ("dnsmasq", [dnsmasq.pid], mport, one_core),
+                ("jiji-dns", [jiji.pid], jport, one_core),
+                ("dnsmasq/2c", [dnsmasq.pid], mport, spread),
+                ("jiji x2", x2_pids, xport, spread),
+            ],
+            "NXDOMAIN": [("dnsmasq", [dnsmasq.pid], mport, one_core), ("jiji-dns", [jiji.pid], jport, one_core)],
+            "forwarded": [("dnsmasq", [dnsmasq.pid], mport, one_core), ("jiji-dns", [jiji.pid], jport, one_core)],
+        }
+        print("servers on core 0 and dnsperf (1 thread, 1 socket) on core 1, except: 'jiji x2' = 2 workers on both")
+        print("cores, and it and 'dnsmasq/2c' asked by dnsperf with 2 threads and 8 sockets on both cores")
+        print(
+            f"{'mix':<10} {'server':<11} {'queries/s':>10} {'CPU us/query':>13} {'lost':>6} {'CPU ratio':>10}"
+            f" {'qps ratio':>10}"
+        )
         for mix, datafile in mixes.items():
             # Alternate the servers over several short runs and keep each one's median: this VM's
             # speed drifts by 5-15% over a minute, which one run per server would put in the ratio.
-            runs: dict[str, list[dict[str, float]]] = {"dnsmasq": [], "jiji-dns": []}
+            runs: dict[str, list[dict[str, float]]] = {label: [] for label, *_ in servers[mix]}
             for _ in range(repeats):
-                for label, proc, port in (("dnsmasq", dnsmasq, mport), ("jiji-dns", jiji, jport)):
-                    runs[label].append(measure(proc.pid, port, datafile, seconds))
+                for label, pids, port, load in servers[mix]:
+                    runs[label].append(measure(pids, port, datafile, seconds, load))
             results = {label: median_run(r) for label, r in runs.items()}
-            base = results["dnsmasq"]["cpu_us"]
+            base = results["dnsmasq"]
             for label, r in results.items():
-                ratio = r["cpu_us"] / base
-                print(f"{mix:<10} {label:<9} {r['qps']:>10.0f} {r['cpu_us']:>13.2f} {r['lost']:>6.0f} {ratio:>9.2f}x")
+                print(
+                    f"{mix:<10} {label:<11} {r['qps']:>10.0f} {r['cpu_us']:>13.2f} {r['lost']:>6.0f}"
+                    f" {r['cpu_us'] / base['cpu_us']:>9.2f}x {r['qps'] / base['qps']:>9.2f}x"
+                )
     finally:
         stop(jiji)
+        stop(jiji2)
         stop(dnsmasq)
         upstream.close()
+
+
+def read_stats(path: Path) -> dict[str, Any]:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(str(path))
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    result: dict[str, Any] = json.loads(data)
+    return result
 
 
 def bench_change_latency(work: Path, pyz: Path, node: harness.CorrosionNode, rounds: int) -> None:

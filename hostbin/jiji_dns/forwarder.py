@@ -8,14 +8,16 @@ the upstream may normalise case), so a reply for another name is dropped even wh
 match. A connected socket also surfaces the upstream's ICMP "port unreachable" as
 ConnectionRefusedError: the next upstream is tried at once instead of after the timeout.
 
-UDP forwards are callbacks on the event loop (no task per query). One in-flight bound covers UDP
+UDP forwards are callbacks on the event loop (no task per query, see Forwarder for the rest). One in-flight bound covers UDP
 and TCP forwards together: past it the client gets SERVFAIL at once instead of growing memory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import secrets
+import select
 import socket
 import struct
 from collections.abc import Callable
@@ -44,19 +46,23 @@ def reply_matches(query_question: bytes, qid: bytes, reply: bytes) -> bool:
 class _UdpForward:
     """One client query on its way through the upstreams."""
 
-    __slots__ = ("query", "question", "done", "next_upstream", "sock", "timer", "qid")
+    __slots__ = ("query", "question", "done", "next_upstream", "sock", "attempt", "qid")
 
     def __init__(self, query: bytes, question: bytes, done: Callable[[bytes | None], None]) -> None:
         self.query = query
         self.question = question
-        self.done = done
+        self.done: Callable[[bytes | None], None] | None = done
         self.next_upstream = 0
         self.sock: socket.socket | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.attempt = 0
         self.qid = b""
 
 
 class Forwarder:
+    """Cost per UDP forward is kept to plain syscalls: the sockets sit in an epoll set of our
+    own (one reader for the event loop, not a selector registration per socket), and since every
+    attempt has the same timeout the deadlines form a FIFO queue checked by one timer."""
+
     def __init__(self, upstreams: tuple[Endpoint, ...], timeout: float, max_inflight: int, counters: Counters) -> None:
         self.upstreams = upstreams
         self.timeout = timeout
@@ -64,6 +70,11 @@ class Forwarder:
         self.counters = counters
         self.inflight = 0
         self._udp: set[_UdpForward] = set()
+        self._epoll: select.epoll | None = None
+        self._by_fd: dict[int, _UdpForward] = {}
+        self._deadlines: collections.deque[tuple[float, _UdpForward, int]] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._ids = b""
 
     def acquire(self) -> bool:
         """Take an in-flight slot (UDP or TCP); False when all are taken (the caller SERVFAILs)."""
@@ -91,8 +102,18 @@ class Forwarder:
         self._udp.add(fwd)
         self._send_next(fwd)
 
+    def _new_id(self) -> bytes:
+        # secrets in batches: one getrandom() per 2,048 ids instead of one per query.
+        if not self._ids:
+            self._ids = secrets.token_bytes(4096)
+        qid, self._ids = self._ids[:2], self._ids[2:]
+        return qid
+
     def _send_next(self, fwd: _UdpForward) -> None:
         loop = asyncio.get_running_loop()
+        if self._epoll is None:
+            self._epoll = select.epoll()
+            loop.add_reader(self._epoll.fileno(), self._on_events)
         while fwd.next_upstream < len(self.upstreams):
             upstream = self.upstreams[fwd.next_upstream]
             fwd.next_upstream += 1
@@ -100,19 +121,32 @@ class Forwarder:
             try:
                 sock.setblocking(False)
                 sock.connect((upstream.host, upstream.port))  # binds a fresh random port
-                fwd.qid = secrets.token_bytes(2)
+                fwd.qid = self._new_id()
                 sock.send(fwd.qid + fwd.query[2:])
+                self._epoll.register(sock.fileno(), select.EPOLLIN)
             except OSError:
                 sock.close()
                 self.counters.upstream_failures += 1
                 continue
             fwd.sock = sock
-            loop.add_reader(sock.fileno(), self._on_readable, fwd)
-            fwd.timer = loop.call_later(self.timeout, self._on_timeout, fwd)
+            fwd.attempt += 1
+            self._by_fd[sock.fileno()] = fwd
+            deadline = loop.time() + self.timeout
+            self._deadlines.append((deadline, fwd, fwd.attempt))
+            if self._timer is None:
+                self._timer = loop.call_at(deadline, self._expire)
             return
         self._finish(fwd, None)
 
-    def _on_readable(self, fwd: _UdpForward) -> None:
+    def _on_events(self) -> None:
+        if self._epoll is None:
+            return
+        for fd, _ in self._epoll.poll(0):
+            fwd = self._by_fd.get(fd)
+            if fwd is not None:
+                self._read(fwd)
+
+    def _read(self, fwd: _UdpForward) -> None:
         sock = fwd.sock
         if sock is None:
             return
@@ -133,26 +167,34 @@ class Forwarder:
                 return
             self.counters.forward_replies_dropped += 1
 
-    def _on_timeout(self, fwd: _UdpForward) -> None:
-        fwd.timer = None
-        self.counters.upstream_failures += 1
-        self._drop_socket(fwd)
-        self._send_next(fwd)
+    def _expire(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, fwd, attempt = deadlines.popleft()
+            if fwd.attempt == attempt and fwd.sock is not None:
+                self.counters.upstream_failures += 1
+                self._drop_socket(fwd)
+                self._send_next(fwd)
+        self._timer = loop.call_at(deadlines[0][0], self._expire) if deadlines else None
 
     def _drop_socket(self, fwd: _UdpForward) -> None:
-        if fwd.timer is not None:
-            fwd.timer.cancel()
-            fwd.timer = None
-        if fwd.sock is not None:
-            asyncio.get_running_loop().remove_reader(fwd.sock.fileno())
-            fwd.sock.close()
+        sock = fwd.sock
+        if sock is not None:
+            # Closing the only descriptor also takes it out of the epoll set.
+            self._by_fd.pop(sock.fileno(), None)
+            sock.close()
             fwd.sock = None
 
     def _finish(self, fwd: _UdpForward, reply: bytes | None) -> None:
-        if fwd in self._udp:
+        done = fwd.done
+        if done is not None:
+            fwd.done = None
+            fwd.query = fwd.question = b""  # its deadline entry may outlive it: keep that small
             self._udp.discard(fwd)
             self.release()
-            fwd.done(reply)
+            done(reply)
 
     # ---- TCP -------------------------------------------------------------------------------
     async def forward_tcp(self, query: bytes) -> bytes | None:
@@ -186,3 +228,9 @@ class Forwarder:
         for fwd in list(self._udp):
             self._drop_socket(fwd)
         self._udp.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._epoll is not None:
+            asyncio.get_running_loop().remove_reader(self._epoll.fileno())
+            self._epoll.close()
+            self._epoll = None
