@@ -265,23 +265,27 @@ def read_stats(path: Path) -> dict[str, Any]:
     return result
 
 
-def bench_change_latency(work: Path, pyz: Path, node: harness.CorrosionNode, rounds: int) -> None:
-    print(f"\n== change visibility end to end: write through Corrosion's API, poll jiji-dns over UDP ({rounds} rounds)")
-    d = harness.DnsDaemon(pyz, work, node.api)
+def bench_change_latency(work: Path, pyz: Path, node: harness.CorrosionNode, rounds: int, workers: int) -> None:
+    print(
+        f"\n== change visibility end to end: write through Corrosion's API, poll each of {workers} jiji-dns workers"
+        f" over UDP ({rounds} rounds)"
+    )
+    d = harness.DnsDaemon(pyz, work, node.api, workers=workers)
     try:
         d.wait_ready()
         node.add_container("lat", "bench", "latency", "s1", "10.210.9.1", 1)
         samples = poll_changes(
-            d.port, rounds, lambda n, ip: node.execute(["UPDATE containers SET ip = ? WHERE id = 'lat'", [ip]])
+            d, workers, rounds, lambda n, ip: node.execute(["UPDATE containers SET ip = ? WHERE id = 'lat'", [ip]])
         )
-        report_latency(samples, "write through the node -> answer")
+        for i, worker_samples in enumerate(samples):
+            report_latency(worker_samples, f"write through the node -> answer, worker {i}")
     finally:
         d.close()
 
 
 class ScriptedStream:
-    """A one-connection stand-in for Corrosion's subscription endpoint whose change events the
-    bench writes itself, so the time from an event on the wire to a changed answer is jiji-dns's
+    """A stand-in for Corrosion's subscription endpoint (a connection per worker) whose change
+    events the bench writes itself, so the time from an event on the wire to a changed answer is jiji-dns's
     alone (a real node adds its own batching: klukai holds changes up to 600 ms)."""
 
     COLUMNS = ["id", "service", "server_id", "ip", "health_status", "started_at", "instance_id", "project"]
@@ -291,8 +295,7 @@ class ScriptedStream:
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(4)
         self.port = self.listener.getsockname()[1]
-        self.conn: socket.socket | None = None
-        self.ready = threading.Event()
+        self.conns: list[socket.socket] = []
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _chunk(self, event: object) -> bytes:
@@ -323,50 +326,65 @@ class ScriptedStream:
                 + self._chunk({"row": [1, ["lat", "latency", "s1", "10.210.9.1", "healthy", 1, "", "bench"]]})
                 + self._chunk({"eoq": {"time": 0.0, "change_id": 0}})
             )
-            self.conn = conn
-            self.ready.set()
+            self.conns.append(conn)
 
     def change(self, change_id: int, ip: str) -> None:
-        assert self.conn is not None
+        """The same change event to every subscriber (one per worker)."""
         row = ["lat", "latency", "s1", ip, "healthy", 1, "", "bench"]
-        self.conn.sendall(self._chunk({"change": ["update", 1, row, change_id]}))
+        event = self._chunk({"change": ["update", 1, row, change_id]})
+        for conn in self.conns:
+            conn.sendall(event)
 
     def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
+        for conn in self.conns:
+            conn.close()
         self.listener.close()
 
 
-def bench_daemon_latency(work: Path, pyz: Path, rounds: int) -> None:
-    print(f"\n== change visibility inside jiji-dns: subscription event on its socket -> new answer ({rounds} rounds)")
+def bench_daemon_latency(work: Path, pyz: Path, rounds: int, workers: int) -> None:
+    print(
+        f"\n== change visibility inside jiji-dns: subscription event on its socket -> new answer, in each of"
+        f" {workers} workers ({rounds} rounds)"
+    )
     stream = ScriptedStream()
-    d = harness.DnsDaemon(pyz, work, f"127.0.0.1:{stream.port}")
+    d = harness.DnsDaemon(pyz, work, f"127.0.0.1:{stream.port}", workers=workers)
     try:
         d.wait_ready()
-        samples = poll_changes(d.port, rounds, lambda n, ip: stream.change(n + 1, ip))
-        report_latency(samples, "event -> answer")
+        samples = poll_changes(d, workers, rounds, lambda n, ip: stream.change(n + 1, ip))
+        for i, worker_samples in enumerate(samples):
+            report_latency(worker_samples, f"event -> answer, worker {i}")
     finally:
         d.close()
         stream.close()
 
 
-def poll_changes(port: int, rounds: int, change: Callable[[int, str], object]) -> list[float]:
-    """Milliseconds from `change(n, ip)` to jiji-dns answering bench-latency.jiji with `ip`."""
+def poll_changes(
+    d: harness.DnsDaemon, workers: int, rounds: int, change: Callable[[int, str], object]
+) -> list[list[float]]:
+    """Per worker, milliseconds from `change(n, ip)` to that worker answering bench-latency.jiji
+    with `ip` (each worker asked through a client socket the kernel hashes to it)."""
+    socks = harness.sockets_per_worker(d, workers) if workers > 1 else [socket.socket(type=socket.SOCK_DGRAM)]
     q = wire_name("bench-latency.jiji")
-    samples = []
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(1)
+    samples: list[list[float]] = [[] for _ in socks]
+    try:
+        for s in socks:
+            s.settimeout(1)
         for n in range(rounds + 1):
             ip = f"10.210.9.{n % 200 + 2}"
             want = socket.inet_aton(ip)
             t0 = time.perf_counter()
             change(n, ip)
-            while time.perf_counter() < t0 + 2:
-                if udp_ask(s, port, q, n & 0xFFFF).endswith(want):
-                    samples.append((time.perf_counter() - t0) * 1000)
-                    break
-            else:
-                samples.append(float("inf"))
+            waiting = set(range(len(socks)))
+            while waiting and time.perf_counter() < t0 + 2:
+                for i in list(waiting):
+                    if udp_ask(socks[i], d.port, q, n & 0xFFFF).endswith(want):
+                        samples[i].append((time.perf_counter() - t0) * 1000)
+                        waiting.discard(i)
+            for i in waiting:
+                samples[i].append(float("inf"))
+    finally:
+        for s in socks:
+            s.close()
     return samples
 
 
@@ -445,6 +463,7 @@ def main() -> int:
     p.add_argument("--names", type=int, default=1000)
     p.add_argument("--latency-rounds", type=int, default=300)
     p.add_argument("--snapshot", type=int, default=64768)
+    p.add_argument("--workers", type=int, default=2, help="jiji-dns workers for the latency parts (default 2)")
     p.add_argument("--only", choices=["qps", "latency", "snapshot"], help="run one part")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases)")
     a = p.parse_args()
@@ -468,11 +487,11 @@ def run_parts(a: argparse.Namespace, work: Path) -> None:
             if a.only in (None, "qps"):
                 bench_qps(work, pyz, node, a.names, a.seconds, a.repeats)
             if a.only in (None, "latency"):
-                bench_change_latency(work, pyz, node, a.latency_rounds)
+                bench_change_latency(work, pyz, node, a.latency_rounds, a.workers)
         finally:
             node.close()
     if a.only in (None, "latency"):
-        bench_daemon_latency(work, pyz, a.latency_rounds)
+        bench_daemon_latency(work, pyz, a.latency_rounds, a.workers)
     if a.only in (None, "snapshot"):
         bench_snapshot(work, pyz, a.snapshot)
 

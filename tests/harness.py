@@ -11,6 +11,7 @@ import resource
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -389,3 +390,36 @@ class CuttableProxy:
     def close(self) -> None:
         self.cut()
         self.listener.close()
+
+
+def dns_query(name: str, qid: int) -> bytes:
+    """A plain A query for `name` (no EDNS), as bytes."""
+    qname = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\x00"
+    return struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + qname + b"\x00\x01\x00\x01"
+
+
+def sockets_per_worker(d: DnsDaemon, workers: int, attempts: int = 64) -> list[socket.socket]:
+    """One UDP client socket per worker of `d`, found by asking from fresh source ports and
+    watching which worker's query counter moves (the kernel's SO_REUSEPORT hash is per port)."""
+
+    def counts() -> list[int]:
+        return [int(w["queries_udp"]) for w in d.stats()["workers"]]
+
+    found: dict[int, socket.socket] = {}
+    for attempt in range(attempts):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(2)
+        before = counts()
+        s.sendto(dns_query("probe.invalid.jiji", attempt), (d.host, d.port))
+        s.recv(4096)
+        after = counts()
+        moved = [i for i in range(workers) if after[i] != before[i]]
+        if len(moved) == 1 and moved[0] not in found:
+            found[moved[0]] = s
+        else:
+            s.close()
+        if len(found) == workers:
+            return [found[i] for i in range(workers)]
+    for s in found.values():
+        s.close()
+    raise RuntimeError(f"{attempts} source ports reached only workers {sorted(found)}")

@@ -23,8 +23,7 @@ UNIT = harness.REPO / "hostbin" / "jiji-dns.service.j2"
 
 
 def wire_query(name: str, qid: int) -> bytes:
-    qname = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\x00"
-    return struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + qname + b"\x00\x01\x00\x01"
+    return harness.dns_query(name, qid)
 
 
 def a_answers(reply: bytes) -> list[str]:
@@ -43,31 +42,6 @@ def a_answers(reply: bytes) -> list[str]:
     return sorted(out)
 
 
-def queries_by_worker(d: harness.DnsDaemon) -> list[int]:
-    return [w["queries_udp"] for w in d.stats()["workers"]]
-
-
-def socket_per_worker(d: harness.DnsDaemon, workers: int) -> list[socket.socket]:
-    """One client socket the kernel's SO_REUSEPORT hash sends to each worker (found by asking
-    from fresh source ports and watching which worker's counter moves)."""
-    found: dict[int, socket.socket] = {}
-    for attempt in range(64):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.settimeout(2)
-        before = queries_by_worker(d)
-        s.sendto(wire_query("nope.jiji", attempt), ("127.0.0.1", d.port))
-        s.recv(4096)
-        after = queries_by_worker(d)
-        moved = [i for i in range(workers) if after[i] != before[i]]
-        if len(moved) == 1 and moved[0] not in found:
-            found[moved[0]] = s
-        else:
-            s.close()
-        if len(found) == workers:
-            return [found[i] for i in range(workers)]
-    raise AssertionError(f"64 source ports reached only workers {sorted(found)}")
-
-
 @pytest.fixture
 def two(pyz: Path, workdir: Path, corrosion: harness.CorrosionNode) -> Iterator[harness.DnsDaemon]:
     d = harness.DnsDaemon(pyz, workdir, corrosion.api, workers=2)
@@ -77,7 +51,7 @@ def two(pyz: Path, workdir: Path, corrosion: harness.CorrosionNode) -> Iterator[
 
 
 def test_every_worker_sees_every_change(two: harness.DnsDaemon, corrosion: harness.CorrosionNode) -> None:
-    socks = socket_per_worker(two, 2)
+    socks = harness.sockets_per_worker(two, 2)
     try:
         corrosion.add_container("w-1", "multi", "web", "s1", "10.210.5.2", 1)
         corrosion.add_container("w-2", "multi", "web", "s2", "10.210.6.2", 1)
