@@ -20,7 +20,7 @@ from typing import Any
 from . import httpstream
 from . import rows as rows_mod
 from .config import Config, reconnect_delay
-from .events import Counters, log
+from .events import Counters, log, log_limited
 from .responder import Responder
 from .rows import BadEvent, RowReader
 from .table import Container, ServiceTable
@@ -171,7 +171,8 @@ class Subscriber:
                     raise ResyncNeeded(f"resume refused: {str(body)[:200]}")
                 raise ConnectionError(f"corrosion error: {str(body)[:200]}")
             else:
-                raise BadEvent(f"unknown subscription event {kind[:50]!r}")
+                # A kind a newer node may add: skipping it is safer than a resync loop.
+                log_limited("subscription_unknown_event", kind=str(kind)[:50])
         raise ConnectionError("subscription stream ended")
 
     def _load(self, pending: ServiceTable, rows: list[Container], eoq: Any) -> None:
