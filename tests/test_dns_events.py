@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from jiji_dns import config as config_mod
+from jiji_dns import subscriber as subscriber_mod
 from jiji_dns import table as table_mod
 from jiji_dns.events import Counters
 from jiji_dns.hints import ChangeHints
@@ -272,3 +273,13 @@ def test_a_worker_killed_ends_the_daemon_non_zero(pyz: Path, workdir: Path, corr
         assert "event=fatal reason=\"a worker ended\"" in d.log()
     finally:
         d.close()
+
+
+def test_a_snapshot_that_stalls_is_given_up_and_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    # klukai was seen accepting concurrent subscriptions to a new query and sending no rows.
+    monkeypatch.setattr(subscriber_mod, "SNAPSHOT_IDLE", 0.5)
+    node = RoutedCorrosion([[{"columns": COLS}], GOOD])
+    node.hold = 30
+    responder, counters, elapsed = follow(node, lambda r, c: r.ready and r.table.names() == WANT, timeout=5)
+    assert responder.table.names() == WANT and elapsed < 3
+    assert counters.reconnects == 1

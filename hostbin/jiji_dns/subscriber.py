@@ -25,6 +25,9 @@ from .responder import Responder
 from .rows import BadEvent, RowReader
 from .table import Container, ServiceTable
 
+# Seconds a new subscription may stay silent before its snapshot is complete.
+SNAPSHOT_IDLE = 10.0
+
 
 class ResyncNeeded(Exception):
     """The subscription cannot be continued: start over from a full snapshot."""
@@ -134,10 +137,30 @@ class Subscriber:
 
     async def _consume(self, resp: httpstream.Response, fresh: bool) -> None:
         pending: ServiceTable | None = None
-        rows: list[Container] = []
         if fresh:
             pending = ServiceTable(self.responder.table.domain, self.responder.table.ttl)
+        loop = asyncio.get_running_loop()
+        # A snapshot must keep moving: klukai was seen to accept several subscriptions to the
+        # same new query at once and then send none of them a row. Silence for SNAPSHOT_IDLE
+        # before `eoq` is a disconnect (TimeoutError); a live stream may be quiet for ever.
+        async with asyncio.timeout_at(loop.time() + SNAPSHOT_IDLE if fresh else None) as watchdog:
+            await self._events(resp, pending, fresh, watchdog, loop)
+
+    async def _events(
+        self,
+        resp: httpstream.Response,
+        pending: ServiceTable | None,
+        fresh: bool,
+        watchdog: asyncio.Timeout,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        rows: list[Container] = []
+        seen = 0
         async for line in resp.lines():
+            if pending is not None:
+                seen += 1
+                if seen & 255 == 0:
+                    watchdog.reschedule(loop.time() + SNAPSHOT_IDLE)
             try:
                 event = json.loads(line)
             except ValueError:
@@ -163,6 +186,7 @@ class Subscriber:
                 self._load(pending, rows, body)
                 rows = []
                 pending = None
+                watchdog.reschedule(None)
             elif kind == "change":
                 self._apply_change(body, pending)
             elif kind == "error":
