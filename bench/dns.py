@@ -23,7 +23,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests import harness  # noqa: E402
@@ -43,13 +45,13 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def dnsperf(port: int, datafile: Path, seconds: int) -> tuple[float, int, int]:
-    """(queries/s, completed, lost) of one bounded dnsperf run from core 1."""
+def dnsperf(port: int, datafile: Path, seconds: int, load: Load) -> tuple[float, int, int]:
+    """(queries/s, completed, lost) of one bounded dnsperf run on `load.cpus`."""
     out = subprocess.run(
         [
             "taskset",
             "-c",
-            "1",
+            load.cpus,
             "dnsperf",
             "-s",
             "127.0.0.1",
@@ -63,6 +65,10 @@ def dnsperf(port: int, datafile: Path, seconds: int) -> tuple[float, int, int]:
             "200",
             "-t",
             "2",
+            "-T",
+            str(load.threads),
+            "-c",
+            str(load.clients),
         ],
         capture_output=True,
         text=True,
@@ -74,10 +80,20 @@ def dnsperf(port: int, datafile: Path, seconds: int) -> tuple[float, int, int]:
     return qps, completed, lost
 
 
-def measure(pid: int, port: int, datafile: Path, seconds: int) -> dict[str, float]:
-    before = cpu_seconds(pid)
-    qps, completed, lost = dnsperf(port, datafile, seconds)
-    used = cpu_seconds(pid) - before
+@dataclass(frozen=True)
+class Load:
+    """Where dnsperf runs and how: one thread and one socket on core 1 by default. Several
+    client sockets matter for SO_REUSEPORT: the kernel spreads them by source port."""
+
+    cpus: str = "1"
+    threads: int = 1
+    clients: int = 1
+
+
+def measure(pids: list[int], port: int, datafile: Path, seconds: int, load: Load) -> dict[str, float]:
+    before = sum(cpu_seconds(pid) for pid in pids)
+    qps, completed, lost = dnsperf(port, datafile, seconds, load)
+    used = sum(cpu_seconds(pid) for pid in pids) - before
     return {"qps": qps, "cpu_us": used / max(completed, 1) * 1e6, "completed": completed, "lost": lost}
 
 
@@ -91,9 +107,9 @@ def write_queries(path: Path, names: list[str], qtype: str = "A") -> Path:
     return path
 
 
-def start_pinned(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+def start_pinned(args: list[str], log: Path, cpus: str = "0") -> subprocess.Popen[bytes]:
     with open(log, "ab") as f:
-        return subprocess.Popen(["taskset", "-c", "0", *args], stdout=f, stderr=f)
+        return subprocess.Popen(["taskset", "-c", cpus, *args], stdout=f, stderr=f)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -147,22 +163,28 @@ def bench_qps(work: Path, pyz: Path, node: harness.CorrosionNode, names: int, se
         "NXDOMAIN": write_queries(work / "q-nx", [f"missing{i}.jiji" for i in range(names)]),
         "forwarded": write_queries(work / "q-fwd", [f"fwd{i}.upstream.test" for i in range(100)]),
     }
-    jport, mport = harness.free_port(socket.SOCK_DGRAM), harness.free_port(socket.SOCK_DGRAM)
-    jiji = start_pinned(
-        [
+    jport, mport, xport = (harness.free_port(socket.SOCK_DGRAM) for _ in range(3))
+
+    def jiji_args(port: int, workers: int, stats: str) -> list[str]:
+        return [
             sys.executable,
             str(pyz),
             "--listen",
-            f"127.0.0.1:{jport}",
+            f"127.0.0.1:{port}",
             "--corrosion-api",
             node.api,
             "--upstream",
             upstream.address,
             "--stats-socket",
-            "none",
-        ],
-        work / "bench-jiji.log",
-    )
+            stats,
+            "--workers",
+            str(workers),
+        ]
+
+    jiji = start_pinned(jiji_args(jport, 1, "none"), work / "bench-jiji.log")
+    # Two workers get both cores (the load generator shares them): the issue 13 configuration.
+    xstats = work / "bench-x2.sock"
+    jiji2 = start_pinned(jiji_args(xport, 2, str(xstats)), work / "bench-jiji-x2.log", cpus="0,1")
     # cache-size=0: dnsmasq forwards every query, as jiji-dns does (neither caches upstream answers).
     dnsmasq = start_pinned(
         [
@@ -187,44 +209,88 @@ def bench_qps(work: Path, pyz: Path, node: harness.CorrosionNode, names: int, se
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(0.5)
             q = wire_name(f"shop-svc{names - 1}.jiji")
-            harness.wait_until(lambda: struct.unpack(">H", udp_ask(s, jport, q, 1)[6:8])[0] == 3, 60, "jiji-dns data")
-            harness.wait_until(lambda: struct.unpack(">H", udp_ask(s, mport, q, 1)[6:8])[0] == 3, 10, "dnsmasq data")
-        print(f"{'mix':<10} {'server':<9} {'queries/s':>10} {'CPU us/query':>13} {'lost':>6} {'CPU ratio':>10}")
+            try:
+                for port, what in ((jport, "jiji-dns"), (mport, "dnsmasq")):
+                    harness.wait_until(
+                        lambda port=port: struct.unpack(">H", udp_ask(s, port, q, 1)[6:8])[0] == 3, 60, f"{what} data"
+                    )
+                harness.wait_until(lambda: read_stats(xstats)["ready"], 60, "jiji-dns x2 data")
+            except TimeoutError:
+                for log in ("bench-jiji.log", "bench-jiji-x2.log", "bench-dnsmasq.log"):
+                    print(f"--- {log} (ports {jport} {mport} {xport})\n" + (work / log).read_text()[-3000:])
+                raise
+        x2_pids = [jiji2.pid] + [int(w["pid"]) for w in read_stats(xstats)["workers"]]
+        one_core, spread = Load(), Load(cpus="0,1", threads=2, clients=8)
+        servers: dict[str, list[tuple[str, list[int], int, Load]]] = {
+            # label, pids whose CPU counts, port, load generator
+            "jiji hit": [
+                ("dnsmasq", [dnsmasq.pid], mport, one_core),
+                ("jiji-dns", [jiji.pid], jport, one_core),
+                ("dnsmasq/2c", [dnsmasq.pid], mport, spread),
+                ("jiji x2", x2_pids, xport, spread),
+            ],
+            "NXDOMAIN": [("dnsmasq", [dnsmasq.pid], mport, one_core), ("jiji-dns", [jiji.pid], jport, one_core)],
+            "forwarded": [("dnsmasq", [dnsmasq.pid], mport, one_core), ("jiji-dns", [jiji.pid], jport, one_core)],
+        }
+        print("servers on core 0 and dnsperf (1 thread, 1 socket) on core 1, except: 'jiji x2' = 2 workers on both")
+        print("cores, and it and 'dnsmasq/2c' asked by dnsperf with 2 threads and 8 sockets on both cores")
+        print(
+            f"{'mix':<10} {'server':<11} {'queries/s':>10} {'CPU us/query':>13} {'lost':>6} {'CPU ratio':>10}"
+            f" {'qps ratio':>10}"
+        )
         for mix, datafile in mixes.items():
             # Alternate the servers over several short runs and keep each one's median: this VM's
             # speed drifts by 5-15% over a minute, which one run per server would put in the ratio.
-            runs: dict[str, list[dict[str, float]]] = {"dnsmasq": [], "jiji-dns": []}
+            runs: dict[str, list[dict[str, float]]] = {label: [] for label, *_ in servers[mix]}
             for _ in range(repeats):
-                for label, proc, port in (("dnsmasq", dnsmasq, mport), ("jiji-dns", jiji, jport)):
-                    runs[label].append(measure(proc.pid, port, datafile, seconds))
+                for label, pids, port, load in servers[mix]:
+                    runs[label].append(measure(pids, port, datafile, seconds, load))
             results = {label: median_run(r) for label, r in runs.items()}
-            base = results["dnsmasq"]["cpu_us"]
+            base = results["dnsmasq"]
             for label, r in results.items():
-                ratio = r["cpu_us"] / base
-                print(f"{mix:<10} {label:<9} {r['qps']:>10.0f} {r['cpu_us']:>13.2f} {r['lost']:>6.0f} {ratio:>9.2f}x")
+                print(
+                    f"{mix:<10} {label:<11} {r['qps']:>10.0f} {r['cpu_us']:>13.2f} {r['lost']:>6.0f}"
+                    f" {r['cpu_us'] / base['cpu_us']:>9.2f}x {r['qps'] / base['qps']:>9.2f}x"
+                )
     finally:
         stop(jiji)
+        stop(jiji2)
         stop(dnsmasq)
         upstream.close()
 
 
-def bench_change_latency(work: Path, pyz: Path, node: harness.CorrosionNode, rounds: int) -> None:
-    print(f"\n== change visibility end to end: write through Corrosion's API, poll jiji-dns over UDP ({rounds} rounds)")
-    d = harness.DnsDaemon(pyz, work, node.api)
+def read_stats(path: Path) -> dict[str, Any]:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(str(path))
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    result: dict[str, Any] = json.loads(data)
+    return result
+
+
+def bench_change_latency(work: Path, pyz: Path, node: harness.CorrosionNode, rounds: int, workers: int) -> None:
+    print(
+        f"\n== change visibility end to end: write through Corrosion's API, poll each of {workers} jiji-dns workers"
+        f" over UDP ({rounds} rounds)"
+    )
+    d = harness.DnsDaemon(pyz, work, node.api, workers=workers)
     try:
         d.wait_ready()
         node.add_container("lat", "bench", "latency", "s1", "10.210.9.1", 1)
         samples = poll_changes(
-            d.port, rounds, lambda n, ip: node.execute(["UPDATE containers SET ip = ? WHERE id = 'lat'", [ip]])
+            d, workers, rounds, lambda n, ip: node.execute(["UPDATE containers SET ip = ? WHERE id = 'lat'", [ip]])
         )
-        report_latency(samples, "write through the node -> answer")
+        for i, worker_samples in enumerate(samples):
+            report_latency(worker_samples, f"write through the node -> answer, worker {i}")
     finally:
         d.close()
 
 
 class ScriptedStream:
-    """A one-connection stand-in for Corrosion's subscription endpoint whose change events the
-    bench writes itself, so the time from an event on the wire to a changed answer is jiji-dns's
+    """A stand-in for Corrosion's subscription endpoint (a connection per worker) whose change
+    events the bench writes itself, so the time from an event on the wire to a changed answer is jiji-dns's
     alone (a real node adds its own batching: klukai holds changes up to 600 ms)."""
 
     COLUMNS = ["id", "service", "server_id", "ip", "health_status", "started_at", "instance_id", "project"]
@@ -234,8 +300,7 @@ class ScriptedStream:
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(4)
         self.port = self.listener.getsockname()[1]
-        self.conn: socket.socket | None = None
-        self.ready = threading.Event()
+        self.conns: list[socket.socket] = []
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _chunk(self, event: object) -> bytes:
@@ -266,50 +331,65 @@ class ScriptedStream:
                 + self._chunk({"row": [1, ["lat", "latency", "s1", "10.210.9.1", "healthy", 1, "", "bench"]]})
                 + self._chunk({"eoq": {"time": 0.0, "change_id": 0}})
             )
-            self.conn = conn
-            self.ready.set()
+            self.conns.append(conn)
 
     def change(self, change_id: int, ip: str) -> None:
-        assert self.conn is not None
+        """The same change event to every subscriber (one per worker)."""
         row = ["lat", "latency", "s1", ip, "healthy", 1, "", "bench"]
-        self.conn.sendall(self._chunk({"change": ["update", 1, row, change_id]}))
+        event = self._chunk({"change": ["update", 1, row, change_id]})
+        for conn in self.conns:
+            conn.sendall(event)
 
     def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
+        for conn in self.conns:
+            conn.close()
         self.listener.close()
 
 
-def bench_daemon_latency(work: Path, pyz: Path, rounds: int) -> None:
-    print(f"\n== change visibility inside jiji-dns: subscription event on its socket -> new answer ({rounds} rounds)")
+def bench_daemon_latency(work: Path, pyz: Path, rounds: int, workers: int) -> None:
+    print(
+        f"\n== change visibility inside jiji-dns: subscription event on its socket -> new answer, in each of"
+        f" {workers} workers ({rounds} rounds)"
+    )
     stream = ScriptedStream()
-    d = harness.DnsDaemon(pyz, work, f"127.0.0.1:{stream.port}")
+    d = harness.DnsDaemon(pyz, work, f"127.0.0.1:{stream.port}", workers=workers)
     try:
         d.wait_ready()
-        samples = poll_changes(d.port, rounds, lambda n, ip: stream.change(n + 1, ip))
-        report_latency(samples, "event -> answer")
+        samples = poll_changes(d, workers, rounds, lambda n, ip: stream.change(n + 1, ip))
+        for i, worker_samples in enumerate(samples):
+            report_latency(worker_samples, f"event -> answer, worker {i}")
     finally:
         d.close()
         stream.close()
 
 
-def poll_changes(port: int, rounds: int, change: Callable[[int, str], object]) -> list[float]:
-    """Milliseconds from `change(n, ip)` to jiji-dns answering bench-latency.jiji with `ip`."""
+def poll_changes(
+    d: harness.DnsDaemon, workers: int, rounds: int, change: Callable[[int, str], object]
+) -> list[list[float]]:
+    """Per worker, milliseconds from `change(n, ip)` to that worker answering bench-latency.jiji
+    with `ip` (each worker asked through a client socket the kernel hashes to it)."""
+    socks = harness.sockets_per_worker(d, workers) if workers > 1 else [socket.socket(type=socket.SOCK_DGRAM)]
     q = wire_name("bench-latency.jiji")
-    samples = []
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(1)
+    samples: list[list[float]] = [[] for _ in socks]
+    try:
+        for s in socks:
+            s.settimeout(1)
         for n in range(rounds + 1):
             ip = f"10.210.9.{n % 200 + 2}"
             want = socket.inet_aton(ip)
             t0 = time.perf_counter()
             change(n, ip)
-            while time.perf_counter() < t0 + 2:
-                if udp_ask(s, port, q, n & 0xFFFF).endswith(want):
-                    samples.append((time.perf_counter() - t0) * 1000)
-                    break
-            else:
-                samples.append(float("inf"))
+            waiting = set(range(len(socks)))
+            while waiting and time.perf_counter() < t0 + 2:
+                for i in list(waiting):
+                    if udp_ask(socks[i], d.port, q, n & 0xFFFF).endswith(want):
+                        samples[i].append((time.perf_counter() - t0) * 1000)
+                        waiting.discard(i)
+            for i in waiting:
+                samples[i].append(float("inf"))
+    finally:
+        for s in socks:
+            s.close()
     return samples
 
 
@@ -323,7 +403,7 @@ def report_latency(samples: list[float], what: str) -> None:
     print(f"{what}: p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {samples[-1]:.2f} ms (target p99 < 20 ms)")
 
 
-def bench_snapshot(work: Path, pyz: Path, total: int) -> None:
+def bench_snapshot(work: Path, pyz: Path, total: int, workers: int) -> None:
     servers = 256
     per_server = max(1, total // servers)
     print(
@@ -360,7 +440,7 @@ def bench_snapshot(work: Path, pyz: Path, total: int) -> None:
                 ]
             )
         t0 = time.perf_counter()
-        d = harness.DnsDaemon(pyz, work, node.api)
+        d = harness.DnsDaemon(pyz, work, node.api, workers=workers)
         try:
             d.wait_ready(timeout=120)
             ready_s = time.perf_counter() - t0
@@ -373,8 +453,12 @@ def bench_snapshot(work: Path, pyz: Path, total: int) -> None:
                 f"containers {load_ms.group(1)}, names {load_ms.group(2)}: subscription request to table served"
                 f" {float(load_ms.group(4)) / 1000:.2f} s (of which table build {float(load_ms.group(3)) / 1000:.2f} s);"
                 f" process start to ready as seen by a client polling every 50 ms {ready_s:.2f} s;"
-                f" peak RSS {peak_rss_mb(d.proc.pid):.0f} MB (targets: < 2 s, < 150 MB)"
+                f" peak RSS {peak_rss_mb(d.pids()[0]):.0f} MB (targets: < 2 s, < 150 MB)"
             )
+            if workers > 1:
+                # Each worker holds its own table: memory grows with the worker count.
+                rss = ", ".join(f"{peak_rss_mb(pid):.0f}" for pid in d.pids())
+                print(f"{workers} workers: peak RSS per worker {rss} MB, supervisor {peak_rss_mb(d.proc.pid):.0f} MB")
         finally:
             d.close()
     finally:
@@ -388,6 +472,7 @@ def main() -> int:
     p.add_argument("--names", type=int, default=1000)
     p.add_argument("--latency-rounds", type=int, default=300)
     p.add_argument("--snapshot", type=int, default=64768)
+    p.add_argument("--workers", type=int, default=2, help="jiji-dns workers for the latency parts (default 2)")
     p.add_argument("--only", choices=["qps", "latency", "snapshot"], help="run one part")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases)")
     a = p.parse_args()
@@ -411,13 +496,13 @@ def run_parts(a: argparse.Namespace, work: Path) -> None:
             if a.only in (None, "qps"):
                 bench_qps(work, pyz, node, a.names, a.seconds, a.repeats)
             if a.only in (None, "latency"):
-                bench_change_latency(work, pyz, node, a.latency_rounds)
+                bench_change_latency(work, pyz, node, a.latency_rounds, a.workers)
         finally:
             node.close()
     if a.only in (None, "latency"):
-        bench_daemon_latency(work, pyz, a.latency_rounds)
+        bench_daemon_latency(work, pyz, a.latency_rounds, a.workers)
     if a.only in (None, "snapshot"):
-        bench_snapshot(work, pyz, a.snapshot)
+        bench_snapshot(work, pyz, a.snapshot, a.workers)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -211,7 +213,11 @@ class DnsDaemon:
         upstreams: list[str] | None = None,
         extra: list[str] | None = None,
         python: str = sys.executable,
+        workers: int | str = 1,
+        nofile: int | None = None,
     ) -> None:
+        """`workers`: 1 (one process, what most tests reason about) unless given; `nofile`: an
+        open-file limit (soft and hard) for the daemon."""
         self.port = free_port(socket.SOCK_DGRAM)
         self.host = "127.0.0.1"
         self.stats_socket = workdir / f"stats-{self.port}.sock"
@@ -233,7 +239,9 @@ class DnsDaemon:
             "1",
         ]
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(args + (extra or []), stdout=log, stderr=log)
+        limit = None if nofile is None else (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
+        env = dict(os.environ, JIJI_DNS_WORKERS=str(workers))
+        self.proc = subprocess.Popen(args + (extra or []), stdout=log, stderr=log, preexec_fn=limit, env=env)
         log.close()
         wait_until(lambda: self.stats_socket.exists(), 10, "jiji-dns stats socket")
 
@@ -252,6 +260,11 @@ class DnsDaemon:
 
     def log(self) -> str:
         return self.log_path.read_text()
+
+    def pids(self) -> list[int]:
+        """The processes serving: the workers when there are several, else the daemon itself."""
+        workers = self.stats().get("workers")
+        return [int(w["pid"]) for w in workers] if workers else [self.proc.pid]
 
     def close(self) -> None:
         _stop(self.proc)
@@ -377,3 +390,36 @@ class CuttableProxy:
     def close(self) -> None:
         self.cut()
         self.listener.close()
+
+
+def dns_query(name: str, qid: int) -> bytes:
+    """A plain A query for `name` (no EDNS), as bytes."""
+    qname = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\x00"
+    return struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + qname + b"\x00\x01\x00\x01"
+
+
+def sockets_per_worker(d: DnsDaemon, workers: int, attempts: int = 64) -> list[socket.socket]:
+    """One UDP client socket per worker of `d`, found by asking from fresh source ports and
+    watching which worker's query counter moves (the kernel's SO_REUSEPORT hash is per port)."""
+
+    def counts() -> list[int]:
+        return [int(w["queries_udp"]) for w in d.stats()["workers"]]
+
+    found: dict[int, socket.socket] = {}
+    for attempt in range(attempts):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(2)
+        before = counts()
+        s.sendto(dns_query("probe.invalid.jiji", attempt), (d.host, d.port))
+        s.recv(4096)
+        after = counts()
+        moved = [i for i in range(workers) if after[i] != before[i]]
+        if len(moved) == 1 and moved[0] not in found:
+            found[moved[0]] = s
+        else:
+            s.close()
+        if len(found) == workers:
+            return [found[i] for i in range(workers)]
+    for s in found.values():
+        s.close()
+    raise RuntimeError(f"{attempts} source ports reached only workers {sorted(found)}")

@@ -16,6 +16,10 @@ from tests.conftest import dig
 def node(workdir: Path, request: pytest.FixtureRequest) -> Iterator[harness.CorrosionNode]:
     n = harness.CorrosionNode(workdir / f"corrosion-{request.node.name}")
     yield n
+    if n.proc is not None:
+        n.proc.kill()  # its data is thrown away: no need for the agent's 5 s graceful stop
+        n.proc.wait(5)
+        n.proc = None
     n.close()
 
 

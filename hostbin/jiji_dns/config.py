@@ -42,6 +42,8 @@ class Config:
     reconnect_base: float
     reconnect_max: float
     max_inflight: int
+    max_tcp: int
+    workers: int
     stats_socket: str | None
     subscription_sql: str
 
@@ -129,7 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--reconnect-interval", help="first reconnect delay in ms (env JIJI_RECONNECT_INTERVAL; default 5000)"
     )
-    p.add_argument("--max-inflight", help="most forwarded queries at once (env JIJI_MAX_INFLIGHT; default 1024)")
+    p.add_argument(
+        "--max-inflight", help="most forwarded queries at once, UDP and TCP, per worker (env JIJI_MAX_INFLIGHT; default 1024)"
+    )
+    p.add_argument(
+        "--max-tcp-connections", help="most open TCP client connections per worker (env JIJI_MAX_TCP; default 256)"
+    )
+    p.add_argument(
+        "--workers",
+        help="worker processes sharing the listen addresses (env JIJI_DNS_WORKERS; default auto = min(CPUs, 4))",
+    )
     p.add_argument(
         "--stats-socket",
         help="Unix socket that answers counters as JSON (env JIJI_STATS_SOCKET; default /run/jiji-dns/stats.sock; 'none' disables)",
@@ -168,6 +179,8 @@ def load(argv: Sequence[str] | None = None) -> Config:
         args.reconnect_interval or _env(["JIJI_RECONNECT_INTERVAL"], "5000"), "--reconnect-interval", 10, 600000
     )
     inflight = _int(args.max_inflight or _env(["JIJI_MAX_INFLIGHT"], "1024"), "--max-inflight", 1, 65535)
+    max_tcp = _int(args.max_tcp_connections or _env(["JIJI_MAX_TCP"], "256"), "--max-tcp-connections", 1, 65535)
+    workers = parse_workers(args.workers or _env(["JIJI_DNS_WORKERS"], "auto") or "auto")
     stats = args.stats_socket or _env(["JIJI_STATS_SOCKET"], "/run/jiji-dns/stats.sock")
     return Config(
         listen=listen,
@@ -181,9 +194,30 @@ def load(argv: Sequence[str] | None = None) -> Config:
         reconnect_base=reconnect_ms / 1000,
         reconnect_max=60.0,
         max_inflight=inflight,
+        max_tcp=max_tcp,
+        workers=workers,
         stats_socket=None if stats == "none" else stats,
         subscription_sql=SUBSCRIPTION_SQL,
     )
+
+
+MAX_AUTO_WORKERS = 4
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which systemd's CPUAffinity= narrows)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def parse_workers(text: str) -> int:
+    """`auto` is min(usable CPUs, 4): past one core per worker they only compete, and each
+    worker holds a full copy of the table and a subscription of its own."""
+    if text.strip().lower() == "auto":
+        return max(1, min(usable_cpus(), MAX_AUTO_WORKERS))
+    return _int(text, "--workers", 1, 64)
 
 
 def _int(text: str | None, setting: str, low: int, high: int) -> int:

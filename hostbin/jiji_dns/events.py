@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,6 +22,24 @@ def log(event: str, **fields: Any) -> None:
     sys.stdout.flush()
 
 
+LIMITED_INTERVAL = 10.0  # seconds between two lines of the same rate-limited event
+_limited: dict[str, tuple[float, int]] = {}
+
+
+def log_limited(event: str, **fields: Any) -> None:
+    """`log`, at most once per LIMITED_INTERVAL per event name; the next line carries how many
+    were suppressed meanwhile. For anything a hostile sender can trigger once per packet."""
+    now = time.monotonic()
+    last, suppressed = _limited.get(event, (-LIMITED_INTERVAL, 0))
+    if now - last < LIMITED_INTERVAL:
+        _limited[event] = (last, suppressed + 1)
+        return
+    _limited[event] = (now, 0)
+    if suppressed:
+        fields["suppressed"] = suppressed
+    log(event, **fields)
+
+
 @dataclass
 class Counters:
     queries_udp: int = 0
@@ -29,6 +48,14 @@ class Counters:
     forwarded: int = 0
     upstream_failures: int = 0
     forwards_dropped_busy: int = 0
+    # Replies from the upstream's address and port that were not for the query (wrong id or
+    # question): a spoofing attempt or a confused upstream.
+    forward_replies_dropped: int = 0
+    packets_failed: int = 0
+    tcp_refused_busy: int = 0
+    tcp_dropped_slow: int = 0
+    bad_events: int = 0
+    rows_refused: int = 0
     subscription_state: str = "connecting"
     subscription_id: str = ""
     last_change_id: int | None = None

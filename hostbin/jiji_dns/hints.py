@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
-from . import httpstream
+from . import httpstream, rows
 from .config import Config, reconnect_delay
 from .events import Counters, log
 from .responder import Responder
-from .table import row_reader
+from .rows import MAX_CELL, BadEvent, RowReader
+from .table import Container
 
 BATCH = 256  # container ids re-read per query
 
@@ -40,6 +40,7 @@ class ChangeHints:
         self._wake = asyncio.Event()
         self._stopping = False
         self._streamed = False
+        self._unavailable_logged = False
 
     def request_reconcile(self) -> None:
         """Called by the subscriber after each snapshot or resume."""
@@ -50,21 +51,21 @@ class ChangeHints:
         self._stopping = True
         self._wake.set()
 
-    async def run(self) -> None:
-        worker = asyncio.ensure_future(self._refresh_loop())
+    async def listen_loop(self) -> None:
+        """Follow the notification stream for ever, reconnecting with backoff. A node without
+        the endpoint (404) is asked again every reconnect_max: it may be upgraded meanwhile,
+        and reconciliation (refresh_loop) does not depend on this stream."""
         failures = 0
-        try:
-            while not self._stopping:
-                self._streamed = False
-                try:
-                    if await self._listen():
-                        return  # the node has no update notifications: nothing to do
-                except httpstream.STREAM_ERRORS as e:
-                    failures = 1 if self._streamed else failures + 1
-                    log("hints_error", error=f"{type(e).__name__}: {e}", attempt=failures)
-                await asyncio.sleep(reconnect_delay(self.config, failures))
-        finally:
-            worker.cancel()
+        while not self._stopping:
+            self._streamed = False
+            try:
+                if await self._listen():
+                    await asyncio.sleep(self.config.reconnect_max)
+                    continue
+            except httpstream.STREAM_ERRORS as e:
+                failures = 1 if self._streamed else failures + 1
+                log("hints_error", error=f"{type(e).__name__}: {e}", attempt=failures)
+            await asyncio.sleep(reconnect_delay(self.config, failures))
 
     async def _listen(self) -> bool:
         """Follow the notification stream; True when the node does not offer it."""
@@ -72,7 +73,9 @@ class ChangeHints:
         resp = await httpstream.request(api.host, api.port, "POST", "/v1/updates/containers")
         try:
             if resp.status == 404:
-                log("hints_unavailable", reason="the node has no /v1/updates endpoint")
+                if not self._unavailable_logged:
+                    log("hints_unavailable", reason="the node has no /v1/updates endpoint; reconciling without it")
+                    self._unavailable_logged = True
                 return True
             if resp.status != 200:
                 raise httpstream.HTTPError(resp.status, await resp.text())
@@ -81,16 +84,24 @@ class ChangeHints:
             async for line in resp.lines():
                 event = json.loads(line)
                 notify = event.get("notify") if isinstance(event, dict) else None
-                if notify and isinstance(notify[1], list) and notify[1]:
-                    self._pending.add(str(notify[1][0]))
-                    self._wake.set()
+                if isinstance(notify, list) and len(notify) >= 2 and isinstance(notify[1], list) and notify[1]:
+                    key = notify[1][0]
+                    if isinstance(key, (str, int)) and len(str(key)) <= MAX_CELL:
+                        self._pending.add(str(key))
+                        self._wake.set()
+                        if len(self._pending) > self.responder.table.max_rows:
+                            # More notified than the table may hold: a full re-read is cheaper.
+                            self._pending.clear()
+                            self.request_reconcile()
                 elif isinstance(event, dict) and "error" in event:
-                    raise ConnectionError(f"corrosion error: {event['error']}")
+                    raise ConnectionError(f"corrosion error: {str(event['error'])[:200]}")
             raise ConnectionError("update stream ended")
         finally:
             resp.close()
 
-    async def _refresh_loop(self) -> None:
+    async def refresh_loop(self) -> None:
+        """Reconcile on request and re-read notified rows, for ever (an error is retried)."""
+        failures = 0
         while not self._stopping:
             await self._wake.wait()
             self._wake.clear()
@@ -98,10 +109,12 @@ class ChangeHints:
                 self._reconcile_requested = False
                 try:
                     await self._reconcile()
+                    failures = 0
                 except httpstream.STREAM_ERRORS as e:
-                    log("reconcile_error", error=f"{type(e).__name__}: {e}")
+                    failures += 1
+                    log("reconcile_error", error=f"{type(e).__name__}: {e}", attempt=failures)
                     self._reconcile_requested = True
-                    await asyncio.sleep(self.config.reconnect_base)
+                    await asyncio.sleep(reconnect_delay(self.config, failures))
                     self._wake.set()
             while self._pending and not self._stopping:
                 if not self.responder.ready:
@@ -113,26 +126,31 @@ class ChangeHints:
                 except httpstream.STREAM_ERRORS as e:
                     log("hints_refresh_error", error=f"{type(e).__name__}: {e}", containers=len(batch))
 
-    async def _read(self, sql: str, params: list[str]) -> dict[str, Any]:
+    async def _read(self, sql: str, params: list[str]) -> dict[str, Container]:
         """Rows of the subscription's query (narrowed by `sql`) as containers by id."""
         api = self.config.corrosion_api
         resp = await httpstream.request(api.host, api.port, "POST", "/v1/queries", [sql, params], timeout=30)
-        read_row = None
-        found: dict[str, Any] = {}
+        read_row: RowReader | None = None
+        found: dict[str, Container] = {}
         try:
             if resp.status != 200:
                 raise httpstream.HTTPError(resp.status, await resp.text())
             async for line in resp.lines():
                 event = json.loads(line)
+                if not isinstance(event, dict):
+                    raise BadEvent(f"query answered a non-object line {line[:200]!r}")
                 if "columns" in event:
-                    read_row = row_reader({name: i for i, name in enumerate(event["columns"])})
+                    read_row = RowReader(event["columns"])
                 elif "row" in event:
                     if read_row is None:
-                        raise ValueError("a row arrived before the query's columns")
-                    c = read_row(event["row"][1])
-                    found[c.id] = c
+                        raise BadEvent("a row arrived before the query's columns")
+                    c = read_row.row(event["row"])
+                    if c is not None:
+                        found[c.id] = c
+                        if len(found) > self.responder.table.max_rows:
+                            raise BadEvent(f"query answered more than {self.responder.table.max_rows} rows (row cap)")
                 elif "error" in event:
-                    raise ConnectionError(f"corrosion error: {event['error']}")
+                    raise ConnectionError(f"corrosion error: {str(event['error'])[:200]}")
                 elif "eoq" in event:
                     break
         finally:
@@ -146,7 +164,7 @@ class ChangeHints:
             return  # a resync swapped the table meanwhile; its snapshot is newer than this read
         for cid in ids:
             if cid in found:
-                table.upsert(found[cid])
+                rows.upsert(table, found[cid], self.counters)
             else:
                 table.delete(cid)
         self._refreshed_since_reconcile.update(ids)
@@ -165,6 +183,6 @@ class ChangeHints:
         for cid in stale:
             table.delete(cid)
         for c in changed:
-            table.upsert(c)
+            rows.upsert(table, c, self.counters)
         self.counters.reconciled += len(stale) + len(changed)
         log("reconciled", containers=len(truth), removed=len(stale), updated=len(changed))

@@ -12,9 +12,10 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-from dnslib import EDNS0, QTYPE, DNSRecord  # type: ignore[import-untyped]
+from dnslib import QTYPE, DNSRecord  # type: ignore[import-untyped]
 
 from . import wire
+from .events import log_limited
 from .table import ServiceTable
 
 
@@ -26,6 +27,11 @@ class _Forward:
 
 
 FORWARD: Final = _Forward()
+
+# The negative cache is bounded by entries and by the bytes of its keys (names are at most 255
+# bytes, so the entry bound alone would allow ~20 MB; the byte bound keeps it near 2 MB).
+NEGATIVE_ENTRIES = 65536
+NEGATIVE_BYTES = 2 << 20
 
 # Reply flag bytes (QR, AA, RD echoed, RA when recursion is offered), indexed by rd | ra << 1.
 _OK_FLAGS = tuple(bytes([0x84 | (i & 1), 0x80 if i & 2 else 0]) for i in range(4))
@@ -68,6 +74,7 @@ class Responder:
         # Lower-cased question -> (flag bytes by rd|ra, SOA) of its NXDOMAIN or no-data answer:
         # repeated misses skip the zone checks. Valid for one table generation; bounded.
         self._negative: dict[bytes, tuple[tuple[bytes, ...], bytes]] = {}
+        self._negative_bytes = 0
         self._negative_generation = 0
 
     def answer(self, data: bytes, recursion: bool, udp: bool) -> bytes | _Forward | None:
@@ -82,6 +89,8 @@ class Responder:
                 if length > 63:
                     return self._slow(data, recursion, udp)
                 i += length + 1
+                if i > 266:  # the name's wire form (i - 11 bytes with its root) is over 255 bytes
+                    return self.error_reply(data, wire.RCODE_FORMERR, recursion)
                 length = data[i]
         except IndexError:
             return self._slow(data, recursion, udp)
@@ -173,10 +182,19 @@ class Responder:
         )
 
     def _remember_negative(self, lowered: bytes, flags: tuple[bytes, ...], soa: bytes) -> None:
-        if self._negative_generation != self.table.generation or len(self._negative) >= 65536:
-            self._negative.clear()
-            self._negative_generation = self.table.generation
+        if self._negative_generation != self.table.generation:
+            self._clear_negative()
+        elif len(self._negative) >= NEGATIVE_ENTRIES or self._negative_bytes >= NEGATIVE_BYTES:
+            # A flood of distinct missing names: start over rather than grow (logged, rate-limited).
+            log_limited("negative_cache_full", entries=len(self._negative), key_bytes=self._negative_bytes)
+            self._clear_negative()
         self._negative[lowered] = (flags, soa)
+        self._negative_bytes += len(lowered)
+
+    def _clear_negative(self) -> None:
+        self._negative.clear()
+        self._negative_bytes = 0
+        self._negative_generation = self.table.generation
 
     def _any(
         self, data: bytes, question: bytes, qname: bytes, edns: int, recursion: bool, udp: bool, soa: bytes
@@ -217,33 +235,55 @@ class Responder:
         )
 
     def servfail(self, data: bytes, recursion: bool) -> bytes | None:
-        """SERVFAIL for a query that was forwarded and got no upstream answer."""
-        return self._rcode_via_dnslib(data, wire.RCODE_SERVFAIL, recursion)
+        """SERVFAIL for a query that was forwarded and got no upstream answer, or whose handling
+        failed; None for a packet that is no query (answering a response could start a loop)."""
+        if len(data) < wire.HEADER_LEN or data[2] & 0x80:
+            return None
+        return self.error_reply(data, wire.RCODE_SERVFAIL, recursion)
 
-    # ---- everything unusual, once through dnslib --------------------------------------------
+    def error_reply(self, data: bytes, rcode: int, recursion: bool, ext_rcode: int = 0) -> bytes:
+        """An error built by hand from the query's bytes: the question is echoed only when it is
+        plain and within the name limits, else the reply has none (QDCOUNT 0, nothing invented);
+        our OPT is added when the query had one (with `ext_rcode`'s upper bits for BADVERS)."""
+        end = wire.question_end(data)
+        if end is None:
+            return self._header_only(data, rcode, recursion)
+        edns = wire.edns_of(data, end)
+        hi = 0x80 | (data[2] & 0x79)  # keep opcode and RD, set QR
+        lo = (0x80 if recursion else 0) | (rcode & 0x0F)
+        reply = data[:2] + bytes([hi, lo]) + wire.counts(1, 0, 0, 1 if edns else 0) + data[12:end]
+        if edns:
+            reply += b"\x00" + struct.pack(
+                ">HHBBHH", wire.QTYPE_OPT, wire.EDNS_PAYLOAD, ext_rcode >> 4, 0, 0x8000 if edns == 2 else 0, 0
+            )
+        return reply
+
+    # ---- everything unusual, once through dnslib (parsing only) ------------------------------
     def _slow(self, data: bytes, recursion: bool, udp: bool) -> bytes | _Forward | None:
         if len(data) < wire.HEADER_LEN or data[2] & 0x80:
             return None  # not even a header, or a response: answering could start a loop
         if (data[2] >> 3) & 0x0F:
             # Header only: an UPDATE's or NOTIFY's sections mean something else than a query's.
             return self._header_only(data, wire.RCODE_NOTIMP, recursion)
+        if _has_bad_name(data):
+            return self.error_reply(data, wire.RCODE_FORMERR, recursion)
         try:
             query = DNSRecord.parse(data)
         except Exception:
             return self._header_only(data, wire.RCODE_FORMERR, recursion)
         if len(query.questions) != 1:
-            return self._rcode_via_dnslib(data, wire.RCODE_FORMERR, recursion, query)
+            return self.error_reply(data, wire.RCODE_FORMERR, recursion)
         opts = [rr for rr in query.ar if rr.rtype == QTYPE.OPT]
         if len(opts) > 1:
-            return self._rcode_via_dnslib(data, wire.RCODE_FORMERR, recursion, query)
-        if opts and (opts[0].ttl >> 16) & 0xFF != 0:
-            return self._badvers(query, recursion)
-        normal = bytearray(data[:2])
-        normal += bytes([data[2] & 0x01, 0]) + wire.counts(1, 0, 0, len(opts))
+            return self.error_reply(data, wire.RCODE_FORMERR, recursion)
         question = query.questions[0]
         labels = question.qname.label
         if any(not 0 < len(label) <= 63 for label in labels) or sum(len(x) + 1 for x in labels) > 254:
-            return self._rcode_via_dnslib(data, wire.RCODE_FORMERR, recursion, query)
+            return self.error_reply(data, wire.RCODE_FORMERR, recursion)
+        if opts and (opts[0].ttl >> 16) & 0xFF != 0:
+            return self.error_reply(data, 0, recursion, ext_rcode=wire.EXT_RCODE_BADVERS)
+        normal = bytearray(data[:2])
+        normal += bytes([data[2] & 0x01, 0]) + wire.counts(1, 0, 0, len(opts))
         normal += b"".join(bytes([len(label)]) + label for label in labels) + b"\x00"
         normal += struct.pack(">HH", question.qtype, question.qclass)
         if opts:
@@ -253,33 +293,28 @@ class Responder:
         normal_bytes = bytes(normal)
         if normal_bytes == data:
             # The fast path already refused exactly this packet: it would refuse it again.
-            return self._header_only(data, wire.RCODE_FORMERR, recursion)
+            return self.error_reply(data, wire.RCODE_FORMERR, recursion)
         return self.answer(normal_bytes, recursion, udp)
-
-    def _rcode_via_dnslib(
-        self, data: bytes, rcode: int, recursion: bool, query: DNSRecord | None = None
-    ) -> bytes | None:
-        if query is None:
-            try:
-                query = DNSRecord.parse(data)
-            except Exception:
-                return self._header_only(data, wire.RCODE_FORMERR, recursion)
-        reply = query.reply(ra=int(recursion), aa=0)
-        reply.header.rcode = rcode
-        reply.header.opcode = query.header.opcode
-        reply.rr, reply.auth, reply.ar = [], [], []
-        if any(rr.rtype == QTYPE.OPT for rr in query.ar):
-            reply.add_ar(EDNS0(udp_len=wire.EDNS_PAYLOAD))
-        return bytes(reply.pack())
-
-    def _badvers(self, query: DNSRecord, recursion: bool) -> bytes:
-        reply = query.reply(ra=int(recursion), aa=0)
-        reply.ar = []
-        reply.header.rcode = 0
-        reply.add_ar(EDNS0(udp_len=wire.EDNS_PAYLOAD, ext_rcode=wire.EXT_RCODE_BADVERS >> 4))
-        return bytes(reply.pack())
 
     @staticmethod
     def _header_only(data: bytes, rcode: int, recursion: bool) -> bytes:
         hi = 0x80 | (data[2] & 0x79)  # keep opcode and RD, set QR
         return data[:2] + bytes([hi, (0x80 if recursion else 0) | rcode]) + wire.counts(0, 0, 0, 0)
+
+
+def _has_bad_name(data: bytes) -> bool:
+    """True when a plain (uncompressed) question name breaks the limits: a label over 63 bytes
+    (0x40-0xBF are no label lengths) or a name over 255. dnslib would accept some of these
+    while parsing and fail later."""
+    i = wire.HEADER_LEN
+    n = len(data)
+    while i < n:
+        length = data[i]
+        if length == 0 or length >= 0xC0:
+            return False
+        if length > wire.MAX_LABEL:
+            return True
+        i += length + 1
+        if i - wire.HEADER_LEN >= wire.MAX_NAME_WIRE:
+            return True
+    return False

@@ -18,10 +18,15 @@ from collections.abc import Callable
 from typing import Any
 
 from . import httpstream
+from . import rows as rows_mod
 from .config import Config, reconnect_delay
-from .events import Counters, log
+from .events import Counters, log, log_limited
 from .responder import Responder
-from .table import COLUMNS, Container, ServiceTable, row_reader
+from .rows import BadEvent, RowReader
+from .table import Container, ServiceTable
+
+# Seconds a new subscription may stay silent before its snapshot is complete.
+SNAPSHOT_IDLE = 10.0
 
 
 class ResyncNeeded(Exception):
@@ -43,7 +48,7 @@ class Subscriber:
         self.on_connected = on_connected
         self.sub_id: str | None = None
         self.last_change_id: int | None = None
-        self._read_row: Callable[[list[Any]], Container] | None = None
+        self._reader: RowReader | None = None
         self._stopping = False
         self._opened_at = 0.0
         self._streamed = False
@@ -53,6 +58,8 @@ class Subscriber:
 
     async def run(self) -> None:
         failures = 0
+        bad_streak = 0
+        last_bad = 0.0
         while not self._stopping:
             self._streamed = False
             try:
@@ -61,6 +68,21 @@ class Subscriber:
                     await self._resume()
                 else:
                     await self._subscribe()
+            except BadEvent as e:
+                # A broken event: start over from a snapshot, but back off while the node keeps
+                # sending broken ones (the streak ends after a quiet reconnect_max).
+                now = time.monotonic()
+                bad_streak = bad_streak + 1 if now - last_bad < 2 * self.config.reconnect_max else 1
+                last_bad = now
+                self.counters.bad_events += 1
+                self.counters.resyncs += 1
+                self.sub_id = None
+                self.last_change_id = None
+                delay = reconnect_delay(self.config, bad_streak)
+                log("subscription_bad_event", error=str(e)[:300], attempt=bad_streak, delay_s=f"{delay:.2f}")
+                self.counters.subscription_state = "resyncing"
+                await asyncio.sleep(delay)
+                continue
             except ResyncNeeded as e:
                 log("subscription_resync", reason=str(e), last_change_id=self.last_change_id)
                 self.counters.resyncs += 1
@@ -70,7 +92,7 @@ class Subscriber:
             except httpstream.STREAM_ERRORS as e:
                 # The backoff starts over after a connection that worked (the seed's counter reset).
                 failures = 1 if self._streamed else failures + 1
-                log("subscription_error", error=f"{type(e).__name__}: {e}", attempt=failures)
+                log("subscription_error", error=f"{type(e).__name__}: {str(e)[:300]}", attempt=failures)
             if self._stopping:
                 break
             self.counters.subscription_state = "disconnected"
@@ -115,77 +137,100 @@ class Subscriber:
 
     async def _consume(self, resp: httpstream.Response, fresh: bool) -> None:
         pending: ServiceTable | None = None
-        rows: list[Any] = []
         if fresh:
             pending = ServiceTable(self.responder.table.domain, self.responder.table.ttl)
+        loop = asyncio.get_running_loop()
+        # A snapshot must keep moving: klukai was seen to accept several subscriptions to the
+        # same new query at once and then send none of them a row. Silence for SNAPSHOT_IDLE
+        # before `eoq` is a disconnect (TimeoutError); a live stream may be quiet for ever.
+        async with asyncio.timeout_at(loop.time() + SNAPSHOT_IDLE if fresh else None) as watchdog:
+            await self._events(resp, pending, fresh, watchdog, loop)
+
+    async def _events(
+        self,
+        resp: httpstream.Response,
+        pending: ServiceTable | None,
+        fresh: bool,
+        watchdog: asyncio.Timeout,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        rows: list[Container] = []
+        seen = 0
         async for line in resp.lines():
-            if pending is not None and line.startswith(b'{"row":'):
-                rows.append(self._row(json.loads(line)["row"][1]))  # a snapshot's bulk: one step
-                continue
-            event = json.loads(line)
+            if pending is not None:
+                seen += 1
+                if seen & 255 == 0:
+                    watchdog.reschedule(loop.time() + SNAPSHOT_IDLE)
+            try:
+                event = json.loads(line)
+            except ValueError:
+                raise BadEvent(f"subscription sent a line that is not JSON: {line[:200]!r}") from None
             if not isinstance(event, dict) or len(event) != 1:
-                raise ValueError(f"unexpected subscription event {line[:200]!r}")
+                raise BadEvent(f"unexpected subscription event {line[:200]!r}")
             kind, body = next(iter(event.items()))
-            if kind == "columns":
-                columns = {name: i for i, name in enumerate(body)}
-                missing = [c for c in COLUMNS if c not in columns]
-                if missing:
-                    raise ValueError(f"subscription lacks columns {missing}")
-                self._read_row = row_reader(columns)
-            elif kind == "row":
+            if kind == "row":
                 if pending is None:
                     raise ResyncNeeded("rows arrived on a resumed subscription")
-                rows.append(self._row(body[1]))
+                if self._reader is None:
+                    raise BadEvent("a row arrived before the subscription's columns")
+                c = self._reader.row(body)
+                if c is not None:
+                    rows.append(c)
+                    if len(rows) > pending.max_rows:
+                        raise BadEvent(f"the snapshot has more than {pending.max_rows} rows (row cap)")
+            elif kind == "columns":
+                self._reader = RowReader(body)
             elif kind == "eoq":
                 if pending is None:
                     continue
-                started = time.perf_counter()
-                pending.load(rows)
+                self._load(pending, rows, body)
                 rows = []
-                self.responder.table = pending
-                self.responder.ready = True
                 pending = None
-                change_id = body.get("change_id") if isinstance(body, dict) else None
-                self.last_change_id = change_id if isinstance(change_id, int) else None
-                self.counters.last_change_id = self.last_change_id
-                self.counters.subscription_state = "live"
-                log(
-                    "snapshot_loaded",
-                    containers=len(self.responder.table.containers),
-                    names=len(self.responder.table.names()),
-                    load_ms=f"{(time.perf_counter() - started) * 1000:.1f}",
-                    since_request_ms=f"{(time.perf_counter() - self._opened_at) * 1000:.1f}",
-                    change_id=self.last_change_id,
-                )
-                if self.on_connected:
-                    self.on_connected()
+                watchdog.reschedule(None)
             elif kind == "change":
                 self._apply_change(body, pending)
             elif kind == "error":
                 if not fresh:
                     # e.g. "subscription already deleted older changes": resuming cannot work.
-                    raise ResyncNeeded(f"resume refused: {body}")
-                raise ConnectionError(f"corrosion error: {body}")
+                    raise ResyncNeeded(f"resume refused: {str(body)[:200]}")
+                raise ConnectionError(f"corrosion error: {str(body)[:200]}")
+            else:
+                # A kind a newer node may add: skipping it is safer than a resync loop.
+                log_limited("subscription_unknown_event", kind=str(kind)[:50])
         raise ConnectionError("subscription stream ended")
 
-    def _row(self, values: list[Any]) -> Container:
-        if self._read_row is None:
-            raise ValueError("a row arrived before the subscription's columns")
-        return self._read_row(values)
+    def _load(self, pending: ServiceTable, rows: list[Container], eoq: Any) -> None:
+        """The snapshot is complete: serve it."""
+        change_id = eoq.get("change_id") if isinstance(eoq, dict) else None
+        if change_id is not None and (not isinstance(change_id, int) or isinstance(change_id, bool)):
+            raise BadEvent(f"eoq change id is not a number: {str(change_id)[:50]}")
+        started = time.perf_counter()
+        pending.load(rows)
+        self.responder.table = pending
+        self.responder.ready = True
+        self.last_change_id = change_id
+        self.counters.last_change_id = self.last_change_id
+        self.counters.subscription_state = "live"
+        log(
+            "snapshot_loaded",
+            containers=len(self.responder.table.containers),
+            names=len(self.responder.table.names()),
+            load_ms=f"{(time.perf_counter() - started) * 1000:.1f}",
+            since_request_ms=f"{(time.perf_counter() - self._opened_at) * 1000:.1f}",
+            change_id=self.last_change_id,
+        )
+        if self.on_connected:
+            self.on_connected()
 
-    def _apply_change(self, body: list[Any], pending: ServiceTable | None) -> None:
-        change_type, _rowid, values = body[0], body[1], body[2]
-        change_id = body[3] if len(body) > 3 else None
+    def _apply_change(self, body: Any, pending: ServiceTable | None) -> None:
+        kind, container_id, container, change_id = rows_mod.change(self._reader, body)
         if change_id is not None and self.last_change_id is not None and change_id != self.last_change_id + 1:
             raise ResyncNeeded(f"change id gap: expected {self.last_change_id + 1}, got {change_id}")
         table = pending if pending is not None else self.responder.table
-        container = self._row(values)
-        if change_type == "delete":
-            table.delete(container.id)
-        elif change_type in ("insert", "update"):
-            table.upsert(container)
+        if kind == "delete" or container is None:
+            table.delete(container_id)  # an unusable row counts as gone
         else:
-            raise ValueError(f"unknown change type {change_type!r}")
+            rows_mod.upsert(table, container, self.counters)
         if change_id is not None:
             self.last_change_id = change_id
             self.counters.last_change_id = change_id

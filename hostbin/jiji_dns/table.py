@@ -22,6 +22,10 @@ from . import wire
 # responder's negative cache) can tell that they are stale, even across a table swap.
 _GENERATIONS = itertools.count(1)
 
+# The address plan holds 256 servers x 253 containers (64,768); four times that is room for
+# IPv6 rows and rolling deploys while bounding a runaway (2.5 M rows cost 800 MB).
+MAX_ROWS = 262_144
+
 # Columns the subscription must deliver; read by name, so their order in the SQL is free.
 COLUMNS = ("id", "service", "server_id", "ip", "started_at", "instance_id", "project")
 # Container's field order, for reading rows positionally once the column map is known.
@@ -121,7 +125,8 @@ def _remove(groups: dict[str, Group], c: Container) -> None:
 class ServiceTable:
     """Healthy containers and the answers derived from them for one domain."""
 
-    def __init__(self, domain: str, ttl: int) -> None:
+    def __init__(self, domain: str, ttl: int, max_rows: int | None = None) -> None:
+        self.max_rows = MAX_ROWS if max_rows is None else max_rows
         self.domain = domain.strip(".").lower()
         self.domain_wire = wire.encode_name(self.domain)
         self.ttl = ttl
@@ -139,10 +144,13 @@ class ServiceTable:
         self.generation = next(_GENERATIONS)
 
     # ---- changes -------------------------------------------------------------------------
-    def upsert(self, c: Container) -> None:
+    def upsert(self, c: Container) -> bool:
+        """Insert or replace `c`; False (nothing changed) when it is new and the table is full."""
         old = self.containers.get(c.id)
         if old == c:
-            return
+            return True
+        if old is None and len(self.containers) >= self.max_rows:
+            return False
         touched: set[bytes] = set()
         if old is not None:
             for name in self._names_of(old):
@@ -156,6 +164,7 @@ class ServiceTable:
             touched.add(name)
         for name in touched:
             self._render(name)
+        return True
 
     def delete(self, container_id: str) -> None:
         old = self.containers.pop(container_id, None)

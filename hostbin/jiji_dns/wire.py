@@ -87,3 +87,37 @@ def opt_record(do_bit: bool) -> bytes:
 
 def counts(qd: int, an: int, ns: int, ar: int) -> bytes:
     return struct.pack(">HHHH", qd, an, ns, ar)
+
+
+MAX_NAME_WIRE = 255  # RFC 1035 2.3.4: a name's wire form, root label included
+MAX_LABEL = 63
+
+
+def question_end(data: bytes) -> int | None:
+    """End offset of the first question when it is plain (no compression) and within the name
+    limits, else None. The one question an error reply may echo without re-encoding it."""
+    if len(data) < HEADER_LEN or not (data[4] or data[5]):
+        return None
+    i = HEADER_LEN
+    n = len(data)
+    while i < n:
+        length = data[i]
+        if length == 0:
+            end = i + 5
+            return end if i + 1 - HEADER_LEN <= MAX_NAME_WIRE and end <= n else None
+        if length > MAX_LABEL:
+            return None
+        i += length + 1
+        if i - HEADER_LEN >= MAX_NAME_WIRE:
+            return None
+    return None
+
+
+def edns_of(data: bytes, end: int) -> int:
+    """0 without an OPT record right after the question at `end`, 1 with one, 2 with DO set."""
+    if data[4:10] != b"\x00\x01\x00\x00\x00\x00" or not (data[10] or data[11]):
+        return 0
+    opt = data[end : end + 11]
+    if len(opt) < 11 or opt[:3] != b"\x00\x00\x29":
+        return 0
+    return 1 + (opt[7] >> 7)
