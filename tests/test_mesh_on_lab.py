@@ -323,7 +323,7 @@ def test_a_stack_through_what_operators_do_to_it(lab4: Lab, tmp_path: Path) -> N
     finally:
         for i in range(3):
             remove_container(lab, i)
-        engine.destroy()
+        print(f"destroy: {engine.destroy().seconds:.1f} s")
         engine.close()
     for i in range(3):
         assert_unchanged(before[i], lab.run(i, SNAPSHOT), f"lab{i} after destroy")
