@@ -52,3 +52,5 @@ class MeshSettings:
     corrosion: CorrosionSource = CorrosionSource()
     # Without a pinned host key, pulumi-command trusts whoever answers SSH: for throwaway labs only.
     allow_unpinned_host_keys: bool = False
+    # Ports of the host's mesh address that containers on its bridge may reach (beyond DNS).
+    container_host_ports: tuple[int, ...] = ()

@@ -169,6 +169,17 @@ def _check_settings(settings: MeshSettings, problems: list[str]) -> None:
             f"allow_unpinned_host_keys: {settings.allow_unpinned_host_keys!r} is not true or false;"
             " leave it out (host keys pinned) or write true, for a throwaway lab only"
         )
+    ports = settings.container_host_ports
+    if not isinstance(ports, tuple) or not all(_is_int(p) and 0 < p < 65536 for p in ports):
+        problems.append(
+            f"container_host_ports: {list(ports) if isinstance(ports, tuple) else ports!r} is not a list of ports;"
+            " write whole numbers 1-65535, e.g. [8125] (containers reach only these on their host, besides DNS)"
+        )
+    elif settings.gossip_port in ports or settings.api_port in ports:
+        problems.append(
+            f"container_host_ports: {list(ports)!r} opens Corrosion's gossip or API port to containers;"
+            " a container could rewrite the registry: remove it"
+        )
     _check_corrosion(settings.corrosion, problems)
 
 

@@ -99,7 +99,7 @@ def network_script(settings: MeshSettings, plan: ServerPlan, bridge: str) -> str
         gossip_port=settings.gossip_port,
         api_port=settings.api_port,
         host_part_match=mesh_address_match(settings),
-        container_host_ports=[],
+        container_host_ports=list(settings.container_host_ports),
     )
 
 

@@ -89,6 +89,7 @@ def load() -> tuple[MeshSettings, list[Server], pulumi.Output[str]]:
             local_path=cfg.get("corrosion_local_path") or None,
         ),
         allow_unpinned_host_keys=_boolean(cfg, "allow_unpinned_host_keys", MeshSettings.allow_unpinned_host_keys),
+        container_host_ports=_ports(cfg),
     )
     # With unreadable servers, the other settings are still checked (validate takes an empty list).
     try:
@@ -143,3 +144,11 @@ def _boolean(cfg: pulumi.Config, key: str, default: bool) -> Any:
         return cfg.get_bool(key)
     except pulumi.ConfigTypeError:
         return cfg.get(key)
+
+
+def _ports(cfg: pulumi.Config) -> Any:
+    """container_host_ports as a tuple, or the value as typed when it is not a list (validate names it)."""
+    raw = cfg.get_object("container_host_ports")
+    if raw is None:
+        return ()
+    return tuple(raw) if isinstance(raw, list) else raw

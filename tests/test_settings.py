@@ -527,3 +527,28 @@ def test_the_base_config_is_valid() -> None:
     # Each refused case above differs from this one in the value it names, and nothing else.
     mesh, servers = load(base())
     assert mesh.domain == "jiji" and [s.name for s in servers] == ["lab0", "lab1"]
+
+
+@pytest.mark.parametrize(
+    "ports, fragment",
+    [
+        ("8125", "is not a list of ports"),
+        ([0], "is not a list of ports"),
+        ([70000], "is not a list of ports"),
+        ([True], "is not a list of ports"),
+        (["22"], "is not a list of ports"),
+        ([9280], "opens Corrosion's gossip or API port"),
+        ([9220], "opens Corrosion's gossip or API port"),
+    ],
+)
+def test_container_host_ports_are_ports_and_never_corrosions(ports: object, fragment: str) -> None:
+    binary = Path(__file__)  # any existing file: the config is refused before it is read
+    with pytest.raises(ConfigError) as err:
+        evaluate(lab_config(binary, container_host_ports=ports))
+    assert "container_host_ports: " in str(err.value)
+    assert fragment in str(err.value)
+
+
+def test_an_opened_port_reaches_the_firewall() -> None:
+    script = evaluate(lab_config(Path(__file__), container_host_ports=[8125])).commands()["lab0-network"].inputs["stdin"]
+    assert '-i "$BRIDGE" -p tcp -d "$MESH" --dport 8125 -j ACCEPT' in script
