@@ -25,8 +25,11 @@ up: toolchain lab-up
 	mkdir -p .lab/state
 	bash lab/lab.sh stack-config $(STACK_CONFIG).hosts
 	$(PULUMI_ENV) pulumi stack select --create $(STACK)
-	cat $(STACK_CONFIG).hosts > $(STACK_CONFIG).new && { grep '^encryptionsalt:' $(STACK_CONFIG) 2>/dev/null || true; } >> $(STACK_CONFIG).new
+	# `stack select --create` writes the new stack's salt into stacks/: it moves to .lab/ with the rest.
+	cat $(STACK_CONFIG).hosts > $(STACK_CONFIG).new
+	{ cat $(STACK_CONFIG) stacks/Pulumi.$(STACK).yaml 2>/dev/null | grep -m1 '^encryptionsalt:' || true; } >> $(STACK_CONFIG).new
 	mv $(STACK_CONFIG).new $(STACK_CONFIG)
+	rm -f stacks/Pulumi.$(STACK).yaml
 	$(PULUMI_ENV) pulumi config set --secret ssh_private_key --stack $(STACK) --config-file $(STACK_CONFIG) < .lab/lab/id_ed25519
 	$(PULUMI_ENV) pulumi up --yes --stack $(STACK) --config-file $(STACK_CONFIG)
 

@@ -126,6 +126,12 @@ install_pulumi() {
     dir=$(pulumi_dir)
     step "pulumi: the Python language host and the command provider $PULUMI_COMMAND_VERSION"
     [ -x "$dir/bin/pulumi-language-python" ] && [ -x "$dir/bin/pulumi-resource-command" ] && return
+    # Installed by other means (a language host on PATH, the plugin in PULUMI_HOME): use those.
+    if command -v pulumi-language-python >/dev/null 2>&1 \
+        && PULUMI_SKIP_UPDATE_CHECK=true "$dir/bin/pulumi" plugin ls 2>/dev/null | grep -Eq "^command +resource +$PULUMI_COMMAND_VERSION "; then
+        note "using $(command -v pulumi-language-python) and the installed command plugin $PULUMI_COMMAND_VERSION"
+        return
+    fi
     local lang=github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3 lang_v=v3.0.0-20260819165155-0ac56e876614
     local cmd=github.com/pulumi/pulumi-command/provider cmd_v=v0.0.0-20260303235922-7f3eb6f3b77c
     probe_go_module "$lang" "$lang_v" \
