@@ -84,7 +84,8 @@ attach_ns() {
 
 start_resolver() {
     local pidfile=$LAB/resolver.pid
-    if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then return; fi
+    # Alive, not a zombie: this machine's init may not reap a dnsmasq whose lab.sh has exited.
+    if [ -f "$pidfile" ] && grep -qs '^State:[[:space:]]*[RSD]' "/proc/$(cat "$pidfile")/status"; then return; fi
     attach_ns "$RESOLVER_NS" "$RESOLVER_IP" jl-dns
     step "resolver: dnsmasq on $RESOLVER_IP:53 serving lab.test"
     cat >"$LAB/resolver.hosts" <<HOSTS
