@@ -18,7 +18,6 @@ server's new resource is never undone by the old one's delete.
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 
 from . import render, topology
@@ -69,10 +68,6 @@ def render_step(kind: str, owner: str, timeout: int, **values: object) -> Step:
             _embedded(value, f"{kind} step, {key}")
     script = render.step_script(kind, step=kind, owner=owner, **values)
     return Step(kind=kind, script=script, timeout=timeout)
-
-
-def quote(value: str) -> str:
-    return shlex.quote(value)
 
 
 STAGING = "/var/lib/jiji-net/staging"
