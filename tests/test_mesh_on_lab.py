@@ -595,7 +595,7 @@ def test_the_host_step_names_what_is_missing(lab4: Lab) -> None:
         partial
     )
     assert partial.strip().endswith("exit=1")
-    assert lab.run(3, "ls /var/lib/jiji-net/staging 2>&1 || true").strip().endswith("No such file or directory")
+    assert lab.run(3, "ls /var/lib/jiji-net 2>&1 || true").strip().endswith("No such file or directory")
     lab.run(3, "rm -rf /tmp/somebin")
     # sshd without the sftp subsystem (uploads need it) is named.
     lab.run(3, "sed -i 's/^Subsystem/#Subsystem/' /etc/ssh/sshd_config")
