@@ -147,13 +147,19 @@ class LabProvider:
     def _ssh(self, connection: dict[str, Any], command: str, stdin: str | bytes) -> str:
         conn = connection["secret"] if "secret" in connection else connection
         key = self._keydir / f"key-{hashlib.sha256(conn['privateKey'].encode()).hexdigest()[:16]}"
-        if not key.exists():
-            key.write_text(conn["privateKey"])
-            key.chmod(0o600)
+        if not key.exists():  # written once, atomically, 0600 from the start (steps run in parallel)
+            partial = key.with_suffix(f".{threading.get_ident()}")
+            partial.touch(mode=0o600)
+            partial.write_text(conn["privateKey"])
+            partial.replace(key)
         checking = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
         if conn.get("hostKey"):
-            known = self._keydir / f"known-{hashlib.sha256(conn['hostKey'].encode()).hexdigest()[:16]}"
-            known.write_text(f"{conn['host']} {conn['hostKey']}\n")
+            entry = f"{conn['host']} {conn['hostKey']}\n"
+            known = self._keydir / f"known-{hashlib.sha256(entry.encode()).hexdigest()[:16]}"
+            if not known.exists():  # steps of one server run in parallel: written once, atomically
+                partial = known.with_suffix(f".{threading.get_ident()}")
+                partial.write_text(entry)
+                partial.replace(known)
             checking = ["-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known}"]
         data = stdin.encode() if isinstance(stdin, str) else stdin
         argv = [
