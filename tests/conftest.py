@@ -32,6 +32,18 @@ def pyz(workdir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tool(workdir: Path) -> Path:
+    """jiji-net.pyz, the host tool, built once for every test that runs it."""
+    out = workdir / "jiji-net.pyz"
+    subprocess.run(
+        [sys.executable, str(harness.REPO / "hostbin" / "build_zipapp.py"), "--tool", str(out)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
 def upstream(workdir: Path) -> Iterator[harness.Dnsmasq]:
     server = harness.Dnsmasq(workdir, {"www.upstream.test": "198.51.100.7", "api.upstream.test": "198.51.100.8"})
     yield server

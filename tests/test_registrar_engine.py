@@ -204,17 +204,6 @@ def cid(n: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def tool(workdir: Path) -> Path:
-    out = workdir / "jiji-net.pyz"
-    subprocess.run(
-        [sys.executable, str(harness.REPO / "hostbin" / "build_zipapp.py"), "--tool", str(out)],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    return out
-
-
-@pytest.fixture(scope="module")
 def node(workdir: Path) -> Iterator[harness.CorrosionNode]:
     n = harness.CorrosionNode(workdir / "corrosion-registrar")
     yield n
