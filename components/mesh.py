@@ -133,20 +133,8 @@ class Server(pulumi.ComponentResource):
         resource dependencies, which would be N per server, N*N in all."""
         r, settings, plan, spec, uploads = self.remote, self.settings, self.plan, self.spec, self.uploads
         own = self.owner
-        tool_up = r.upload(
-            "jiji-net",
-            self,
-            pulumi.FileAsset(uploads.tool.path),
-            steps.staged_path("jiji-net", uploads.tool.sha256),
-            [self.host],
-        )
-        dns_up = r.upload(
-            "jiji-dns",
-            self,
-            pulumi.FileAsset(uploads.dns.path),
-            steps.staged_path("jiji-dns", uploads.dns.sha256),
-            [self.host],
-        )
+        tool_up = self._upload_artifact("jiji-net", uploads.tool)
+        dns_up = self._upload_artifact("jiji-dns", uploads.dns)
         table_up = r.upload(
             "mesh", self, table.apply(lambda t: pulumi.FileAsset(t.path)), steps.MESH_TABLE, [self.host]
         )
@@ -160,15 +148,7 @@ class Server(pulumi.ComponentResource):
         corrosion_deps: list[pulumi.Resource] = [wireguard]
         if uploads.corrosion is not None:
             binary_sha = uploads.corrosion.sha256
-            corrosion_deps.append(
-                r.upload(
-                    "corrosion",
-                    self,
-                    pulumi.FileAsset(uploads.corrosion.path),
-                    steps.staged_path("corrosion", binary_sha),
-                    [self.host],
-                )
-            )
+            corrosion_deps.append(self._upload_artifact("corrosion", uploads.corrosion))
         else:
             binary_sha = settings.corrosion.sha256 or ""
         corrosion = r.step(
@@ -182,6 +162,11 @@ class Server(pulumi.ComponentResource):
         )
         registry_ready.append(self.dns)
         self.register_outputs({"public_key": self.public_key})
+
+    def _upload_artifact(self, name: str, artifact: Artifact) -> remote.CopyToRemote:
+        """A local file onto its content-keyed staging path, where its step checks and installs it."""
+        source = pulumi.FileAsset(artifact.path)
+        return self.remote.upload(name, self, source, steps.staged_path(name, artifact.sha256), [self.host])
 
 
 class Mesh(pulumi.ComponentResource):
