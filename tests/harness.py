@@ -63,6 +63,22 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return int(s.getsockname()[1])
 
 
+def free_dns_port() -> int:
+    """A loopback port free for both UDP and TCP at once: jiji-dns binds both, and a port free
+    for one only is a race lost now and then in a long run."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no loopback port free for both UDP and TCP in 100 tries")
+
+
 def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
@@ -218,32 +234,39 @@ class DnsDaemon:
     ) -> None:
         """`workers`: 1 (one process, what most tests reason about) unless given; `nofile`: an
         open-file limit (soft and hard) for the daemon."""
-        self.port = free_port(socket.SOCK_DGRAM)
         self.host = "127.0.0.1"
-        self.stats_socket = workdir / f"stats-{self.port}.sock"
-        self.log_path = workdir / f"jiji-dns-{self.port}.log"
-        args = [
-            python,
-            str(pyz),
-            "--listen",
-            f"127.0.0.1:{self.port}",
-            "--corrosion-api",
-            corrosion_api,
-            "--reconnect-interval",
-            "200",
-            "--stats-socket",
-            str(self.stats_socket),
-            "--upstream",
-            ",".join(upstreams or ["127.0.0.1:9"]),
-            "--upstream-timeout",
-            "1",
-        ]
-        log = open(self.log_path, "ab")
+        self.workdir = workdir
         limit = None if nofile is None else (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
         env = dict(os.environ, JIJI_DNS_WORKERS=str(workers))
-        self.proc = subprocess.Popen(args + (extra or []), stdout=log, stderr=log, preexec_fn=limit, env=env)
-        log.close()
-        wait_until(lambda: self.stats_socket.exists(), 10, "jiji-dns stats socket")
+        # Another process may take the port between our probe and the daemon's bind; then the
+        # daemon exits saying so and we try a fresh port, at most three times.
+        for attempt in range(3):
+            self.port = free_dns_port()
+            self.stats_socket = workdir / f"stats-{self.port}.sock"
+            self.log_path = workdir / f"jiji-dns-{self.port}.log"
+            args = [
+                python,
+                str(pyz),
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--corrosion-api",
+                corrosion_api,
+                "--reconnect-interval",
+                "200",
+                "--stats-socket",
+                str(self.stats_socket),
+                "--upstream",
+                ",".join(upstreams or ["127.0.0.1:9"]),
+                "--upstream-timeout",
+                "1",
+            ]
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(args + (extra or []), stdout=log, stderr=log, preexec_fn=limit, env=env)
+            wait_until(lambda: self.stats_socket.exists() or self.proc.poll() is not None, 20, "jiji-dns stats socket")
+            if self.proc.poll() is None:
+                return
+            if "in use" not in self.log() or attempt == 2:
+                raise RuntimeError(f"jiji-dns exited {self.proc.returncode} at start:\n{self.log()[-2000:]}")
 
     def stats(self) -> dict[str, Any]:
         with socket.socket(socket.AF_UNIX) as s:
