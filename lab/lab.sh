@@ -7,6 +7,8 @@
 #   lab/lab.sh ssh I CMD  run CMD on host I
 #   lab/lab.sh stop I / start I   power host I off (its disk kept) / boot it again
 #   lab/lab.sh reset I    host I as a new machine (its disk thrown away)
+#   lab/lab.sh cut I [hosts|all]  drop host I's underlay traffic with the other hosts (hosts), or
+#                         with everything, this machine's SSH included (all); heal I undoes it
 #   lab/lab.sh stack-config FILE  the lab stack's config with the hosts' SSH host keys pinned
 # Hosts reach each other and the resolver, nothing else (no default route, no NAT).
 set -euo pipefail
@@ -187,6 +189,36 @@ reset_host() {
     wait_ssh "$i"
 }
 
+# A cable pulled, in the host's own namespace but in the raw table and a chain of the lab's own,
+# which nothing jiji-net manages touches; healing removes exactly that chain.
+CUT_CHAIN=JIJI-LAB-CUT
+cut_host() {
+    local i=$1 scope=${2:-hosts} ns j
+    ns=$(host_ns "$i")
+    heal_host "$i"
+    ip netns exec "$ns" iptables -t raw -N "$CUT_CHAIN"
+    if [ "$scope" = all ]; then
+        ip netns exec "$ns" iptables -t raw -A "$CUT_CHAIN" -j DROP
+    else
+        for ((j = 0; j < $(cat "$LAB/hosts"); j++)); do
+            [ "$j" = "$i" ] && continue
+            ip netns exec "$ns" iptables -t raw -A "$CUT_CHAIN" -s "$(host_ip "$j")" -j DROP
+            ip netns exec "$ns" iptables -t raw -A "$CUT_CHAIN" -d "$(host_ip "$j")" -j DROP
+        done
+    fi
+    ip netns exec "$ns" iptables -t raw -I PREROUTING -i eth0 -j "$CUT_CHAIN"
+    ip netns exec "$ns" iptables -t raw -I OUTPUT -o eth0 -j "$CUT_CHAIN"
+}
+
+heal_host() {
+    local ns
+    ns=$(host_ns "$1")
+    ip netns exec "$ns" iptables -t raw -D PREROUTING -i eth0 -j "$CUT_CHAIN" 2>/dev/null || true
+    ip netns exec "$ns" iptables -t raw -D OUTPUT -o eth0 -j "$CUT_CHAIN" 2>/dev/null || true
+    ip netns exec "$ns" iptables -t raw -F "$CUT_CHAIN" 2>/dev/null || true
+    ip netns exec "$ns" iptables -t raw -X "$CUT_CHAIN" 2>/dev/null || true
+}
+
 # The lab stack's config, written outside the repository (make up passes it with --config-file):
 # the hosts with their SSH host keys pinned, and the lab's Corrosion build.
 stack_config() {
@@ -247,6 +279,8 @@ case "${1:-}" in
     stop) stop_host "$2" ;;
     start) start_host "$2"; wait_ssh "$2" ;;
     reset) reset_host "$2" ;;
+    cut) cut_host "$2" "${3:-hosts}" ;;
+    heal) heal_host "$2" ;;
     stack-config) stack_config "$2" ;;
-    *) die "usage: lab/lab.sh up [N] | down | status | ssh I CMD | stop I | start I | reset I | stack-config FILE" "pick one of those" ;;
+    *) die "usage: lab/lab.sh up [N] | down | status | ssh I CMD | stop I | start I | reset I | cut I [hosts|all] | heal I | stack-config FILE" "pick one of those" ;;
 esac

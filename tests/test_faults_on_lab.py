@@ -1,10 +1,13 @@
-"""Faults on three lab hosts with a mesh up: a server rebooting, a Corrosion node that lost its
-data, every upstream resolver dead. The data plane must serve its last good state and come back
+"""Faults on three lab hosts with a mesh up: a server rebooting, a server cut off from the others,
+a server lost in the middle of `pulumi up`, a Corrosion node that lost its data, every upstream
+resolver dead. The data plane must serve its last good state and come back
 by itself, with no `pulumi up`. Each prints its timing."""
 
 from __future__ import annotations
 
+import json
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 
@@ -13,6 +16,7 @@ import pytest
 from tests.conftest import Lab
 from tests.engines import Engine, make_engine
 from tests.harness import REPO, corrosion_binary, wait_until
+from tests.labprovider import CommandFailed
 from tests.test_mesh_on_lab import CORROSION, MESH, config, dig, ready, write
 
 pytestmark = pytest.mark.corrosion
@@ -90,3 +94,98 @@ def test_dead_upstreams_give_servfail_in_time_and_jiji_names_still_answer(mesh: 
     finally:
         subprocess.run(["bash", str(REPO / "lab" / "lab.sh"), "up", "3"], check=True, capture_output=True, timeout=300)
     wait_until(lambda: dig(lab, 0, MESH[0], "www.lab.test") == ["198.18.0.200"], 10, "forwarding is back")
+
+
+def lab_sh(*args: str) -> None:
+    subprocess.run(["bash", str(REPO / "lab" / "lab.sh"), *args], check=True, capture_output=True, timeout=300)
+
+
+def container_row(cid: str, server: int, ip: str) -> list[list[object]]:
+    return [
+        ["INSERT OR IGNORE INTO services (project, name) VALUES (?, ?)", ["shop", "web"]],
+        ["INSERT OR REPLACE INTO containers (id, service, project, server_id, ip, health_status, started_at)"
+         " VALUES (?, ?, ?, ?, ?, 'healthy', ?)", [cid, "web", "shop", f"lab{server}", ip, 1]],
+    ]  # fmt: skip
+
+
+def stale_peers(lab: Lab, i: int) -> set[str]:
+    peers = json.loads(lab.run(i, "jiji-net status --json"))["wireguard"]["peers"]
+    return {p["server"] for p in peers if p["stale"]}
+
+
+def test_a_partitioned_server_keeps_its_last_state_and_heals(mesh: tuple[Lab, Engine]) -> None:
+    """lab1 cut off from lab0 and lab2 for 60 s while rows change on both sides (jiji-dns answers a
+    service with the newest container of each server, so each row here is another server's)."""
+    lab, _ = mesh
+    lab_sh("cut", "1")
+    try:
+        cut_at = time.monotonic()
+        write(lab, 0, [["DELETE FROM containers WHERE id = ?", ["c0"]], *container_row("p2", 2, "10.210.2.7")])
+        write(lab, 1, container_row("p1", 1, "10.210.1.7"))
+        majority, minority = ["10.210.2.7"], ["10.210.0.2", "10.210.1.7"]
+        wait_until(lambda: dig(lab, 0, MESH[0], "shop-web.jiji") == majority, 5, "lab0 answers its side's rows")
+        wait_until(lambda: dig(lab, 1, MESH[1], "shop-web.jiji") == minority, 5, "lab1 answers its side's rows")
+        assert stale_peers(lab, 0) == {"lab1"} and stale_peers(lab, 2) == {"lab1"}
+        assert stale_peers(lab, 1) == {"lab0", "lab2"}
+        # For the whole minute each side answers its last good state, never SERVFAIL.
+        while time.monotonic() - cut_at < 60:
+            assert dig(lab, 2, MESH[2], "shop-web.jiji") == majority
+            assert dig(lab, 1, MESH[1], "shop-web.jiji") == minority
+            time.sleep(5)
+        assert stale_peers(lab, 1) == {"lab0", "lab2"}
+    finally:
+        lab_sh("heal", "1")
+    healed = time.monotonic()
+    both = ["10.210.1.7", "10.210.2.7"]
+    wait_until(lambda: all(dig(lab, i, MESH[i], "shop-web.jiji") == both for i in range(3)), 10, "every node the same")
+    seconds = time.monotonic() - healed
+    for i in range(3):
+        rows = lab.run(i, f"{CORROSION} query 'SELECT id FROM containers ORDER BY id'").split()
+        assert rows == ["p1", "p2"], (i, rows)  # c0, deleted on one side, is gone everywhere
+    wait_until(lambda: not any(stale_peers(lab, i) for i in range(3)), 30, "no peer STALE")
+    print(f"\npartition: 60 s cut; every node answers the same {seconds:.1f} s after healing")
+    # Back to the module's starting row for the tests after this one.
+    write(lab, 0, [["DELETE FROM containers WHERE id IN ('p1', 'p2')", []], *container_row("c0", 0, "10.210.0.2")])
+    for i in range(3):
+        wait_until(lambda i=i: dig(lab, i, MESH[i], "shop-web.jiji") == ["10.210.0.2"], 10, f"lab{i} answers")
+
+
+def test_a_server_lost_in_the_middle_of_up(mesh: tuple[Lab, Engine]) -> None:
+    """lab2 unreachable (its cable pulled) once `pulumi up` of a new TTL has started: the others get
+    it, the run fails naming lab2, and with lab2 back the next `up` converges, then has nothing to do."""
+    lab, engine = mesh
+    cfg = config(lab, 3, dns_ttl=17)
+    failure: list[BaseException] = []
+    took: list[float] = []
+
+    def run() -> None:
+        started = time.monotonic()
+        try:
+            engine.up(cfg)
+        except BaseException as e:  # noqa: BLE001 - handed to the test thread
+            failure.append(e)
+        took.append(time.monotonic() - started)
+
+    up = threading.Thread(target=run)
+    try:
+        up.start()
+        time.sleep(1.0)  # the CLI is starting the program; nothing has dialled a server yet
+        lab_sh("cut", "2", "all")
+        up.join(600)
+        assert not up.is_alive(), "pulumi up did not end within 10 minutes of losing lab2"
+        assert failure and isinstance(failure[0], CommandFailed), failure
+        message = str(failure[0])
+        assert "lab2" in message, message
+        assert "PRIVATE KEY" not in message
+        for i in (0, 1):
+            answer = lab.run(i, f"dig +noall +answer @{MESH[i]} shop-web.jiji")
+            assert answer.split()[1] == "17", answer
+    finally:
+        lab_sh("heal", "2")
+    wait_until(lambda: lab.pings(0, MESH[2]), 30, "lab2 back on the mesh")
+    again = engine.up(cfg)
+    assert ("update", "lab2-dns") in again.actions, again.actions
+    assert dig(lab, 2, MESH[2], "shop-web.jiji") == ["10.210.0.2"]
+    assert lab.run(2, f"dig +noall +answer @{MESH[2]} shop-web.jiji").split()[1] == "17"
+    assert engine.up(cfg).actions == []
+    print(f"\nhost lost mid-up: the failed run took {took[0]:.0f} s; the next converged in {again.seconds:.1f} s")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from jiji_ops.report import Facts, checks, status
 from jiji_ops.wg import STALE_AFTER, names_from_config, parse_dump
 
 RECORDED = Path(__file__).parent / "recorded"
+HOSTBIN = Path(__file__).parent.parent / "hostbin"
 DUMP = (RECORDED / "wg-show-dump.txt").read_text()
 MEMBERS = (RECORDED / "corrosion-cluster-members.txt").read_text()
 STATS = json.loads((RECORDED / "jiji-dns-stats.json").read_text())
@@ -251,3 +254,47 @@ def test_register_writes_only_differences_and_removes_departed_servers() -> None
     assert [m[1] for m in meta if isinstance(m, tuple)] == [["cluster_cidr", "10.210.0.0/16"], ["domain", "jiji"]]
     with pytest.raises(ValueError, match="refusing to empty the registry"):
         register.statements({"servers": [], "metadata": {}})
+
+
+def test_echo_packets_round_trip_and_replies_are_matched_strictly() -> None:
+    from jiji_ops import probe
+
+    request = probe.echo_request(0x1234, 7)
+    assert probe.checksum(request) == 0  # a packet with its checksum in place sums to zero
+    ip_header = bytes([0x45]) + bytes(19)
+    reply = bytes([probe.ECHO_REPLY]) + request[1:]
+    assert probe.parse_reply(ip_header + reply) == (0x1234, 7)
+    assert probe.parse_reply(ip_header + request) is None  # our own request seen on loopback
+    assert probe.parse_reply(ip_header[:10]) is None and probe.parse_reply(ip_header + reply[:5]) is None
+    assert probe.mesh_address(["10.210.7.0/24"]) == "10.210.7.1"
+    assert probe.mesh_address(["bogus", "fd00::/64", "10.210.3.0/24"]) == "10.210.3.1"
+    assert probe.mesh_address([]) is None
+
+
+def test_a_peer_silent_over_the_tunnel_is_stale_despite_a_recent_handshake() -> None:
+    wg = parse_dump(DUMP)
+    silent = wg.peers[0].public_key
+    f = facts(unanswered=frozenset({silent}))
+    assert not wg.peers[0].stale(NOW)
+    data = status(f)
+    assert [p["stale"] for p in data["wireguard"]["peers"]] == [True, False]
+    assert [p["answers"] for p in data["wireguard"]["peers"]] == [False, True]
+    wireguard = next(c for c in checks(f) if c.name == "wireguard")
+    assert not wireguard.ok and "no answer over jiji0 from: lab1" in wireguard.detail
+    assert next(c for c in checks(facts(unanswered=frozenset())) if c.name == "wireguard").ok
+    unprobed = status(facts())
+    assert [p["answers"] for p in unprobed["wireguard"]["peers"]] == [None, None]
+
+
+def test_echo_to_loopback_is_answered_and_to_an_unroutable_address_is_not() -> None:
+    # In a network namespace of its own with only loopback up, so no packet leaves this test.
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from jiji_ops import probe;"
+        " print(sorted(probe.answering(['127.0.0.1', '127.0.0.2', '192.0.2.1'], timeout=1.0) or ['no raw socket']))"
+    )
+    out = subprocess.run(
+        ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "-", sys.executable, "-c", code, str(HOSTBIN)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['127.0.0.1', '127.0.0.2']"

@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from . import dnsview, gc, register, registrar, remote, sources, sql, table
+from . import dnsview, gc, probe, register, registrar, remote, sources, sql, table
 from .corrosion import Corrosion, CorrosionError
 from .members import parse_members
 from .report import Facts, checks, status
@@ -110,6 +110,12 @@ def gather(host: sources.HostConfig, corrosion: Corrosion) -> Facts:
         members: Any = parse_members(text) if code == 0 else text
     else:
         members = "jiji-corrosion is not running"
+    unanswered = None
+    if not isinstance(wireguard, str):
+        address_of = {p.public_key: probe.mesh_address(p.allowed_ips) for p in wireguard.peers}
+        answered = probe.answering(a for a in address_of.values() if a)
+        if answered is not None:
+            unanswered = frozenset(k for k, a in address_of.items() if a not in answered)
     return Facts(
         server=host.server,
         now=time.time(),
@@ -121,6 +127,7 @@ def gather(host: sources.HostConfig, corrosion: Corrosion) -> Facts:
         corrosion_api=api_error,
         dns=sources.dns_stats(),
         containers=containers,
+        unanswered=unanswered,
     )
 
 

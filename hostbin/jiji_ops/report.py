@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .members import Member
-from .wg import Interface
+from .wg import Interface, Peer
 
 
 @dataclass
@@ -21,6 +21,17 @@ class Facts:
     corrosion_api: str | None  # None = answered; else the error
     dns: dict[str, Any] | str
     containers: dict[str, int] = field(default_factory=dict)  # health_status -> count on this server
+    # Public keys of peers that answered no echo over jiji0 just now; None = not probed.
+    unanswered: frozenset[str] | None = None
+
+
+def _silent(f: Facts, public_key: str) -> bool:
+    return f.unanswered is not None and public_key in f.unanswered
+
+
+def _stale(f: Facts, peer: Peer) -> bool:
+    """Cut off: no handshake for 3 minutes, or no answer over the tunnel right now."""
+    return peer.stale(f.now) or _silent(f, peer.public_key)
 
 
 @dataclass(frozen=True)
@@ -44,11 +55,19 @@ def checks(f: Facts) -> list[Check]:
     if isinstance(f.wireguard, str):
         out.append(Check("wireguard", False, f"jiji0 is down ({wg_unit}): {f.wireguard}"))
     else:
-        stale = [f.peer_names.get(p.public_key, p.public_key[:8]) for p in f.wireguard.peers if p.stale(f.now)]
-        if stale:
-            out.append(Check("wireguard", False, f"no handshake in 180 s with: {', '.join(sorted(stale))}"))
+        def name(p: Peer) -> str:
+            return f.peer_names.get(p.public_key, p.public_key[:8])
+
+        old = sorted(name(p) for p in f.wireguard.peers if p.stale(f.now))
+        silent = sorted(name(p) for p in f.wireguard.peers if not p.stale(f.now) and _silent(f, p.public_key))
+        problems = ([f"no handshake in 180 s with: {', '.join(old)}"] if old else []) + (
+            [f"no answer over jiji0 from: {', '.join(silent)}"] if silent else []
+        )
+        if problems:
+            out.append(Check("wireguard", False, "; ".join(problems)))
         else:
-            out.append(Check("wireguard", True, f"{len(f.wireguard.peers)} peers, all with recent handshakes"))
+            answered = "" if f.unanswered is None else ", all answering"
+            out.append(Check("wireguard", True, f"{len(f.wireguard.peers)} peers, all with recent handshakes{answered}"))
     if down := _not_active(f, "jiji-net-network", "jiji-net-network.service (forwarding, NAT, firewall)"):
         out.append(Check("network", False, down))
     else:
@@ -95,7 +114,8 @@ def status(f: Facts) -> dict[str, Any]:
                     "endpoint": p.endpoint,
                     "allowed_ips": list(p.allowed_ips),
                     "handshake_age_s": p.handshake_age(f.now),
-                    "stale": p.stale(f.now),
+                    "stale": _stale(f, p),
+                    "answers": None if f.unanswered is None else p.public_key not in f.unanswered,
                     "rx_bytes": p.rx_bytes,
                     "tx_bytes": p.tx_bytes,
                 }
