@@ -130,7 +130,9 @@ def wire_name(name: str) -> bytes:
     return b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\x00"
 
 
-def bench_qps(work: Path, pyz: Path, node: harness.CorrosionNode, names: int, seconds: int, repeats: int) -> None:
+def bench_qps(
+    work: Path, pyz: Path, node: harness.CorrosionNode, names: int, seconds: int, repeats: int, only: list[str]
+) -> None:
     print(
         f"\n== query cost: {names} names x 3 A records, median of {repeats} alternating {seconds} s runs per server,"
         " servers on core 0, dnsperf on core 1"
@@ -239,6 +241,8 @@ def bench_qps(work: Path, pyz: Path, node: harness.CorrosionNode, names: int, se
             f" {'qps ratio':>10}"
         )
         for mix, datafile in mixes.items():
+            if only and mix not in only:
+                continue
             # Alternate the servers over several short runs and keep each one's median: this VM's
             # speed drifts by 5-15% over a minute, which one run per server would put in the ratio.
             runs: dict[str, list[dict[str, float]]] = {label: [] for label, *_ in servers[mix]}
@@ -474,6 +478,7 @@ def main() -> int:
     p.add_argument("--snapshot", type=int, default=64768)
     p.add_argument("--workers", type=int, default=2, help="jiji-dns workers for the latency parts (default 2)")
     p.add_argument("--only", choices=["qps", "latency", "snapshot"], help="run one part")
+    p.add_argument("--mix", action="append", choices=["jiji hit", "NXDOMAIN", "forwarded"], help="query mixes to run")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases)")
     a = p.parse_args()
     work = harness.tempdir("jiji-bench-")
@@ -494,7 +499,7 @@ def run_parts(a: argparse.Namespace, work: Path) -> None:
         node = harness.CorrosionNode(work / "corrosion")
         try:
             if a.only in (None, "qps"):
-                bench_qps(work, pyz, node, a.names, a.seconds, a.repeats)
+                bench_qps(work, pyz, node, a.names, a.seconds, a.repeats, a.mix or [])
             if a.only in (None, "latency"):
                 bench_change_latency(work, pyz, node, a.latency_rounds, a.workers)
         finally:

@@ -1,12 +1,21 @@
 """Forwards names outside our domain to the upstream resolvers, in order, one timeout each.
 
-Spoofing resistance (what an off-path attacker must guess): every UDP forward leaves from its
-own socket, connected to the upstream, so the kernel picks a fresh random source port per query
-and drops datagrams from any other address or port; the id comes from `secrets`. A reply is
-accepted only with the query's id and the query's question (compared case-insensitively, as
-the upstream may normalise case), so a reply for another name is dropped even when id and port
-match. A connected socket also surfaces the upstream's ICMP "port unreachable" as
-ConnectionRefusedError: the next upstream is tried at once instead of after the timeout.
+Spoofing resistance (what an off-path attacker must guess): UDP forwards leave from sockets
+connected to the upstream, so the kernel picks a random source port for each socket and drops
+datagrams from any other address or port; ids come from `secrets`. A reply is accepted only
+with the id of a query in flight on that socket and that query's question (compared
+case-insensitively, as the upstream may normalise case), so a reply for another name is dropped
+even when id and port match. A connected socket also surfaces the upstream's ICMP "port
+unreachable" as ConnectionRefusedError: the next upstream is tried at once instead of after the
+timeout.
+
+A socket is shared only by forwards that overlap in time (see _Channel): a query that finds no
+open socket for its upstream gets a new one, and a socket closes as soon as nothing is in flight
+on it, so queries one after another each leave from a fresh port, as before. Under load a
+socket carries at most CHANNEL_USES queries within CHANNEL_AGE seconds: creating, connecting
+and closing a socket per query was the largest cost of a forward, and a bounded share keeps the
+port short-lived (a port scan has little time to find it). Sharing does not help a spoofer aim:
+each forged reply must still match one query's own random id and question.
 
 UDP forwards are callbacks on the event loop (no task per query, see Forwarder for the rest). One in-flight bound covers UDP
 and TCP forwards together: past it the client gets SERVFAIL at once instead of growing memory.
@@ -27,6 +36,9 @@ from .config import Endpoint
 from .events import Counters
 
 UDP_READ = 65535
+# Most queries one upstream socket carries, and for how long it takes new ones after its first.
+CHANNEL_USES = 32
+CHANNEL_AGE = 1.0
 
 
 def reply_matches(query_question: bytes, qid: bytes, reply: bytes) -> bool:
@@ -46,16 +58,31 @@ def reply_matches(query_question: bytes, qid: bytes, reply: bytes) -> bool:
 class _UdpForward:
     """One client query on its way through the upstreams."""
 
-    __slots__ = ("query", "question", "done", "next_upstream", "sock", "attempt", "qid")
+    __slots__ = ("query", "question", "done", "next_upstream", "channel", "attempt", "qid")
 
     def __init__(self, query: bytes, question: bytes, done: Callable[[bytes | None], None]) -> None:
         self.query = query
         self.question = question
         self.done: Callable[[bytes | None], None] | None = done
         self.next_upstream = 0
-        self.sock: socket.socket | None = None
+        self.channel: _Channel | None = None
         self.attempt = 0
         self.qid = b""
+
+
+class _Channel:
+    """One connected socket to one upstream and the forwards in flight on it, by id. It takes
+    new forwards while it is its upstream's open channel (fewer than CHANNEL_USES sent, younger
+    than CHANNEL_AGE) and is closed when its last forward is answered, fails or times out."""
+
+    __slots__ = ("sock", "upstream", "pending", "uses", "expires")
+
+    def __init__(self, sock: socket.socket, upstream: int, expires: float) -> None:
+        self.sock = sock
+        self.upstream = upstream
+        self.pending: dict[bytes, _UdpForward] = {}
+        self.uses = 0
+        self.expires = expires
 
 
 class Forwarder:
@@ -69,9 +96,10 @@ class Forwarder:
         self.max_inflight = max_inflight
         self.counters = counters
         self.inflight = 0
-        self._udp: set[_UdpForward] = set()
         self._epoll: select.epoll | None = None
-        self._by_fd: dict[int, _UdpForward] = {}
+        self._by_fd: dict[int, _Channel] = {}
+        # Per upstream, the channel new forwards go to (None: the next forward opens one).
+        self._open: list[_Channel | None] = [None] * len(upstreams)
         self._deadlines: collections.deque[tuple[float, _UdpForward, int]] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
         self._ids = b""
@@ -88,6 +116,11 @@ class Forwarder:
     def release(self) -> None:
         self.inflight -= 1
 
+    @property
+    def sockets(self) -> int:
+        """Upstream UDP sockets open now (for tests and the stats)."""
+        return len(self._by_fd)
+
     # ---- UDP -------------------------------------------------------------------------------
     def forward_udp(self, query: bytes, done: Callable[[bytes | None], None]) -> None:
         """Forward `query` (an in-flight slot is taken and released here); `done` is called once,
@@ -98,40 +131,65 @@ class Forwarder:
             self.release()
             done(None)
             return
-        fwd = _UdpForward(query, query[12:end].lower(), done)
-        self._udp.add(fwd)
-        self._send_next(fwd)
+        self._send_next(_UdpForward(query, query[12:end].lower(), done))
 
-    def _new_id(self) -> bytes:
+    def _new_id(self, taken: dict[bytes, _UdpForward]) -> bytes:
         # secrets in batches: one getrandom() per 2,048 ids instead of one per query.
-        if not self._ids:
-            self._ids = secrets.token_bytes(4096)
-        qid, self._ids = self._ids[:2], self._ids[2:]
-        return qid
+        while True:
+            if not self._ids:
+                self._ids = secrets.token_bytes(4096)
+            qid, self._ids = self._ids[:2], self._ids[2:]
+            if qid not in taken:
+                return qid
+
+    def _channel(self, index: int, now: float) -> _Channel | None:
+        """The open channel to upstream `index`, a new one when there is none; None when no
+        socket can be made."""
+        channel = self._open[index]
+        if channel is not None:
+            return channel
+        upstream = self.upstreams[index]
+        sock = socket.socket(socket.AF_INET6 if upstream.family_v6 else socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.connect((upstream.host, upstream.port))  # binds a fresh random port
+            if self._epoll is None:
+                self._epoll = select.epoll()
+                asyncio.get_running_loop().add_reader(self._epoll.fileno(), self._on_events)
+            self._epoll.register(sock.fileno(), select.EPOLLIN)
+        except OSError:
+            sock.close()
+            return None
+        channel = self._open[index] = _Channel(sock, index, now + CHANNEL_AGE)
+        self._by_fd[sock.fileno()] = channel
+        return channel
 
     def _send_next(self, fwd: _UdpForward) -> None:
         loop = asyncio.get_running_loop()
-        if self._epoll is None:
-            self._epoll = select.epoll()
-            loop.add_reader(self._epoll.fileno(), self._on_events)
+        now = loop.time()
         while fwd.next_upstream < len(self.upstreams):
-            upstream = self.upstreams[fwd.next_upstream]
+            index = fwd.next_upstream
             fwd.next_upstream += 1
-            sock = socket.socket(socket.AF_INET6 if upstream.family_v6 else socket.AF_INET, socket.SOCK_DGRAM)
-            try:
-                sock.setblocking(False)
-                sock.connect((upstream.host, upstream.port))  # binds a fresh random port
-                fwd.qid = self._new_id()
-                sock.send(fwd.qid + fwd.query[2:])
-                self._epoll.register(sock.fileno(), select.EPOLLIN)
-            except OSError:
-                sock.close()
+            channel = self._channel(index, now)
+            if channel is None:
                 self.counters.upstream_failures += 1
                 continue
-            fwd.sock = sock
+            qid = self._new_id(channel.pending)
+            try:
+                channel.sock.send(qid + fwd.query[2:])
+            except OSError:
+                # A refused send (a pending ICMP error) condemns the socket for all its forwards.
+                self.counters.upstream_failures += 1
+                self._fail(channel)
+                continue
+            fwd.qid = qid
+            fwd.channel = channel
             fwd.attempt += 1
-            self._by_fd[sock.fileno()] = fwd
-            deadline = loop.time() + self.timeout
+            channel.pending[qid] = fwd
+            channel.uses += 1
+            if channel.uses >= CHANNEL_USES or now >= channel.expires:
+                self._open[index] = None
+            deadline = now + self.timeout
             self._deadlines.append((deadline, fwd, fwd.attempt))
             if self._timer is None:
                 self._timer = loop.call_at(deadline, self._expire)
@@ -141,31 +199,44 @@ class Forwarder:
     def _on_events(self) -> None:
         if self._epoll is None:
             return
+        by_fd = self._by_fd
         for fd, _ in self._epoll.poll(0):
-            fwd = self._by_fd.get(fd)
-            if fwd is not None:
-                self._read(fwd)
+            channel = by_fd.get(fd)
+            if channel is not None:
+                self._read(channel)
 
-    def _read(self, fwd: _UdpForward) -> None:
-        sock = fwd.sock
-        if sock is None:
-            return
-        for _ in range(16):
+    def _read(self, channel: _Channel) -> None:
+        recv = channel.sock.recv
+        pending = channel.pending
+        for _ in range(64):
             try:
-                data = sock.recv(UDP_READ)
+                data = recv(UDP_READ)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
-                # ICMP unreachable (ConnectionRefusedError) or another error: this upstream is out.
-                self.counters.upstream_failures += 1
-                self._drop_socket(fwd)
-                self._send_next(fwd)
+                # ICMP unreachable (ConnectionRefusedError) or another error: this upstream is
+                # out for every forward waiting on this socket.
+                self._fail(channel)
                 return
-            if reply_matches(fwd.question, fwd.qid, data):
-                self._drop_socket(fwd)
+            fwd = pending.get(data[:2])
+            if fwd is not None and reply_matches(fwd.question, fwd.qid, data):
+                del pending[fwd.qid]
+                fwd.channel = None
                 self._finish(fwd, fwd.query[:2] + data[2:])
-                return
-            self.counters.forward_replies_dropped += 1
+                if not pending:
+                    self._close(channel)
+                    return
+            else:
+                self.counters.forward_replies_dropped += 1
+
+    def _fail(self, channel: _Channel) -> None:
+        waiting = list(channel.pending.values())
+        channel.pending.clear()
+        self._close(channel)
+        for fwd in waiting:
+            self.counters.upstream_failures += 1
+            fwd.channel = None
+            self._send_next(fwd)
 
     def _expire(self) -> None:
         loop = asyncio.get_running_loop()
@@ -173,26 +244,28 @@ class Forwarder:
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
             _, fwd, attempt = deadlines.popleft()
-            if fwd.attempt == attempt and fwd.sock is not None:
+            channel = fwd.channel
+            if fwd.attempt == attempt and channel is not None:
                 self.counters.upstream_failures += 1
-                self._drop_socket(fwd)
+                del channel.pending[fwd.qid]
+                fwd.channel = None
+                if not channel.pending:
+                    self._close(channel)
                 self._send_next(fwd)
         self._timer = loop.call_at(deadlines[0][0], self._expire) if deadlines else None
 
-    def _drop_socket(self, fwd: _UdpForward) -> None:
-        sock = fwd.sock
-        if sock is not None:
-            # Closing the only descriptor also takes it out of the epoll set.
-            self._by_fd.pop(sock.fileno(), None)
-            sock.close()
-            fwd.sock = None
+    def _close(self, channel: _Channel) -> None:
+        if self._open[channel.upstream] is channel:
+            self._open[channel.upstream] = None
+        # Closing the only descriptor also takes it out of the epoll set.
+        if self._by_fd.pop(channel.sock.fileno(), None) is not None:
+            channel.sock.close()
 
     def _finish(self, fwd: _UdpForward, reply: bytes | None) -> None:
         done = fwd.done
         if done is not None:
             fwd.done = None
             fwd.query = fwd.question = b""  # its deadline entry may outlive it: keep that small
-            self._udp.discard(fwd)
             self.release()
             done(reply)
 
@@ -225,9 +298,9 @@ class Forwarder:
         return None
 
     def close(self) -> None:
-        for fwd in list(self._udp):
-            self._drop_socket(fwd)
-        self._udp.clear()
+        for channel in list(self._by_fd.values()):
+            self._close(channel)
+        self._deadlines.clear()
         if self._timer is not None:
             self._timer.cancel()
         if self._epoll is not None:
