@@ -120,8 +120,9 @@ class Limits:
 
 def fd_limits(max_tcp: int, max_inflight: int) -> Limits:
     """TCP connection and in-flight forward bounds that fit the open-file limit (raised to its
-    hard limit first): every connection and every forward holds one descriptor, so accept() can
-    never fail with EMFILE while we are below both bounds."""
+    hard limit first): every connection holds one descriptor and every forward at most one (UDP
+    forwards that overlap share a socket), so accept() can never fail with EMFILE while we are
+    below both bounds."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft < hard:
         try:
