@@ -146,6 +146,11 @@ def registrar_unit(settings: MeshSettings) -> str:
     )
 
 
+def rejoin_unit() -> str:
+    """`jiji-net rejoin`, which restarts Corrosion when a healed partition left it outside the cluster."""
+    return _ENV.get_template("jiji-rejoin.service.j2").render()
+
+
 @functools.cache
 def corrosion_schema() -> str:
     return (_HOSTBIN / "corrosion-schema.sql").read_text()

@@ -186,6 +186,8 @@ def dns_step(owner: str, settings: MeshSettings, plan: ServerPlan, dns_sha256: s
         unit_text=render.dns_unit(settings, plan),
         registrar_unit_path=f"{SYSTEMD}/jiji-registrar.service",
         registrar_unit_text=render.registrar_unit(settings) if settings.container_engine != "none" else "",
+        rejoin_unit_path=f"{SYSTEMD}/jiji-rejoin.service",
+        rejoin_unit_text=render.rejoin_unit(),
     )
 
 

@@ -254,10 +254,10 @@ def test_engines_get_their_network_step(binary: Path) -> None:
         "jiji-registrar.service"
         in evaluate(lab_config(binary, container_engine="podman")).commands()["lab0-dns"].inputs["stdin"]
     )
-    assert (
-        "ExecStart=/usr/local/bin/jiji-net registrar"
-        not in evaluate(lab_config(binary)).commands()["lab0-dns"].inputs["stdin"]
-    )
+    plain = evaluate(lab_config(binary)).commands()["lab0-dns"].inputs["stdin"]
+    assert "ExecStart=/usr/local/bin/jiji-net registrar" not in plain
+    # Every server, engine or not, runs the watch that brings Corrosion back after a partition.
+    assert "ExecStart=/usr/local/bin/jiji-net rejoin" in plain
 
 
 def test_a_pinned_download_is_checked_on_the_server(binary: Path) -> None:

@@ -49,3 +49,16 @@ def test_systemd_accepts_it(tmp_path: Path) -> None:
         line for line in out.stderr.splitlines() if "jiji-registrar" in line and "/usr/local/bin/jiji-net" not in line
     ]
     assert ours == [], out.stderr
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_systemd_accepts_the_rejoin_unit(tmp_path: Path) -> None:
+    from components.render import rejoin_unit
+
+    text = rejoin_unit()
+    assert "ExecStart=/usr/local/bin/jiji-net rejoin" in text.splitlines() and "{" not in text
+    unit = tmp_path / "jiji-rejoin.service"
+    unit.write_text(text)
+    out = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    ours = [line for line in out.stderr.splitlines() if "jiji-rejoin" in line and "/usr/local/bin/jiji-net" not in line]
+    assert ours == [], out.stderr

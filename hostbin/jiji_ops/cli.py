@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from . import dnsview, gc, probe, register, registrar, remote, sources, sql, table
+from . import dnsview, gc, probe, register, registrar, rejoin, remote, sources, sql, table
 from .corrosion import Corrosion, CorrosionError
 from .members import parse_members
 from .report import Facts, checks, status
@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
         "registrar", help="(run by jiji-registrar.service) keep this server's container rows equal to its engine's containers"
     )
     registrar.add_arguments(r)
+    rj = sub.add_parser(
+        "rejoin", help="(run by jiji-rejoin.service) restart Corrosion when a healed partition left it outside the cluster"
+    )
+    rejoin.add_arguments(rj)
     return p
 
 
@@ -59,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "registrar":
             return cmd_registrar(args)
+        if args.command == "rejoin":
+            return rejoin.run(args.interval)
         host = sources.HostConfig.load(args.host_config)
         corrosion = Corrosion(host.corrosion_api)
         command = {"status": cmd_status, "ready": cmd_ready, "dns": cmd_dns, "inspect": cmd_inspect, "gc": cmd_gc, "db": cmd_db}
