@@ -144,6 +144,10 @@ def test_a_partitioned_server_keeps_its_last_state_and_heals(mesh: tuple[Lab, En
             rows = lab.run(i, f"{CORROSION} query 'SELECT id FROM containers ORDER BY id'").split()
             assert rows == ["p1", "p2"], (i, rows)  # c0, deleted on one side, is gone everywhere
         wait_until(lambda: not any(stale_peers(lab, i) for i in range(3)), 30, "no peer STALE")
+        # It was lab1 that rejoined, by restarting its node (rejoin.py): the larger side did nothing.
+        restarts = [lab.run(i, "journalctl -u jiji-rejoin -o cat --no-pager", check=False).count("restarting jiji-corrosion")
+                    for i in range(3)]  # fmt: skip
+        assert restarts == [0, 1, 0], restarts
         print(f"\npartition: 60 s cut; every node answers the same {seconds:.1f} s after healing")
     finally:
         restore_row(lab)
