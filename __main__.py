@@ -2,7 +2,7 @@
 
 import pulumi
 
-from components import artifacts
+from components import artifacts, render
 from components import settings as stack_settings
 from components.mesh import Mesh, Uploads
 from components.plan import plan_addresses
@@ -11,6 +11,7 @@ settings, servers, ssh_key = stack_settings.load()
 plans = plan_addresses(settings, servers)
 dns_pyz, tool_pyz = artifacts.zipapps()
 uploads = Uploads(
+    steplib=artifacts.built_file("steplib.sh", render.step_library()),
     dns=dns_pyz,
     tool=tool_pyz,
     corrosion=artifacts.local_binary(settings.corrosion.local_path) if settings.corrosion.local_path else None,

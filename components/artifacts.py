@@ -61,8 +61,16 @@ def local_binary(path: str) -> Artifact:
 def stack_file(stack: str, name: str, text: str) -> Artifact:
     """A file the program makes for one stack (build/stacks/<stack>/<name>), rewritten only when
     its content changed; uploaded as a file asset, so state keeps its hash, not its bytes."""
+    return _written(BUILD_DIR / "stacks" / stack / name, text)
+
+
+def built_file(name: str, text: str) -> Artifact:
+    """A file the program makes the same for every stack (build/<name>), like `stack_file`."""
+    return _written(BUILD_DIR / name, text)
+
+
+def _written(path: Path, text: str) -> Artifact:
     data = text.encode()
-    path = BUILD_DIR / "stacks" / stack / name
     if not path.exists() or path.read_bytes() != data:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)

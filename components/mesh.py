@@ -1,8 +1,8 @@
 """The mesh as ComponentResources: thin wiring of plan, render and steps into remote resources.
 
-Per server: its component, the `host` step (checks, WireGuard key), three uploads (the two
-zipapps and the mesh table; a fourth, the Corrosion binary, unless servers download it) and the
-`network`, `wireguard`, `corrosion` and `dns` steps. Per mesh: the `registry` step. Each step is
+Per server: its component, the `host` step (checks, WireGuard key), four uploads (the step
+library, the two zipapps and the mesh table; a fifth, the Corrosion binary, unless servers
+download it) and the `network`, `wireguard`, `corrosion` and `dns` steps. Per mesh: the `registry` step. Each step is
 a `command:remote:Command` whose stdin is its script (see steps.py).
 
 What the engine may do to these resources is part of their design:
@@ -36,8 +36,10 @@ from .plan import ServerPlan, configured_endpoint
 
 @dataclass(frozen=True)
 class Uploads:
-    """Local files servers get. `corrosion` is None when servers download the pinned release."""
+    """Local files servers get. `corrosion` is None when servers download the pinned release;
+    `steplib` is the shell library the steps source."""
 
+    steplib: Artifact
     dns: Artifact
     tool: Artifact
     corrosion: Artifact | None
@@ -132,17 +134,18 @@ class Server(pulumi.ComponentResource):
         """`table` waits for every live server's public key (it is made from them); it carries no
         resource dependencies, which would be N per server, N*N in all."""
         r, settings, plan, spec, uploads = self.remote, self.settings, self.plan, self.spec, self.uploads
-        own = self.owner
+        own, lib = self.owner, uploads.steplib.sha256
+        lib_up = self._upload_artifact("steplib", uploads.steplib)
         tool_up = self._upload_artifact("jiji-net", uploads.tool)
         dns_up = self._upload_artifact("jiji-dns", uploads.dns)
         table_up = r.upload(
             "mesh", self, table.apply(lambda t: pulumi.FileAsset(t.path)), steps.MESH_TABLE, [self.host]
         )
-        network = r.step("network", self, steps.network_step(own("network"), settings, plan), [self.host])
+        network = r.step("network", self, steps.network_step(own("network"), lib, settings, plan), [self.host, lib_up])
         wireguard = r.step(
             "wireguard",
             self,
-            table.apply(lambda t: steps.wireguard_step(own("wireguard"), settings, plan, spec, t.sha256)),
+            table.apply(lambda t: steps.wireguard_step(own("wireguard"), lib, settings, plan, spec, t.sha256)),
             [self.host, network, table_up],
         )
         corrosion_deps: list[pulumi.Resource] = [wireguard]
@@ -152,12 +155,15 @@ class Server(pulumi.ComponentResource):
         else:
             binary_sha = settings.corrosion.sha256 or ""
         corrosion = r.step(
-            "corrosion", self, steps.corrosion_step(own("corrosion"), settings, plan, seeds, binary_sha), corrosion_deps
+            "corrosion",
+            self,
+            steps.corrosion_step(own("corrosion"), lib, settings, plan, seeds, binary_sha),
+            corrosion_deps,
         )
         self.dns = r.step(
             "dns",
             self,
-            steps.dns_step(own("dns"), settings, plan, uploads.dns.sha256, uploads.tool.sha256),
+            steps.dns_step(own("dns"), lib, settings, plan, uploads.dns.sha256, uploads.tool.sha256),
             [corrosion, dns_up, tool_up],
         )
         registry_ready.append(self.dns)
@@ -198,7 +204,7 @@ class Mesh(pulumi.ComponentResource):
         registrar.remote.step(
             "registry",
             self,
-            rows.apply(lambda text: steps.registry_step(f"{name}-registry", text)),
+            rows.apply(lambda text: steps.registry_step(f"{name}-registry", uploads.steplib.sha256, text)),
             ready,
             f"{name}-registry",
         )

@@ -139,6 +139,11 @@ def step_script(kind: str, **values: object) -> str:
     return _ENV.get_template(f"steps/{kind}.sh.j2").render(**values)
 
 
+def step_library() -> str:
+    """The shell functions the steps source: the same on every server (no values in it)."""
+    return _ENV.get_template("steps/_lib.sh.j2").render()
+
+
 def registrar_unit(settings: MeshSettings) -> str:
     """`jiji-net registrar`, which puts this server's containers into the registry (docker and podman only)."""
     return _ENV.get_template("jiji-registrar.service.j2").render(

@@ -7,17 +7,25 @@ part of a server: `sh -s -- apply` or `sh -s -- remove` with the script on stdin
 - `delete` runs the script stored with the resource, so it removes exactly what that version
   applied;
 - the commands themselves are short and constant: a failure message shows the step's own
-  stderr, not a page of shell.
+  stderr, not a page of shell;
+- what is the same on every server (the shell functions and helpers of `_lib.sh.j2`) is not in
+  the scripts: it is uploaded once per server as the step library, by content hash (state keeps
+  its hash), and every step but `host`, which runs before any upload, sources it. Every version
+  of the library stays on the server until the host step is removed, so a delete stored with an
+  older script finds the library it was made with;
+- comment and blank lines are dropped from a rendered script (the templates keep them), except in
+  here-documents: an installed file is shown and installed exactly as rendered.
 
 Every script is safe to run again: files are replaced only when their content differs, and units
 restart only when what they run changed, so a run whose only change is the connection (a new
 SSH key, a pinned host key) restarts nothing. A step's `remove` acts only while the ownership
-stamp on the server names its own resource (see `_lib.sh.j2`), so a replacement or a renamed
+stamp on the server names its own resource (see `_core.sh.j2`), so a replacement or a renamed
 server's new resource is never undone by the old one's delete.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from . import render, topology
@@ -62,12 +70,39 @@ def _embedded(text: str, what: str) -> str:
     return text
 
 
-def render_step(kind: str, owner: str, timeout: int, **values: object) -> Step:
+_HEREDOC = re.compile(r"<<-?'([A-Za-z_]+)'")
+
+
+def without_comments(script: str) -> str:
+    """`script` without its comment and blank lines, but for its first line (what it is),
+    shellcheck directives and the bodies of here-documents. The templates' only multi-line quoted
+    strings are awk programs, where `#` starts a comment too."""
+    lines = script.splitlines(keepends=True)
+    kept = lines[:1]
+    end = ""
+    for line in lines[1:]:
+        if end:
+            kept.append(line)
+            if line.rstrip("\n") == end:
+                end = ""
+            continue
+        text = line.strip()
+        if not text or (text.startswith("#") and not text.startswith("# shellcheck ")):
+            continue
+        kept.append(line)
+        opened = _HEREDOC.findall(line)
+        if opened:
+            end = opened[-1]
+    return "".join(kept)
+
+
+def render_step(kind: str, owner: str, timeout: int, lib: str, **values: object) -> Step:
+    """`lib` is the step library's path on the server, or "" to have its core inline."""
     for key, value in values.items():
         if key.endswith("_text") and isinstance(value, str) and value:  # "" means: not installed
             _embedded(value, f"{kind} step, {key}")
-    script = render.step_script(kind, step=kind, owner=owner, **values)
-    return Step(kind=kind, script=script, timeout=timeout)
+    script = render.step_script(kind, step=kind, owner=owner, lib=lib, **values)
+    return Step(kind=kind, script=without_comments(script), timeout=timeout)
 
 
 STAGING = "/var/lib/jiji-net/staging"
@@ -93,6 +128,12 @@ def staged_path(name: str, sha256: str) -> str:
     return f"{STAGING}/{name}.{sha256[:16]}"
 
 
+def library_path(lib_sha256: str) -> str:
+    """Where the step library lands; the host step's remove keeps `steplib.*` while other steps
+    are stamped, so the name is part of that contract."""
+    return staged_path("steplib", lib_sha256)
+
+
 def host_step(owner: str, engine: str) -> Step:
     """Checks the server, makes its WireGuard key once; stdout is the public key."""
     tools = (
@@ -107,15 +148,16 @@ def host_step(owner: str, engine: str) -> Step:
         "awk",
         *_ENGINE_TOOLS[engine],
     )
-    return render_step("host", owner, 60, key_path=render.KEY_PATH, tools=tools, own_dirs=OWN_DIRS)
+    return render_step("host", owner, 60, "", key_path=render.KEY_PATH, tools=tools, own_dirs=OWN_DIRS)
 
 
-def network_step(owner: str, settings: MeshSettings, plan: ServerPlan) -> Step:
+def network_step(owner: str, lib_sha256: str, settings: MeshSettings, plan: ServerPlan) -> Step:
     engine = settings.container_engine
     return render_step(
         "network",
         owner,
         180,
+        library_path(lib_sha256),
         engine=engine,
         bridge=render.BRIDGE,
         subnet=plan.subnet,
@@ -130,11 +172,14 @@ def network_step(owner: str, settings: MeshSettings, plan: ServerPlan) -> Step:
     )
 
 
-def wireguard_step(owner: str, settings: MeshSettings, plan: ServerPlan, server: Server, table_sha256: str) -> Step:
+def wireguard_step(
+    owner: str, lib_sha256: str, settings: MeshSettings, plan: ServerPlan, server: Server, table_sha256: str
+) -> Step:
     return render_step(
         "wireguard",
         owner,
         60,
+        library_path(lib_sha256),
         server=server.name,
         private_network=topology.private_network_of(server),
         keepalive=settings.keepalive,
@@ -145,13 +190,19 @@ def wireguard_step(owner: str, settings: MeshSettings, plan: ServerPlan, server:
 
 
 def corrosion_step(
-    owner: str, settings: MeshSettings, plan: ServerPlan, seeds: list[ServerPlan], binary_sha256: str
+    owner: str,
+    lib_sha256: str,
+    settings: MeshSettings,
+    plan: ServerPlan,
+    seeds: list[ServerPlan],
+    binary_sha256: str,
 ) -> Step:
     url = settings.corrosion.url or ""
     return render_step(
         "corrosion",
         owner,
         600 if url else 120,
+        library_path(lib_sha256),
         url=url,
         member="corrosion" if url.endswith(".tar.gz") else "",
         staged=staged_path("corrosion", binary_sha256),
@@ -169,11 +220,14 @@ def corrosion_step(
     )
 
 
-def dns_step(owner: str, settings: MeshSettings, plan: ServerPlan, dns_sha256: str, tool_sha256: str) -> Step:
+def dns_step(
+    owner: str, lib_sha256: str, settings: MeshSettings, plan: ServerPlan, dns_sha256: str, tool_sha256: str
+) -> Step:
     return render_step(
         "dns",
         owner,
         60,
+        library_path(lib_sha256),
         dns_staged=staged_path("jiji-dns", dns_sha256),
         dns_sha256=dns_sha256,
         dns_path=render.DNS_PYZ,
@@ -191,5 +245,7 @@ def dns_step(owner: str, settings: MeshSettings, plan: ServerPlan, dns_sha256: s
     )
 
 
-def registry_step(owner: str, rows_text: str) -> Step:
-    return render_step("registry", owner, 120, stamped=False, tool_path=render.TOOL_PATH, rows_text=rows_text)
+def registry_step(owner: str, lib_sha256: str, rows_text: str) -> Step:
+    return render_step(
+        "registry", owner, 120, library_path(lib_sha256), stamped=False, tool_path=render.TOOL_PATH, rows_text=rows_text
+    )

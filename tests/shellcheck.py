@@ -13,11 +13,13 @@ from components import render, steps
 from components.model import CorrosionSource, MeshSettings, Server
 from components.plan import plan_addresses
 
+LIB = "f" * 64
 HOSTILE_ROWS = '{"servers": [{"id": "it\'s $(not) `run`"}]}\n'
 
 
 def rendered() -> dict[str, str]:
-    scripts: dict[str, str] = {}
+    # The library the steps source; shellcheck sees it on its own (it uses the steps' STEP, OWNER, STAMP).
+    scripts: dict[str, str] = {"steplib.sh": render.step_library()}
     for engine in ("none", "docker", "podman"):
         for url in ("", "https://example.invalid/corrosion.tar.gz"):
             corrosion = CorrosionSource(url=url, sha256="a" * 64) if url else CorrosionSource(local_path="/x")
@@ -32,11 +34,11 @@ def rendered() -> dict[str, str]:
             tag = f"{engine}-{'download' if url else 'upload'}"
             for step in (
                 steps.host_step("s1-host", engine),
-                steps.network_step("s1-network", settings, plan),
-                steps.wireguard_step("s1-wireguard", settings, plan, servers[1], "b" * 64),
-                steps.corrosion_step("s1-corrosion", settings, plan, [plans["s0"]], "c" * 64),
-                steps.dns_step("s1-dns", settings, plan, "d" * 64, "e" * 64),
-                steps.registry_step("registry", HOSTILE_ROWS),
+                steps.network_step("s1-network", LIB, settings, plan),
+                steps.wireguard_step("s1-wireguard", LIB, settings, plan, servers[1], "b" * 64),
+                steps.corrosion_step("s1-corrosion", LIB, settings, plan, [plans["s0"]], "c" * 64),
+                steps.dns_step("s1-dns", LIB, settings, plan, "d" * 64, "e" * 64),
+                steps.registry_step("registry", LIB, HOSTILE_ROWS),
             ):
                 scripts[f"{tag}/{step.kind}.sh"] = step.script
                 # The commands the provider runs go through the login shell too.

@@ -10,6 +10,7 @@ check the operator commands, the engine steps, the host checks and a failed up.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import os
 import subprocess
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from components import steps
+from components import render, steps
 from components.model import MeshSettings, Server
 from components.plan import plan_addresses
 from tests.conftest import Lab
@@ -495,13 +496,20 @@ ExecStart=/bin/sh -c 'echo start >> /tmp/docker-starts'
 """
 
 
+STEPLIB = render.step_library()
+STEPLIB_SHA256 = hashlib.sha256(STEPLIB.encode()).hexdigest()
+
+
 def network_step(engine: str) -> steps.Step:
     settings = MeshSettings(container_engine=engine)
     server = Server(name="lab3", host="198.18.0.13", index=3, endpoint="198.18.0.13")
-    return steps.network_step("lab3-network", settings, plan_addresses(settings, [server])["lab3"])
+    return steps.network_step("lab3-network", STEPLIB_SHA256, settings, plan_addresses(settings, [server])["lab3"])
 
 
 def run_step(lab: Lab, i: int, step: steps.Step, action: str = "apply") -> str:
+    """Runs `step` as its resource would, after the step library upload it sources."""
+    path = steps.library_path(STEPLIB_SHA256)
+    lab.run(i, f"mkdir -p {steps.STAGING} && cat > {path}", stdin=STEPLIB)
     return lab.run(i, f"sh -s -- {action}", stdin=step.script)
 
 

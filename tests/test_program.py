@@ -23,7 +23,7 @@ TYPES = {
     "command:remote:CopyToRemote",
 }
 STEPS = ("host", "network", "wireguard", "corrosion", "dns")
-UPLOADS = ("jiji-net-upload", "jiji-dns-upload", "mesh-upload", "corrosion-upload")
+UPLOADS = ("steplib-upload", "jiji-net-upload", "jiji-dns-upload", "mesh-upload", "corrosion-upload")
 
 
 def lab_config(binary: Path, n: int = 3, **overrides: Any) -> dict[str, Any]:
@@ -88,8 +88,8 @@ def test_graph_has_literal_types_parents_and_ten_resources_a_server(three: Evalu
     per_server = [sorted(n.removeprefix(f"lab{i}-") for n in r if n.startswith(f"lab{i}-")) for i in range(3)]
     assert per_server[0] == per_server[1] == per_server[2] == sorted(STEPS + UPLOADS)
     assert all(r[f"lab1-{n}"].parent_type == "jiji:network:Server" for n in STEPS + UPLOADS)
-    # The server's component and its nine steps and uploads; one registry step for the mesh.
-    assert len(r) == 1 + 3 * 10 + 1
+    # The server's component and its ten steps and uploads; one registry step for the mesh.
+    assert len(r) == 1 + 3 * 11 + 1
 
 
 def test_every_step_is_safe_under_replacement(three: Evaluation) -> None:
@@ -115,7 +115,20 @@ def test_order_follows_what_each_step_needs(three: Evaluation) -> None:
     assert {"lab1-wireguard", "lab1-corrosion-upload"} <= deps["lab1-corrosion"]
     assert {"lab1-corrosion", "lab1-jiji-dns-upload", "lab1-jiji-net-upload"} <= deps["lab1-dns"]
     assert {f"lab{i}-dns" for i in range(3)} <= deps["jiji-registry"]
-    assert all("lab1-host" in deps[f"lab1-{n}"] for n in ("network", "jiji-net-upload", "corrosion-upload"))
+    assert all("lab1-host" in deps[f"lab1-{n}"] for n in ("network", "steplib-upload", "jiji-net-upload"))
+    assert "lab1-steplib-upload" in deps["lab1-network"]
+
+
+def test_steps_source_one_step_library_and_carry_no_comments(three: Evaluation) -> None:
+    """What is the same on every server is uploaded once by hash, not stored in every script."""
+    library = {r.inputs["source"]["hash"] for n, r in three.resources.items() if n.endswith("-steplib-upload")}
+    assert len(library) == 1
+    (sha,) = library
+    for name, res in three.commands().items():
+        script = res.inputs["stdin"]
+        sourced = f"LIB=/var/lib/jiji-net/staging/steplib.{sha[:16]}\n" in script
+        assert sourced == (not name.endswith("-host")), name
+        assert "put_file() {" not in script, name
 
 
 def test_no_secret_in_any_input_or_output(three: Evaluation) -> None:
@@ -220,7 +233,7 @@ def test_a_gone_server_is_kept_untouched_and_forgotten_by_the_rest(binary: Path,
     config["servers"][1]["gone"] = True
     after = evaluate(config)
     lab1 = {n: r for n, r in after.resources.items() if n.startswith("lab1-")}
-    assert len(lab1) == 9
+    assert len(lab1) == 10
     assert all(r.options["ignore_changes"] == ["*"] and r.options["retain_on_delete"] for r in lab1.values())
     assert "lab1" not in after.outputs["servers"]
     assert [line.split("\t")[0] for line in table_lines(after)[1:]] == ["lab0", "lab2"]
@@ -265,7 +278,9 @@ def test_a_pinned_download_is_checked_on_the_server(binary: Path) -> None:
     sha = "a" * 64
     evaluation = evaluate(lab_config(binary, corrosion_local_path="", corrosion_url=url, corrosion_sha256=sha))
     step = evaluation.commands()["lab0-corrosion"].inputs["stdin"]
-    assert f"python3 - {url} " in step and f'release=$(from_upload "$STAGED" {sha}' in step and "tar -xzOf" in step
+    assert (
+        f'download {url} "$STAGED"' in step and f'release=$(from_upload "$STAGED" {sha}' in step and "tar -xzOf" in step
+    )
     assert "lab0-corrosion-upload" not in evaluation.resources
     assert evaluation.commands()["lab0-corrosion"].inputs["create"].startswith("timeout -k 10 600 ")
 

@@ -88,9 +88,9 @@ def test_table_values_with_whitespace_are_refused() -> None:
 
 def test_file_content_cannot_end_the_here_document() -> None:
     with pytest.raises(ValueError, match="here-document marker"):
-        steps.registry_step("registry", "ok\n__JIJI_EOF__\nrm -rf /\n")
+        steps.registry_step("registry", "0" * 64, "ok\n__JIJI_EOF__\nrm -rf /\n")
     with pytest.raises(ValueError, match="must end with a newline"):
-        steps.registry_step("registry", "{}")
+        steps.registry_step("registry", "0" * 64, "{}")
 
 
 def test_seeds_are_the_first_few_others_so_a_new_server_changes_nobody() -> None:
@@ -109,3 +109,30 @@ def test_256_servers_render_65280_peer_entries_without_quadratic_work(tmp_path: 
     entries = sum(peers(text, s, tmp_path).count("[Peer]") for s in ss[:8])
     assert entries == 8 * 255 and len(text) < 256 * 120
     assert time.monotonic() - started < 30
+
+
+def test_comments_leave_scripts_but_never_the_files_they_install() -> None:
+    script = (
+        "# Managed by jiji-net: what this is\n"
+        "set -eu\n"
+        "\n"
+        "    # why, for the reader of the template\n"
+        "# shellcheck disable=SC2034\n"
+        "put_file \"$X\" 644 <<'__JIJI_EOF__'\n"
+        "# a comment of the installed file\n"
+        "\n"
+        "key = 1\n"
+        "__JIJI_EOF__\n"
+        'main "$@" # trailing comments stay\n'
+    )
+    assert steps.without_comments(script) == (
+        "# Managed by jiji-net: what this is\n"
+        "set -eu\n"
+        "# shellcheck disable=SC2034\n"
+        "put_file \"$X\" 644 <<'__JIJI_EOF__'\n"
+        "# a comment of the installed file\n"
+        "\n"
+        "key = 1\n"
+        "__JIJI_EOF__\n"
+        'main "$@" # trailing comments stay\n'
+    )
