@@ -39,10 +39,15 @@ def outside(members: Iterable[str], peers: Iterable[str], answering: Iterable[st
     """The peers (mesh addresses) that answer over jiji0 yet are not Corrosion members, when they
     outnumber the peers that are members; otherwise nothing. `members` are gossip addresses
     (`ip:port`) as `corrosion cluster members` prints them."""
-    member_ips = {m.rpartition(":")[0] for m in members}
+    member_ips = ips_of(members)
     peer_set = set(peers)
     missing = (peer_set - member_ips) & set(answering)
     return missing if len(missing) > len(peer_set & member_ips) else set()
+
+
+def ips_of(members: Iterable[str]) -> set[str]:
+    """The IPs of gossip addresses (`ip:port`)."""
+    return {m.rpartition(":")[0] for m in members}
 
 
 @dataclass
@@ -99,7 +104,7 @@ def look() -> set[str]:
     members = [m.addr for m in parse_members(text)]
     if not outside(members, peers, peers):
         return set()  # everyone is a member, or the members are the majority even if all answer
-    answered = probe.answering(peers - {m.rpartition(":")[0] for m in members}) or set()
+    answered = probe.answering(peers - ips_of(members)) or set()
     return outside(members, peers, answered)
 
 
