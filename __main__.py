@@ -10,7 +10,7 @@ from components.plan import plan_addresses
 settings, servers, ssh_key = stack_settings.load()
 plans = plan_addresses(settings, servers)
 dns_pyz, tool_pyz = artifacts.zipapps()
-uploads = Uploads(
+uploads = Uploads.of(
     steplib=artifacts.built_file("steplib.sh", render.step_library()),
     dns=dns_pyz,
     tool=tool_pyz,

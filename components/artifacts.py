@@ -7,6 +7,8 @@ gets a new copy only then.
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,3 +77,28 @@ def _written(path: Path, text: str) -> Artifact:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     return Artifact(str(path), hashlib.sha256(data).hexdigest())
+
+
+def staging_tree(dir_name: str, files: dict[str, Artifact]) -> Artifact:
+    """Files that travel together in one upload: build/uploads/<hash>/<dir_name>/<file name>, the
+    names the server's staging directory keeps them under. The tree is a directory archive, so
+    state keeps one hash for all of them; its sha256 names the set. Older trees are pruned (the
+    engine compares hashes; it never reads an old tree back)."""
+    names = dict(sorted(files.items()))
+    digest = hashlib.sha256("".join(f"{n} {a.sha256}\n" for n, a in names.items()).encode()).hexdigest()
+    root = BUILD_DIR / "uploads"
+    tree = root / digest[:16] / dir_name
+    if not tree.is_dir():
+        partial = root / f".{digest[:16]}.{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        (partial / dir_name).mkdir(parents=True)
+        for name, artifact in names.items():
+            shutil.copyfile(artifact.path, partial / dir_name / name)
+        try:
+            partial.rename(tree.parent)
+        except OSError:  # another evaluation made the same tree first
+            shutil.rmtree(partial, ignore_errors=True)
+    for old in root.iterdir():
+        if old.name != digest[:16] and not old.name.startswith("."):
+            shutil.rmtree(old, ignore_errors=True)
+    return Artifact(str(tree), digest)

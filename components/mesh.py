@@ -1,8 +1,9 @@
 """The mesh as ComponentResources: thin wiring of plan, render and steps into remote resources.
 
-Per server: its component, the `host` step (checks, WireGuard key), four uploads (the step
-library, the two zipapps and the mesh table; a fifth, the Corrosion binary, unless servers
-download it) and the `network`, `wireguard`, `corrosion` and `dns` steps. Per mesh: the `registry` step. Each step is
+Per server: its component, the `host` step (checks, WireGuard key), two uploads (the staging
+tree: the step library and the two zipapps, one directory archive; the mesh table; a third, the
+Corrosion binary, unless servers download it) and the `network`, `wireguard`, `corrosion` and
+`dns` steps: 8 or 9. Per mesh: the `registry` step. Each step is
 a `command:remote:Command` whose stdin is its script (see steps.py).
 
 What the engine may do to these resources is part of their design:
@@ -37,12 +38,21 @@ from .plan import ServerPlan, configured_endpoint
 @dataclass(frozen=True)
 class Uploads:
     """Local files servers get. `corrosion` is None when servers download the pinned release;
-    `steplib` is the shell library the steps source."""
+    `steplib` is the shell library the steps source. `staged` is the tree that carries the step
+    library and the two zipapps in one upload (artifacts.staging_tree); the binary and the mesh
+    table travel alone, since they change for other reasons (a release; a peer)."""
 
     steplib: Artifact
     dns: Artifact
     tool: Artifact
     corrosion: Artifact | None
+    staged: Artifact
+
+    @staticmethod
+    def of(steplib: Artifact, dns: Artifact, tool: Artifact, corrosion: Artifact | None) -> Uploads:
+        tree = {steps.staged_name(n, a.sha256): a for n, a in (("steplib", steplib), ("jiji-dns", dns), ("jiji-net", tool))}
+        staged = artifacts.staging_tree(steps.STAGING.rsplit("/", 1)[1], tree)
+        return Uploads(steplib, dns, tool, corrosion, staged)
 
 
 class _Remote:
@@ -84,7 +94,7 @@ class _Remote:
         self,
         name: str,
         parent: pulumi.Resource,
-        source: pulumi.Input[pulumi.FileAsset],
+        source: pulumi.Input[pulumi.FileAsset] | pulumi.FileArchive,
         remote_path: str,
         depends_on: Sequence[pulumi.Resource],
     ) -> remote.CopyToRemote:
@@ -135,13 +145,12 @@ class Server(pulumi.ComponentResource):
         resource dependencies, which would be N per server, N*N in all."""
         r, settings, plan, spec, uploads = self.remote, self.settings, self.plan, self.spec, self.uploads
         own, lib = self.owner, uploads.steplib.sha256
-        lib_up = self._upload_artifact("steplib", uploads.steplib)
-        tool_up = self._upload_artifact("jiji-net", uploads.tool)
-        dns_up = self._upload_artifact("jiji-dns", uploads.dns)
+        # The tree's top directory is `staging`, copied into the state directory.
+        staged_up = r.upload("staged", self, pulumi.FileArchive(uploads.staged.path), steps.STATE_DIR, [self.host])
         table_up = r.upload(
             "mesh", self, table.apply(lambda t: pulumi.FileAsset(t.path)), steps.MESH_TABLE, [self.host]
         )
-        network = r.step("network", self, steps.network_step(own("network"), lib, settings, plan), [self.host, lib_up])
+        network = r.step("network", self, steps.network_step(own("network"), lib, settings, plan), [self.host, staged_up])
         wireguard = r.step(
             "wireguard",
             self,
@@ -164,7 +173,7 @@ class Server(pulumi.ComponentResource):
             "dns",
             self,
             steps.dns_step(own("dns"), lib, settings, plan, uploads.dns.sha256, uploads.tool.sha256),
-            [corrosion, dns_up, tool_up],
+            [corrosion, staged_up],
         )
         registry_ready.append(self.dns)
         self.register_outputs({"public_key": self.public_key})

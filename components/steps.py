@@ -105,7 +105,9 @@ def render_step(kind: str, owner: str, timeout: int, lib: str, **values: object)
     return Step(kind=kind, script=without_comments(script), timeout=timeout)
 
 
-STAGING = "/var/lib/jiji-net/staging"
+STATE_DIR = "/var/lib/jiji-net"
+# The staging tree upload (artifacts.staging_tree) is a directory of this name copied into STATE_DIR.
+STAGING = f"{STATE_DIR}/staging"
 MESH_TABLE = f"{STAGING}/mesh.tsv"
 SYSTEMD = "/etc/systemd/system"
 # Directories the program creates; the host step removes them last, and only when empty.
@@ -116,16 +118,21 @@ OWN_DIRS = (
     "/usr/local/lib/jiji-net",
     STAGING,
     "/var/lib/jiji-net/steps",
-    "/var/lib/jiji-net",
+    STATE_DIR,
     "/var/lib/jiji",
 )
 _ENGINE_TOOLS = {"docker": ("docker",), "podman": ("podman",), "none": ()}
 PODMAN_DROP_IN = "/etc/containers/containers.conf.d/50-jiji-net.conf"
 
 
+def staged_name(name: str, sha256: str) -> str:
+    """An upload's file name in the staging directory: keyed by content."""
+    return f"{name}.{sha256[:16]}"
+
+
 def staged_path(name: str, sha256: str) -> str:
-    """Where an upload lands before it is checked and installed: keyed by content."""
-    return f"{STAGING}/{name}.{sha256[:16]}"
+    """Where an upload lands before it is checked and installed."""
+    return f"{STAGING}/{staged_name(name, sha256)}"
 
 
 def library_path(lib_sha256: str) -> str:

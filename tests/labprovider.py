@@ -20,7 +20,9 @@ It does not diff outputs, refresh, or retry. A pinned `host_key` is checked, as 
 from __future__ import annotations
 
 import hashlib
+import io
 import subprocess
+import tarfile
 import tempfile
 import threading
 from pathlib import Path
@@ -93,18 +95,15 @@ class LabProvider:
             stdout = self._ssh(inputs["connection"], command, inputs.get("stdin") or "")
             return {"stdout": stdout.removesuffix("\n"), "stderr": ""}
         if typ == "command:remote:CopyToRemote":
-            data = Path(inputs["source"]["file_asset"]).read_bytes()
-            digest = hashlib.sha256(data).hexdigest()
-            if (
-                previous is None
-                or previous["outputs"].get("hash") != digest
-                or previous["inputs"]["remotePath"] != inputs["remotePath"]
-            ):
-                self._ssh(
-                    inputs["connection"],
-                    f"mkdir -p \"$(dirname '{inputs['remotePath']}')\" && cat > '{inputs['remotePath']}'",
-                    data,
-                )
+            source, dest = inputs["source"], inputs["remotePath"]
+            digest = source["hash"]
+            if previous is None or previous["outputs"].get("hash") != digest or previous["inputs"]["remotePath"] != dest:
+                if "file_archive" in source:
+                    # A directory without a trailing slash lands as dest/<its name>, as sftpCopy does.
+                    self._ssh(inputs["connection"], f"mkdir -p '{dest}' && tar -x -C '{dest}'", _tar(Path(source["file_archive"])))
+                else:
+                    data = Path(source["file_asset"]).read_bytes()
+                    self._ssh(inputs["connection"], f"mkdir -p \"$(dirname '{dest}')\" && cat > '{dest}'", data)
             return {"hash": digest}
         raise AssertionError(f"unexpected custom resource {typ} {name}")
 
@@ -178,3 +177,11 @@ class LabProvider:
         for f in self._keydir.iterdir():
             f.unlink()
         self._keydir.rmdir()
+
+
+def _tar(tree: Path) -> bytes:
+    """The directory as a tar stream whose top entry is the directory's own name."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(tree, arcname=tree.name)
+    return buffer.getvalue()

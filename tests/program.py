@@ -63,6 +63,8 @@ def _plain(value: Any) -> Any:
     secrets as {"secret": value}."""
     if isinstance(value, pulumi.FileAsset):
         return {"file_asset": value.path, "hash": hashlib.sha256(Path(value.path).read_bytes()).hexdigest()}
+    if isinstance(value, pulumi.FileArchive):
+        return {"file_archive": value.path, "hash": _tree_hash(Path(value.path))}
     if isinstance(value, dict):
         if _SECRET_SIG in value:
             return {"secret": _plain(value["value"])}
@@ -70,6 +72,15 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return value
+
+
+def _tree_hash(root: Path) -> str:
+    """A directory archive's hash over its files' relative names and bytes (what the engine's
+    comparison depends on; its own hash differs in form, not in what changes it)."""
+    digest = hashlib.sha256()
+    for f in sorted(x for x in root.rglob("*") if x.is_file()):
+        digest.update(f"{f.relative_to(root)}\0".encode() + hashlib.sha256(f.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 class _Mocks(pulumi.runtime.Mocks):

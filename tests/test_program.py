@@ -4,6 +4,7 @@ to the stack changes (the inputs a `pulumi preview --diff` would compare)."""
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -23,7 +24,7 @@ TYPES = {
     "command:remote:CopyToRemote",
 }
 STEPS = ("host", "network", "wireguard", "corrosion", "dns")
-UPLOADS = ("steplib-upload", "jiji-net-upload", "jiji-dns-upload", "mesh-upload", "corrosion-upload")
+UPLOADS = ("staged-upload", "mesh-upload", "corrosion-upload")
 
 
 def lab_config(binary: Path, n: int = 3, **overrides: Any) -> dict[str, Any]:
@@ -88,8 +89,8 @@ def test_graph_has_literal_types_parents_and_ten_resources_a_server(three: Evalu
     per_server = [sorted(n.removeprefix(f"lab{i}-") for n in r if n.startswith(f"lab{i}-")) for i in range(3)]
     assert per_server[0] == per_server[1] == per_server[2] == sorted(STEPS + UPLOADS)
     assert all(r[f"lab1-{n}"].parent_type == "jiji:network:Server" for n in STEPS + UPLOADS)
-    # The server's component and its ten steps and uploads; one registry step for the mesh.
-    assert len(r) == 1 + 3 * 11 + 1
+    # The server's component and its eight steps and uploads; one registry step for the mesh.
+    assert len(r) == 1 + 3 * 9 + 1
 
 
 def test_every_step_is_safe_under_replacement(three: Evaluation) -> None:
@@ -113,17 +114,23 @@ def test_order_follows_what_each_step_needs(three: Evaluation) -> None:
     # The interface needs the network unit and the mesh table (made from every server's key).
     assert {"lab1-network", "lab1-mesh-upload"} <= deps["lab1-wireguard"]
     assert {"lab1-wireguard", "lab1-corrosion-upload"} <= deps["lab1-corrosion"]
-    assert {"lab1-corrosion", "lab1-jiji-dns-upload", "lab1-jiji-net-upload"} <= deps["lab1-dns"]
+    assert {"lab1-corrosion", "lab1-staged-upload"} <= deps["lab1-dns"]
     assert {f"lab{i}-dns" for i in range(3)} <= deps["jiji-registry"]
-    assert all("lab1-host" in deps[f"lab1-{n}"] for n in ("network", "steplib-upload", "jiji-net-upload"))
-    assert "lab1-steplib-upload" in deps["lab1-network"]
+    assert all("lab1-host" in deps[f"lab1-{n}"] for n in ("network", "staged-upload", "mesh-upload"))
+    assert "lab1-staged-upload" in deps["lab1-network"]
 
 
 def test_steps_source_one_step_library_and_carry_no_comments(three: Evaluation) -> None:
     """What is the same on every server is uploaded once by hash, not stored in every script."""
-    library = {r.inputs["source"]["hash"] for n, r in three.resources.items() if n.endswith("-steplib-upload")}
-    assert len(library) == 1
-    (sha,) = library
+    trees = {r.inputs["source"]["file_archive"] for n, r in three.resources.items() if n.endswith("-staged-upload")}
+    assert len(trees) == 1 and all(r.inputs["remotePath"] == "/var/lib/jiji-net" for n, r in three.resources.items() if n.endswith("-staged-upload"))
+    (tree,) = trees
+    assert Path(tree).name == "staging"
+    # The tree holds the library and both zipapps under their content-keyed staging names.
+    libs = sorted(Path(tree).glob("steplib.*"))
+    assert len(libs) == 1 and sorted(f.name.split(".")[0] for f in Path(tree).iterdir()) == ["jiji-dns", "jiji-net", "steplib"]
+    sha = hashlib.sha256(libs[0].read_bytes()).hexdigest()
+    assert libs[0].name == f"steplib.{sha[:16]}"
     for name, res in three.commands().items():
         script = res.inputs["stdin"]
         sourced = f"LIB=/var/lib/jiji-net/staging/steplib.{sha[:16]}\n" in script
@@ -233,7 +240,7 @@ def test_a_gone_server_is_kept_untouched_and_forgotten_by_the_rest(binary: Path,
     config["servers"][1]["gone"] = True
     after = evaluate(config)
     lab1 = {n: r for n, r in after.resources.items() if n.startswith("lab1-")}
-    assert len(lab1) == 10
+    assert len(lab1) == 8
     assert all(r.options["ignore_changes"] == ["*"] and r.options["retain_on_delete"] for r in lab1.values())
     assert "lab1" not in after.outputs["servers"]
     assert [line.split("\t")[0] for line in table_lines(after)[1:]] == ["lab0", "lab2"]
