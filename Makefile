@@ -9,7 +9,7 @@ PULUMI_ENV := PULUMI_BACKEND_URL=file://$(CURDIR)/.lab/state PULUMI_CONFIG_PASSP
 	PULUMI_SKIP_UPDATE_CHECK=true PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true \
 	PATH=$(JIJI_CACHE)/pulumi/v$$(. lab/versions.env; echo $$PULUMI_VERSION)/bin:$$PATH
 
-.PHONY: test up lab-up lab-down toolchain bench-dns bench-program tool lint
+.PHONY: test up lab-up lab-down toolchain bench-dns bench-program bench-lab tool lint
 
 ## test: install what the tests need (cached), then run every test
 test:
@@ -52,7 +52,13 @@ lint:
 	$(VENV)/bin/mypy hostbin/jiji_dns hostbin/jiji_ops components
 	$(VENV)/bin/python -m tests.shellcheck
 
-## bench-program: evaluation time and peak memory of the program at 32-256 servers (mocks)
+## bench-lab: real `pulumi up` on 3, 8 and 16 lab hosts: cold, no-op, one server added, destroy
+bench-lab:
+	bash lab/toolchain.sh packages venv corrosion pulumi-cli
+	$(VENV)/bin/python bench/lab_scale.py
+
+## bench-program: evaluation time and peak memory of the program at 32-256 servers (mocks; and
+## `pulumi preview` of 64 and 256 servers with the real CLI when it is installed)
 bench-program:
 	bash lab/toolchain.sh packages venv
 	$(VENV)/bin/python -W ignore bench/program.py
