@@ -81,6 +81,9 @@ class _Remote:
     ) -> remote.Command:
         # A step known now goes in as plain strings: three Outputs per resource fewer for the SDK to
         # schedule and await (they are most of its cost at a few hundred servers).
+        create: pulumi.Input[str]
+        delete: pulumi.Input[str]
+        script: pulumi.Input[str]
         if isinstance(step, steps.Step):
             create, delete, script = step.create, step.delete, step.script
         else:
