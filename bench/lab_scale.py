@@ -73,6 +73,18 @@ def measure(lab: Lab, n: int, pinned: dict[str, str]) -> dict[str, Any]:
         engine.close()
 
 
+HEADER = (
+    f"{'servers':>7} {'cold up':>8} {'steps':>6} {'no-op':>7} {'steps':>6} {'add 1':>7} {'steps':>6} {'destroy':>8}"
+)
+
+
+def row_line(r: dict[str, Any]) -> str:
+    return (
+        f"{r['servers']:>7} {r['cold_s']:>7.1f}s {r['cold_steps']:>6} {r['noop_s']:>6.1f}s {r['noop_steps']:>6}"
+        f" {r['add_s']:>6.1f}s {r['add_steps']:>6} {r['destroy_s']:>7.1f}s"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="3,8,16")
@@ -80,21 +92,18 @@ def main() -> int:
     args = parser.parse_args()
     sizes = sorted(int(x) for x in args.sizes.split(",") if x)
     lab = Lab(sizes[-1] + 1)
+    rows: list[dict[str, Any]] = []
     try:
         pinned = host_keys(lab, sizes[-1] + 1)
-        rows = [measure(lab, n, pinned) for n in sizes]
+        for n in sizes:
+            # Each row as it is measured: a failure at a larger size keeps the smaller ones.
+            rows.append(measure(lab, n, pinned))
+            if len(rows) == 1:
+                print(f"engine path: {rows[0]['path']}\n{HEADER}", flush=True)
+            print(row_line(rows[-1]), flush=True)
     finally:
         if not args.keep_lab:
             lab.down()
-    print(f"engine path: {rows[0]['path']}")
-    print(
-        f"{'servers':>7} {'cold up':>8} {'steps':>6} {'no-op':>7} {'steps':>6} {'add 1':>7} {'steps':>6} {'destroy':>8}"
-    )
-    for r in rows:
-        print(
-            f"{r['servers']:>7} {r['cold_s']:>7.1f}s {r['cold_steps']:>6} {r['noop_s']:>6.1f}s {r['noop_steps']:>6}"
-            f" {r['add_s']:>6.1f}s {r['add_steps']:>6} {r['destroy_s']:>7.1f}s"
-        )
     for a, b in zip(rows, rows[1:], strict=False):
         added = b["servers"] - a["servers"]
         growth = {key: (b[key] - a[key]) / added for key in ("cold_s", "noop_s", "add_s", "destroy_s")}

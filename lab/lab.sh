@@ -156,11 +156,24 @@ up() {
     mkdir -p "$LAB"
     [ -f "$KEY" ] || { step "ssh: lab key $KEY"; ssh-keygen -q -t ed25519 -N '' -C jiji-lab -f "$KEY"; }
     ensure_bridge
+    raise_inotify_instances "$n"
     start_resolver
     for ((i = 0; i < n; i++)); do step "host $i: booting at $(host_ip "$i")"; start_host "$i"; done
     for ((i = 0; i < n; i++)); do wait_ssh "$i"; note "host $i: ssh ready ($(lab_ssh "$i" 'systemctl is-system-running' 2>/dev/null || true))"; done
     echo "$n" >"$LAB/hosts"
     step "lab up: $n hosts; key $KEY"
+}
+
+# Every host's systemd, journald and wireguard-go take inotify instances from one per-user budget
+# of this kernel (the hosts share root's uid; default 128). At 16 hosts it ran out and wireguard-go
+# failed "listen on uapi socket: too many open files". Raised for the lab, put back by down.
+raise_inotify_instances() {
+    local want=$((64 * $1 + 128)) have
+    have=$(sysctl -n fs.inotify.max_user_instances)
+    [ "$have" -lt "$want" ] || return 0
+    [ -f "$LAB/inotify.orig" ] || echo "$have" >"$LAB/inotify.orig"
+    note "fs.inotify.max_user_instances $have -> $want for $1 hosts"
+    sysctl -qw fs.inotify.max_user_instances="$want"
 }
 
 stop_host() {
@@ -257,6 +270,7 @@ down() {
     ip link del jl-dns 2>/dev/null || true
     ip netns del "$RESOLVER_NS" 2>/dev/null || true
     ip link del "$BRIDGE" 2>/dev/null || true
+    if [ -f "$LAB/inotify.orig" ]; then sysctl -qw fs.inotify.max_user_instances="$(cat "$LAB/inotify.orig")"; fi
     rm -rf "$LAB"
     step "lab down: nothing left"
 }
