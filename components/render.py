@@ -84,6 +84,12 @@ NETWORK_SCRIPT = "/usr/local/lib/jiji-net/network.sh"
 DNS_PYZ = "/usr/local/lib/jiji-net/jiji-dns.pyz"
 TOOL_PATH = "/usr/local/bin/jiji-net"
 BRIDGE = "jiji-br0"
+# The engines' own bridges (podman's, CNI's, docker's default and user networks). Their containers
+# get the host-wide DNS setting too (docker's daemon.json `dns`, podman's `dns_servers`; neither
+# engine here can set DNS per network), so jiji-dns answers them on the mesh address, and
+# recursion is allowed from the private ranges those engines draw their subnets from.
+ENGINE_BRIDGES = ("podman+", "cni-podman+", "docker+", "br-+")
+ENGINE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
 
 
 def corrosion_unit() -> str:
@@ -105,6 +111,7 @@ def network_script(settings: MeshSettings, plan: ServerPlan, bridge: str) -> str
         api_port=settings.api_port,
         host_part_match=mesh_address_match(settings),
         container_host_ports=list(settings.container_host_ports),
+        engine_bridges=list(ENGINE_BRIDGES) if settings.container_engine != "none" else [],
     )
 
 
@@ -130,7 +137,8 @@ def dns_unit(settings: MeshSettings, plan: ServerPlan) -> str:
         corrosion_api=f"127.0.0.1:{settings.api_port}",
         domain=settings.domain,
         ttl=settings.dns_ttl,
-        recursion_from=[settings.cluster_cidr, "127.0.0.0/8"],
+        recursion_from=[settings.cluster_cidr, "127.0.0.0/8"]
+        + (list(ENGINE_RANGES) if settings.container_engine != "none" else []),
         after_units=["jiji-corrosion.service"],
     )
 

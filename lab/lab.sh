@@ -7,6 +7,7 @@
 #   lab/lab.sh ssh I CMD  run CMD on host I
 #   lab/lab.sh stop I / start I   power host I off (its disk kept) / boot it again
 #   lab/lab.sh reset I    host I as a new machine (its disk thrown away)
+#   lab/lab.sh image I    the local container image localhost/jiji-lab:1 in host I's podman
 #   lab/lab.sh cut I [hosts|all]  drop host I's underlay traffic with the other hosts (hosts), or
 #                         with everything, this machine's SSH included (all); heal I undoes it
 #   lab/lab.sh stack-config FILE  the lab stack's config with the hosts' SSH host keys pinned
@@ -17,7 +18,7 @@ set -euo pipefail
 LAB=$JIJI_STATE/lab
 BRIDGE=jiji-lab0
 UNDERLAY_PREFIX=198.18.0
-ROOTFS_PACKAGES=systemd,systemd-sysv,dbus,openssh-server,wireguard-tools,wireguard-go,iproute2,iputils-ping,python3,dnsutils,ca-certificates,iptables,sqlite3
+ROOTFS_PACKAGES=systemd,systemd-sysv,dbus,openssh-server,wireguard-tools,wireguard-go,iproute2,iputils-ping,python3,dnsutils,ca-certificates,iptables,sqlite3,podman,netavark,aardvark-dns,crun,conmon,busybox-static
 ROOTFS=$JIJI_CACHE/rootfs/$DEBIAN_SUITE-$(printf '%s' "$ROOTFS_PACKAGES" | sha256sum | cut -c1-12)
 KEY=$LAB/id_ed25519
 
@@ -100,6 +101,30 @@ HOSTS
     echo $! >"$pidfile"
 }
 
+# Podman inside an nspawn host: this machine's cgroup v1 hierarchies are read-only there (crun
+# cannot make its cgroups), /proc/sys is read-only (crun cannot set podman's default
+# ping_group_range) and the root is overlayfs (podman's overlay driver refuses it; vfs works).
+# The files of a container image with busybox's HTTP server and wget, imported on first use by
+# `image I` (no registry is reachable).
+lab_podman() {
+    local root=$1 applet
+    mkdir -p "$root/etc/containers" "$root/opt/jiji-lab-image/bin" "$root/opt/jiji-lab-image/www"
+    printf '[containers]\ncgroups = "disabled"\ndefault_sysctls = []\n' >"$root/etc/containers/containers.conf"
+    printf '[storage]\ndriver = "vfs"\nrunroot = "/run/containers/storage"\ngraphroot = "/var/lib/containers/storage"\n' \
+        >"$root/etc/containers/storage.conf"
+    cp "$root/bin/busybox" "$root/opt/jiji-lab-image/bin/busybox"
+    for applet in sh httpd wget nslookup cat echo sleep ls rm hostname; do
+        ln -sf busybox "$root/opt/jiji-lab-image/bin/$applet"
+    done
+}
+
+# image I: the lab image localhost/jiji-lab:1 in host I's podman (an HTTP server on 8080 serving
+# /www; `wget -qO- http://127.0.0.1:8080/` is its health check).
+lab_image() {
+    lab_ssh "$1" 'podman image exists localhost/jiji-lab:1 || { hostname >/opt/jiji-lab-image/www/index.html &&
+        tar -C /opt/jiji-lab-image -c . | podman import -q --change "CMD [\"/bin/httpd\",\"-f\",\"-p\",\"8080\",\"-h\",\"/www\"]" - localhost/jiji-lab:1 >/dev/null; }'
+}
+
 prepare_host() {
     local i=$1 dir=$LAB/h$1 root
     root=$dir/root
@@ -113,6 +138,7 @@ prepare_host() {
         install -d -m 700 "$root/root/.ssh"
         install -m 600 "$KEY.pub" "$root/root/.ssh/authorized_keys"
         printf 'nameserver %s\n' "$RESOLVER_IP" >"$root/etc/resolv.conf"
+        lab_podman "$root"
     fi
 }
 
@@ -128,7 +154,7 @@ start_host() {
     ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1
     prepare_host "$i"
     systemd-nspawn --quiet --register=no --keep-unit --resolv-conf=off --timezone=off -D "$dir/root" -M "lab$i" \
-        --network-namespace-path="/run/netns/$ns" --capability=CAP_NET_ADMIN -b >"$dir/console.log" 2>&1 &
+        --network-namespace-path="/run/netns/$ns" --capability=all --system-call-filter='@keyring bpf' -b >"$dir/console.log" 2>&1 &
     echo $! >"$dir/nspawn.pid"
 }
 
@@ -290,11 +316,12 @@ case "${1:-}" in
     status) status ;;
     ssh) shift; lab_ssh "$@" ;;
     rootfs) check_prereqs; build_rootfs ;;
+    image) lab_image "$2" ;;
     stop) stop_host "$2" ;;
     start) start_host "$2"; wait_ssh "$2" ;;
     reset) reset_host "$2" ;;
     cut) cut_host "$2" "${3:-hosts}" ;;
     heal) heal_host "$2" ;;
     stack-config) stack_config "$2" ;;
-    *) die "usage: lab/lab.sh up [N] | down | status | ssh I CMD | stop I | start I | reset I | cut I [hosts|all] | heal I | stack-config FILE" "pick one of those" ;;
+    *) die "usage: lab/lab.sh up [N] | down | status | ssh I CMD | image I | stop I | start I | reset I | cut I [hosts|all] | heal I | stack-config FILE" "pick one of those" ;;
 esac

@@ -136,3 +136,22 @@ def test_comments_leave_scripts_but_never_the_files_they_install() -> None:
         "__JIJI_EOF__\n"
         'main "$@" # trailing comments stay\n'
     )
+
+
+@pytest.mark.parametrize("engine", ["none", "podman", "docker"])
+def test_containers_on_the_engines_other_networks_keep_dns_only_with_an_engine(engine: str) -> None:
+    """docker's and podman's DNS setting is host-wide: with an engine, jiji-dns answers (and
+    recurses for) its other bridges too; with none there are no such bridges to open to."""
+    settings = MeshSettings(corrosion=SETTINGS.corrosion, container_engine=engine)  # type: ignore[arg-type]
+    plan = plan_addresses(settings, servers(1))["web0"]
+    script = render.network_script(settings, plan, render.BRIDGE)
+    unit = render.dns_unit(settings, plan)
+    opened = [line for line in script.splitlines() if "-i podman+" in line or "-i br-+" in line]
+    if engine == "none":
+        assert not opened and "172.16.0.0/12" not in unit
+    else:
+        assert len(opened) == 4 and all("--dport 53 -j ACCEPT" in line for line in opened), opened
+        assert "--recursion-from 10.210.0.0/16,127.0.0.0/8,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16" in unit
+        # Opened before the rule that drops the mesh's services for everyone else.
+        drop = next(i for i, line in enumerate(script.splitlines()) if "--dports" in line and "-j DROP" in line)
+        assert all(script.splitlines().index(line) < drop for line in opened)

@@ -1,0 +1,151 @@
+"""Real containers on three lab hosts: podman from Debian's packages, the lab's local busybox image
+(`lab/lab.sh image I`), the program with `container_engine: podman`, through the real Pulumi engine
+when it is installed (else the stand-in; the test prints which path ran). The registrar on each
+server puts its containers in the registry; clients in containers on other servers find them by
+name, reach them with their own addresses, and stop finding them when they stop or turn unhealthy.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import Lab
+from tests.engines import make_engine
+from tests.harness import wait_until
+from tests.test_mesh_on_lab import SNAPSHOT, assert_unchanged, config
+
+pytestmark = pytest.mark.corrosion
+
+IMAGE = "localhost/jiji-lab:1"
+NAME = "myapp-api.jiji"
+MESH = {i: f"10.210.{i}.1" for i in range(3)}
+CLIENT_IP = "10.210.1.50"
+ROUNDS = 20
+# The host as found, leaving out what belongs to the engine and its user: podman's image and
+# container storage, and netavark's base chains (NETAVARK_FORWARD, NETAVARK-HOSTPORT-*), which
+# netavark makes for the first container on any network and keeps. The `jiji` network's own
+# chain (NETAVARK-<id>) must be gone.
+HOST_AS_FOUND = SNAPSHOT.replace("-path /etc/ssh \\)", "-path /etc/ssh -o -path /var/lib/containers \\)").replace(
+    "iptables -S; iptables -t nat -S",
+    "{ iptables -S; iptables -t nat -S; } | grep -Ev 'NETAVARK_FORWARD|NETAVARK-HOSTPORT'",
+)
+assert HOST_AS_FOUND.count("NETAVARK") == 2 and "/var/lib/containers" in HOST_AS_FOUND
+
+
+def api(lab: Lab, i: int, health: str = "wget -qO- http://127.0.0.1:8080/") -> str:
+    """An `api` container of project myapp on host i's jiji network, with a health check every second."""
+    lab.run(i, "podman rm -f api >/dev/null 2>&1 || true")
+    return lab.run(
+        i,
+        f"podman run -d --name api --network jiji --label jiji.project=myapp --label jiji.service=api"
+        f" --health-cmd '{health}' --health-interval 1s --health-retries 1 --health-timeout 1s"
+        f" {IMAGE} /bin/httpd -f -v -p 8080 -h /www",
+    ).strip()
+
+
+def container_ip(lab: Lab, i: int) -> str:
+    return lab.run(i, "podman inspect api --format '{{.NetworkSettings.Networks.jiji.IPAddress}}'").strip()
+
+
+def answers(lab: Lab, i: int) -> list[str]:
+    return sorted(lab.run(i, f"dig +short +time=1 +tries=1 @{MESH[i]} {NAME}", check=False).split())
+
+
+def seconds_until_gone(lab: Lab, act_on: int, act: str, watch: int, address: str, timeout: float = 10) -> float:
+    """Runs `act` on host `act_on` and returns the seconds until host `watch`'s jiji-dns stops
+    answering `address`. The hosts share this machine's clock, so both ends time themselves."""
+    poll = (
+        f"end=$(($(date +%s) + {int(timeout)})); while [ $(date +%s) -lt $end ]; do"
+        f" dig +short +time=1 +tries=1 @{MESH[watch]} {NAME} | grep -qx {address} || {{ date +%s.%N; exit 0; }};"
+        f" sleep 0.02; done; echo timeout"
+    )
+    watcher = subprocess.Popen(
+        ["bash", str(lab.script), "ssh", str(watch), poll], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        time.sleep(0.3)  # the watcher's SSH session is up and polling
+        assert address in answers(lab, watch), f"{address} was not answered before the change"
+        started = float(lab.run(act_on, f"date +%s.%N; {act} >/dev/null").split()[0])
+        out, err = watcher.communicate(timeout=timeout + 30)
+    finally:
+        watcher.kill()
+    assert out.strip() != "timeout", f"host {watch} still answers {address} {timeout} s after: {act}"
+    return float(out.split()[0]) - started
+
+
+def test_podman_containers_found_by_name_across_servers(lab: Lab) -> None:
+    for i in range(3):
+        lab.run(i, "podman --version")  # the engine is installed, as a user's server would have it
+        subprocess.run(["bash", str(lab.script), "image", str(i)], check=True, capture_output=True, timeout=120)
+    before = {i: lab.run(i, HOST_AS_FOUND) for i in range(3)}
+    engine = make_engine("containers")
+    try:
+        engine.up(config(lab, 3, container_engine="podman"))
+        for i in range(3):
+            assert lab.run(i, "podman network inspect jiji --format '{{.NetworkInterface}}'").strip() == "jiji-br0"
+
+        # An api container on lab0 and on lab2; DNS on lab1 answers both.
+        api(lab, 0), api(lab, 2)
+        api0, api2 = container_ip(lab, 0), container_ip(lab, 2)
+        assert api0.startswith("10.210.0.") and api2.startswith("10.210.2."), (api0, api2)
+        both = sorted([api0, api2])
+        wait_until(lambda: answers(lab, 1) == both, 15, f"lab1 answers {NAME} with {both}")
+
+        # A client container on lab1 reaches the service by name, and lab0 sees its own address.
+        client = f"podman run --rm --network jiji --ip {CLIENT_IP} {IMAGE}"
+        page = lab.run(1, f"{client} wget -qO- http://{NAME}:8080/").strip()
+        assert page in ("lab0", "lab2"), page
+        assert lab.run(1, f"{client} wget -qO- http://{api0}:8080/").strip() == "lab0"
+        log = lab.run(0, "podman logs api 2>&1")
+        assert f"{CLIENT_IP}]" in log, f"lab0's api did not see the client's own address:\n{log[-2000:]}"
+        # The client resolves through jiji-dns: its resolver is its server's mesh address.
+        assert f"nameserver {MESH[1]}" in lab.run(1, f"{client} cat /etc/resolv.conf")
+
+        # Restarting the network unit (the firewall refilled) detaches nothing: lab0's api still serves.
+        lab.run(0, "systemctl restart jiji-net-network")
+        assert container_ip(lab, 0) == api0
+        assert lab.run(1, f"{client} wget -qO- http://{api0}:8080/").strip() == "lab0"
+
+        # A container on podman's default network keeps DNS: forwarded names resolve, through jiji-dns.
+        other = lab.run(1, f"podman run --rm {IMAGE} nslookup www.lab.test", check=False)
+        assert "198.18.0.200" in other, f"a container off the jiji network lost DNS:\n{other}"
+
+        # Stopping lab0's container takes its address out of lab1's answers; starting it puts it back.
+        latencies = []
+        for _ in range(ROUNDS):
+            latencies.append(seconds_until_gone(lab, 0, "podman kill api", 1, api0))
+            lab.run(0, "podman start api >/dev/null")
+            api0 = container_ip(lab, 0)  # podman gives a restarted container a new address
+            wait_until(lambda a=api0: a in answers(lab, 1), 20, f"lab0's api back in lab1's answers at {api0}")
+        latencies.sort()
+        p50, p99 = statistics.median(latencies), latencies[-1]  # 20 rounds: p99 is the largest
+        print(f"container stopped -> gone from another server's DNS, {ROUNDS} rounds: p50 {p50:.3f} s, p99 {p99:.3f} s")
+        assert p99 <= 2.0, latencies
+
+        # A failing health check does the same.
+        unhealthy = seconds_until_gone(lab, 0, "podman exec api rm /www/index.html", 1, api0)
+        print(f"health check failing -> gone from another server's DNS: {unhealthy:.2f} s")
+        assert lab.run(0, "podman inspect api --format '{{.State.Health.Status}}'").strip() == "unhealthy"
+
+        # The registrar down while lab2's container is removed: its next start reconciles the row away.
+        lab.run(2, "systemctl stop jiji-registrar && podman rm -f api >/dev/null")
+        time.sleep(1)
+        assert api2 in answers(lab, 1), "the row went before the registrar was back (nothing reconciled)"
+        started = time.monotonic()
+        lab.run(2, "systemctl start jiji-registrar")
+        wait_until(lambda: api2 not in answers(lab, 1), 15, "lab2's removed container gone after the registrar's start")
+        print(f"registrar restarted -> removed container's row gone: {time.monotonic() - started:.2f} s")
+
+        lab.run(0, "podman rm -f api >/dev/null")
+        engine.destroy()
+        for i in range(3):
+            assert lab.run(i, "podman network exists jiji; echo $?").strip() == "1"
+            assert_unchanged(before[i], lab.run(i, HOST_AS_FOUND), f"lab{i} after destroy")
+    finally:
+        for i in range(3):
+            lab.run(i, "podman rm -af >/dev/null 2>&1; true", check=False)
+        engine.close()
