@@ -478,7 +478,7 @@ def test_operator_commands_tell_the_truth(lab4: Lab, tmp_path: Path) -> None:
 
 def fake_engine_cli(cli: str, inspect: str) -> str:
     """Stands in for the docker or podman CLI: remembers the jiji network, records every call.
-    As podman it is a podman that can name the bridge (4.4 and later); the lab's real podman 4.3
+    As podman it is a podman that has --interface-name; the lab's real podman 4.3
     cannot, and tests/test_containers_on_lab.py covers that path."""
     return f"""#!/bin/sh
 echo "$*" >> /tmp/{cli}-calls
