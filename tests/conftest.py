@@ -119,9 +119,13 @@ class Lab:
 
     script = harness.REPO / "lab" / "lab.sh"
 
-    def __init__(self, hosts: int) -> None:
+    def __init__(self, hosts: int, containers: bool = False) -> None:
+        """`containers`: hosts that can run podman containers (lab/lab.sh, JIJI_LAB_CONTAINERS)."""
         self.hosts = hosts
-        up = subprocess.run(["bash", str(self.script), "up", str(hosts)], capture_output=True, text=True, timeout=900)
+        env = {**os.environ, "JIJI_LAB_CONTAINERS": "1" if containers else "0"}
+        up = subprocess.run(
+            ["bash", str(self.script), "up", str(hosts)], capture_output=True, text=True, timeout=900, env=env
+        )
         if up.returncode != 0:
             raise RuntimeError(f"lab up failed:\n{up.stderr}")
 

@@ -7,9 +7,11 @@ name, reach them with their own addresses, and stop finding them when they stop 
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -75,6 +77,15 @@ def seconds_until_gone(lab: Lab, act_on: int, act: str, watch: int, address: str
         watcher.kill()
     assert out.strip() != "timeout", f"host {watch} still answers {address} {timeout} s after: {act}"
     return float(out.split()[0]) - started
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    if os.geteuid() != 0:
+        pytest.fail("the lab needs root: run the tests as root (CI does)")
+    instance = Lab(3, containers=True)
+    yield instance
+    instance.down()
 
 
 def test_podman_containers_found_by_name_across_servers(lab: Lab) -> None:
