@@ -157,11 +157,16 @@ class Lab:
         subprocess.run(["bash", str(self.script), "down"], capture_output=True, text=True, timeout=300, check=True)
 
 
+def module_lab(hosts: int, containers: bool = False) -> Iterator[Lab]:
+    """A lab for one test module (the body of its fixture), down again when the module is done."""
+    if os.geteuid() != 0:
+        pytest.fail("the lab needs root: run the tests as root (CI does)")
+    instance = Lab(hosts, containers)
+    yield instance
+    instance.down()
+
+
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     # Per module, not per session: tests/test_lab.py brings the same lab up and down itself.
-    if os.geteuid() != 0:
-        pytest.fail("the lab needs root: run the tests as root (CI does)")
-    instance = Lab(3)
-    yield instance
-    instance.down()
+    yield from module_lab(3)

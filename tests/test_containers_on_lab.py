@@ -7,7 +7,6 @@ name, reach them with their own addresses, and stop finding them when they stop 
 
 from __future__ import annotations
 
-import os
 import statistics
 import subprocess
 import time
@@ -15,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Lab
+from tests.conftest import Lab, module_lab
 from tests.engines import make_engine
 from tests.harness import wait_until
 from tests.test_mesh_on_lab import SNAPSHOT, assert_unchanged, config
@@ -81,11 +80,7 @@ def seconds_until_gone(lab: Lab, act_on: int, act: str, watch: int, address: str
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    if os.geteuid() != 0:
-        pytest.fail("the lab needs root: run the tests as root (CI does)")
-    instance = Lab(3, containers=True)
-    yield instance
-    instance.down()
+    yield from module_lab(3, containers=True)
 
 
 def test_podman_containers_found_by_name_across_servers(lab: Lab) -> None:
