@@ -22,11 +22,19 @@ def test_registration_debug_is_dropped_and_the_rest_passes(fresh_registration_lo
     for level in ("debug", "info", "warn", "error"):
         monkeypatch.setattr(pulumi.log, level, lambda msg, *a, level=level, **k: sent.append((level, msg)))
     assert sdk_tuning.quiet_registration_debug({}) is True
-    registration.log.debug("preparing resource for RPC")
+    registration.log.debug("registering resource: ty=command:remote:Command, name=s0-host, custom=True, remote=False")
+    registration.log.debug("resource registration prepared: ty=command:remote:Command, name=s0-host")
+    registration.log.debug("resource registration successful: ty=command:remote:Command, urn=urn:pulumi:x")
+    registration.log.debug("exception when preparing or executing rpc for ty='t' name='n': Traceback ...")
     registration.log.warn("a warning")
     registration.log.error("an error")
-    pulumi.log.debug("the program's own debug message")
-    assert sent == [("warn", "a warning"), ("error", "an error"), ("debug", "the program's own debug message")]
+    pulumi.log.debug("registering resource: the program's own debug message")
+    assert sent == [
+        ("debug", "exception when preparing or executing rpc for ty='t' name='n': Traceback ..."),
+        ("warn", "a warning"),
+        ("error", "an error"),
+        ("debug", "registering resource: the program's own debug message"),
+    ]
     # Twice is the same as once: the view is not wrapped in another.
     assert sdk_tuning.quiet_registration_debug({}) is True
     assert registration.log._module is pulumi.log  # type: ignore[attr-defined]
@@ -42,3 +50,12 @@ def test_an_sdk_without_the_attribute_is_left_alone(monkeypatch: pytest.MonkeyPa
     monkeypatch.delattr(registration, "log")
     assert sdk_tuning.quiet_registration_debug({}) is False
     assert not hasattr(registration, "log")
+
+
+def test_the_routine_messages_are_the_installed_sdks() -> None:
+    # An SDK whose messages read otherwise would keep sending them all: this says so.
+    import inspect
+
+    source = inspect.getsource(registration)
+    for prefix in sdk_tuning.ROUTINE:
+        assert f'log.debug(f"{prefix}' in source or f'f"{prefix}' in source, prefix
