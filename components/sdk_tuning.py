@@ -2,10 +2,11 @@
 
 The SDK's registration code (`pulumi.runtime.resource`) sends the engine routine debug messages
 for every resource ("registering resource: ty=..., name=...", "resource registration prepared",
-"resource registration successful"), each a synchronous `Log` RPC on the event loop, which the
-engine then formats and writes to its automatic log. In a preview of 64 servers (579 resources)
-they are about 2,500 RPCs and 6-18% of the wall time (bench/program.py measures both ways in one
-run). They carry nothing but the resource's type, name and URN, which the engine logs anyway.
+"resource registration successful", and a component's "register resource outputs prepared"),
+each a synchronous `Log` RPC on the event loop, which the engine then formats and writes to its
+automatic log. In a preview of 64 servers (579 resources) they are about 2,500 RPCs and 6-18% of
+the wall time (bench/program.py measures both ways in one run). They carry the resource's type,
+name and URN (and a component's outputs), which the engine logs itself.
 
 Only the registration module's reference to `pulumi.log` is replaced, by a view that drops those
 routine messages and passes everything else through: any other debug message of that module (the
@@ -22,7 +23,12 @@ from typing import Any
 
 ENV_KEEP = "JIJI_SDK_DEBUG_LOG"
 # How the routine messages of pulumi 3.259's registration code begin; any other passes.
-ROUTINE = ("registering resource: ", "resource registration prepared: ", "resource registration successful: ")
+ROUTINE = (
+    "registering resource: ",
+    "resource registration prepared: ",
+    "resource registration successful: ",
+    "register resource outputs prepared: ",  # a component's outputs, once each
+)
 
 
 class _WithoutDebug:
