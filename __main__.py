@@ -2,12 +2,11 @@
 
 import pulumi
 
-from components import artifacts, render, sdk_tuning
+from components import artifacts, render
 from components import settings as stack_settings
 from components.mesh import Mesh, Uploads
 from components.plan import plan_addresses
 
-sdk_tuning.quiet_registration_debug()
 settings, servers, ssh_key = stack_settings.load()
 plans = plan_addresses(settings, servers)
 dns_pyz, tool_pyz = artifacts.zipapps()

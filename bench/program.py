@@ -27,7 +27,6 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from components import sdk_tuning  # noqa: E402
 from tests.engines import _env, real_engine  # noqa: E402
 from tests.harness import pulumi_bin_dir  # noqa: E402
 
@@ -71,15 +70,13 @@ def measure_mocks(n: int) -> dict[str, float]:
     }
 
 
-def measure_real(n: int, sdk_debug: bool) -> dict[str, float]:
-    """`pulumi preview` of an n-server stack on a throwaway local backend; `sdk_debug` keeps the
-    SDK's per-resource debug RPCs (components/sdk_tuning.py), the peer of this measurement."""
+def measure_real(n: int) -> dict[str, float]:
+    """`pulumi preview` of an n-server stack on a throwaway local backend."""
     work = Path(tempfile.mkdtemp(prefix="jiji-bench-real-"))
     binary = fake_binary()
     try:
         (work / "state").mkdir()
         env = _env(work / "state")
-        env[sdk_tuning.ENV_KEEP] = "1" if sdk_debug else "0"
         config_file = work / "Pulumi.bench.yaml"
         pulumi = str(pulumi_bin_dir() / "pulumi")
         base = [pulumi, "--cwd", str(REPO), "--non-interactive", "--stack", "bench"]
@@ -116,8 +113,8 @@ def measure_real(n: int, sdk_debug: bool) -> dict[str, float]:
         shutil.rmtree(REPO / "build" / "stacks" / "bench", ignore_errors=True)
 
 
-def run_one(kind: str, n: int, *extra: str) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-W", "ignore", __file__, f"--{kind}-one", str(n), *extra],
+def run_one(kind: str, n: int) -> dict[str, float]:
+    out = subprocess.run([sys.executable, "-W", "ignore", __file__, f"--{kind}-one", str(n)],
                          capture_output=True, text=True, timeout=2400)  # fmt: skip
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
@@ -130,13 +127,12 @@ def main() -> int:
     parser.add_argument("--real-sizes", default="64,256")
     parser.add_argument("--mocks-one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--real-one", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--sdk-debug", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mocks_one:
         print(json.dumps(measure_mocks(args.mocks_one)))
         return 0
     if args.real_one:
-        print(json.dumps(measure_real(args.real_one, args.sdk_debug)))
+        print(json.dumps(measure_real(args.real_one)))
         return 0
     print("under mocks (the program alone):")
     print(f"{'servers':>7} {'resources':>9} {'per server':>10} {'seconds':>8} {'peak MB':>8}")
@@ -147,14 +143,11 @@ def main() -> int:
     if not real or os.environ.get("JIJI_ENGINE") == "stand-in":
         print("real engine: not installed (pulumi-language-python and the command plugin); skipped")
         return 0
-    print(f"`pulumi preview` with the {real}; 'SDK debug' is the same preview with the SDK's")
-    print("per-resource debug RPCs kept (JIJI_SDK_DEBUG_LOG=1), run right after it:")
-    print(f"{'servers':>7} {'resources':>9} {'seconds':>8} {'peak MB':>8} {'state MB':>9} {'SDK debug':>10} {'ratio':>6}")
+    print(f"`pulumi preview` with the {real}:")
+    print(f"{'servers':>7} {'resources':>9} {'seconds':>8} {'peak MB':>8} {'state MB':>9}")
     for n in (int(x) for x in args.real_sizes.split(",") if x):
         r = run_one("real", n)
-        peer = run_one("real", n, "--sdk-debug")
-        print(f"{n:>7} {r['resources']:>9} {r['seconds']:>8.1f} {r['peak_rss_mb']:>8.0f} {r['state_mb']:>9.1f}"
-              f" {peer['seconds']:>9.1f}s {r['seconds'] / peer['seconds']:>5.2f}x")  # fmt: skip
+        print(f"{n:>7} {r['resources']:>9} {r['seconds']:>8.1f} {r['peak_rss_mb']:>8.0f} {r['state_mb']:>9.1f}")
     return 0
 
 
