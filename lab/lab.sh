@@ -186,7 +186,8 @@ up() {
     mkdir -p "$LAB"
     [ -f "$KEY" ] || { step "ssh: lab key $KEY"; ssh-keygen -q -t ed25519 -N '' -C jiji-lab -f "$KEY"; }
     ensure_bridge
-    if [ "${JIJI_LAB_CONTAINERS:-0}" = 1 ]; then : >"$LAB/containers"; fi
+    # The marker says what this `up` asked for, not what an earlier one left behind.
+    if [ "${JIJI_LAB_CONTAINERS:-0}" = 1 ]; then : >"$LAB/containers"; else rm -f "$LAB/containers"; fi
     raise_inotify_instances "$n"
     start_resolver
     for ((i = 0; i < n; i++)); do step "host $i: booting at $(host_ip "$i")"; start_host "$i"; done

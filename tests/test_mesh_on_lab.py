@@ -25,7 +25,7 @@ import pytest
 from components import render, steps
 from components.model import MeshSettings, Server
 from components.plan import plan_addresses
-from tests.conftest import Lab
+from tests.conftest import Lab, module_lab
 from tests.engines import RealEngine, make_engine
 from tests.harness import REPO, corrosion_binary, wait_until
 from tests.labprovider import CommandFailed
@@ -51,9 +51,7 @@ echo --; systemctl list-units --all --no-legend --plain 'jiji*' 'wg-quick*' | aw
 @pytest.fixture(scope="module")
 def lab4() -> Iterator[Lab]:
     corrosion_binary()  # fails with the build command when the binary is missing
-    instance = Lab(4)
-    yield instance
-    instance.down()
+    yield from module_lab(4)
 
 
 def host_keys(lab: Lab, n: int) -> dict[str, str]:
