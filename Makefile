@@ -4,34 +4,40 @@ STACK ?= lab
 HOSTS ?= 3
 JIJI_CACHE ?= /var/cache/jiji-net
 VENV := .venv
-# A fully offline Pulumi: local state in an ignored directory, no update check, no plugin download.
-PULUMI_ENV := PULUMI_BACKEND_URL=file://$(CURDIR)/.lab/state PULUMI_CONFIG_PASSPHRASE= \
-	PULUMI_SKIP_UPDATE_CHECK=true PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true \
-	PATH=$(JIJI_CACHE)/pulumi/v$$(. lab/versions.env; echo $$PULUMI_VERSION)/bin:$$PATH
+# The lab stack: its project file and config live in .lab/ (made by `make up`, ignored by git), its
+# state in .lab/state; `python -m deploy` runs the program through the Automation API (deploy/).
+DEPLOY := PULUMI_CONFIG_PASSPHRASE= $(VENV)/bin/python -m deploy --stack $(STACK) --dir .lab \
+	--backend file://$(CURDIR)/.lab/state
 
-.PHONY: test up lab-up lab-down toolchain bench-dns bench-program bench-lab tool lint
+.PHONY: test up preview lab-up lab-down toolchain bench-dns bench-program bench-lab tool lint
 
 ## test: install what the tests need (cached), then run every test
 test:
-	bash lab/toolchain.sh packages venv corrosion pulumi-cli
+	bash lab/toolchain.sh all
 	$(MAKE) --no-print-directory lint
 	$(VENV)/bin/python -m pytest
 
-## up: the main job: toolchain, lab hosts, then `pulumi up` of the lab stack
+## up: the main job: toolchain, 3 lab hosts with podman, the lab stack up through the real engine,
+## a demo service found by name, and the commands to look at it
 # The lab stack's config (hosts with their SSH host keys pinned, the encrypted SSH key, the
 # encryption salt) lives in .lab/, not in the repository: a checkout stays clean.
 STACK_CONFIG := .lab/Pulumi.$(STACK).yaml
-up: toolchain lab-up
-	mkdir -p .lab/state
-	bash lab/lab.sh stack-config $(STACK_CONFIG).hosts
-	$(PULUMI_ENV) pulumi stack select --create $(STACK)
-	# `stack select --create` writes the new stack's salt into stacks/: it moves to .lab/ with the rest.
+up: toolchain
+	JIJI_LAB_CONTAINERS=1 bash lab/lab.sh up $(HOSTS)
+	bash lab/lab.sh stack-config $(STACK_CONFIG).hosts podman
+	$(DEPLOY) pulumi -- stack select --create
+	# The config is made anew from the hosts each time; only the stack's salt carries over.
 	cat $(STACK_CONFIG).hosts > $(STACK_CONFIG).new
-	{ cat $(STACK_CONFIG) stacks/Pulumi.$(STACK).yaml 2>/dev/null | grep -m1 '^encryptionsalt:' || true; } >> $(STACK_CONFIG).new
+	{ grep -m1 '^encryptionsalt:' $(STACK_CONFIG) 2>/dev/null || true; } >> $(STACK_CONFIG).new
 	mv $(STACK_CONFIG).new $(STACK_CONFIG)
-	rm -f stacks/Pulumi.$(STACK).yaml
-	$(PULUMI_ENV) pulumi config set --secret ssh_private_key --stack $(STACK) --config-file $(STACK_CONFIG) < .lab/lab/id_ed25519
-	$(PULUMI_ENV) pulumi up --yes --stack $(STACK) --config-file $(STACK_CONFIG)
+	$(DEPLOY) pulumi -- config set --secret ssh_private_key < .lab/lab/id_ed25519
+	$(DEPLOY) up --outputs-file .lab/outputs.json
+	$(MAKE) --no-print-directory tool
+	bash lab/lab.sh demo
+
+## preview: what `up` would change on the lab stack, as diffs
+preview:
+	$(DEPLOY) preview --diff
 
 toolchain:
 	bash lab/toolchain.sh all
@@ -44,17 +50,17 @@ lab-down:
 
 ## bench-dns: jiji-dns against dnsmasq (queries/s, CPU per query), change latency, snapshot load
 bench-dns:
-	bash lab/toolchain.sh packages venv corrosion pulumi-cli
+	bash lab/toolchain.sh all
 	$(VENV)/bin/python bench/dns.py
 
 lint:
-	$(VENV)/bin/ruff check hostbin tests bench components __main__.py
-	$(VENV)/bin/mypy hostbin/jiji_dns hostbin/jiji_ops components
+	$(VENV)/bin/ruff check hostbin tests bench components deploy command_provider __main__.py
+	$(VENV)/bin/mypy hostbin/jiji_dns hostbin/jiji_ops components deploy command_provider
 	$(VENV)/bin/python -m tests.shellcheck
 
 ## bench-lab: real `pulumi up` on 3, 8 and 16 lab hosts: cold, no-op, one server added, destroy
 bench-lab:
-	bash lab/toolchain.sh packages venv corrosion pulumi-cli
+	bash lab/toolchain.sh all
 	$(VENV)/bin/python bench/lab_scale.py
 
 ## bench-program: evaluation time and peak memory of the program at 32-256 servers (mocks; and

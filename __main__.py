@@ -1,25 +1,5 @@
-"""Composition root: read the stack's settings, plan the mesh, build the mesh, export its outputs."""
+"""Composition root for `pulumi up` with a full Pulumi install: the mesh program, as `deploy` runs it."""
 
-import pulumi
+from components.program import mesh_program
 
-from components import artifacts, render
-from components import settings as stack_settings
-from components.mesh import Mesh, Uploads
-from components.plan import plan_addresses
-
-settings, servers, ssh_key = stack_settings.load()
-plans = plan_addresses(settings, servers)
-dns_pyz, tool_pyz = artifacts.zipapps()
-uploads = Uploads.of(
-    steplib=artifacts.built_file("steplib.sh", render.step_library()),
-    dns=dns_pyz,
-    tool=tool_pyz,
-    corrosion=artifacts.local_binary(settings.corrosion.local_path) if settings.corrosion.local_path else None,
-)
-mesh = Mesh("jiji", settings, servers, plans, ssh_key, uploads)
-
-pulumi.export("cluster_cidr", mesh.outputs["cluster_cidr"])
-pulumi.export("domain", mesh.outputs["domain"])
-pulumi.export("servers", mesh.outputs["servers"])
-# Everything another stack needs in one value: `StackReference(...).get_output("mesh")`.
-pulumi.export("mesh", mesh.outputs)
+mesh_program()

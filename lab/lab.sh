@@ -10,7 +10,8 @@
 #   lab/lab.sh image I    the local container image localhost/jiji-lab:1 in host I's podman
 #   lab/lab.sh cut I [hosts|all]  drop host I's underlay traffic with the other hosts (hosts), or
 #                         with everything, this machine's SSH included (all); heal I undoes it
-#   lab/lab.sh stack-config FILE  the lab stack's config with the hosts' SSH host keys pinned
+#   lab/lab.sh stack-config FILE [ENGINE]  the lab stack's config with the hosts' SSH host keys pinned
+#   lab/lab.sh demo       a labelled demo service on hosts 0 and 1, found by name from host 2
 # Hosts reach each other and the resolver, nothing else (no default route, no NAT).
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
@@ -123,6 +124,42 @@ lab_podman() {
 lab_image() {
     lab_ssh "$1" 'podman image exists localhost/jiji-lab:1 || { hostname >/opt/jiji-lab-image/www/index.html &&
         tar -C /opt/jiji-lab-image -c . | podman import -q --change "CMD [\"/bin/httpd\",\"-f\",\"-p\",\"8080\",\"-h\",\"/www\"]" - localhost/jiji-lab:1 >/dev/null; }'
+}
+
+# demo: a labelled service `web` of project `demo` (the lab image's HTTP server, health-checked)
+# on hosts 0 and 1 of a mesh up with podman, and the commands to look at it.
+DEMO_NAME=demo-web.jiji
+demo() {
+    local n i
+    n=$(cat "$LAB/hosts")
+    [ "$n" -ge 3 ] || die "the demo needs 3 hosts, the lab has $n" "run make up"
+    for i in 0 1; do
+        lab_image "$i"
+        lab_ssh "$i" 'podman rm -f demo-web >/dev/null 2>&1; podman run -d --name demo-web --network jiji \
+            --label jiji.project=demo --label jiji.service=web \
+            --health-cmd "wget -qO- http://127.0.0.1:8080/" --health-interval 2s --health-retries 1 \
+            localhost/jiji-lab:1 /bin/httpd -f -p 8080 -h /www >/dev/null' \
+            || die "starting the demo service on host $i failed" "is the mesh up with container_engine: podman?"
+    done
+    lab_image 2
+    step "demo: service web of project demo on lab0 and lab1, found by name as $DEMO_NAME"
+    local t0=$SECONDS answer
+    until answer=$(lab_ssh 2 "dig +short +time=1 +tries=1 @10.210.2.1 $DEMO_NAME" | sort | tr '\n' ' ') \
+        && [ "$(wc -w <<<"$answer")" = 2 ]; do
+        [ $((SECONDS - t0)) -lt 60 ] || die "lab2 did not answer $DEMO_NAME with both containers in 60 s (got: $answer)" \
+            "look at 'journalctl -u jiji-registrar' on lab0 and lab1"
+        sleep 1
+    done
+    note "lab2 answers $DEMO_NAME: $answer($((SECONDS - t0)) s)"
+    cat <<EOF
+
+The mesh is up. Look at it (from $REPO_DIR):
+  python3 build/jiji-net.pyz --outputs .lab/outputs.json -i .lab/lab/id_ed25519 -H all status
+  python3 build/jiji-net.pyz --outputs .lab/outputs.json -i .lab/lab/id_ed25519 -H all ready
+  bash lab/lab.sh ssh 2 dig +short @10.210.2.1 $DEMO_NAME
+  bash lab/lab.sh ssh 2 podman run --rm --network jiji localhost/jiji-lab:1 wget -qO- http://$DEMO_NAME:8080/
+Preview a change: make preview      Take it all down: make lab-down
+EOF
 }
 
 prepare_host() {
@@ -267,12 +304,12 @@ heal_host() {
 # The lab stack's config, written outside the repository (make up passes it with --config-file):
 # the hosts with their SSH host keys pinned, and the lab's Corrosion build.
 stack_config() {
-    local file=$1 n i key
+    local file=$1 engine=${2:-none} n i key
     n=$(cat "$LAB/hosts")
     {
         echo "# The local lab (lab/lab.sh stack-config); make up adds the SSH key as a secret."
         echo "config:"
-        echo "  jiji-net:container_engine: none"
+        echo "  jiji-net:container_engine: $engine"
         echo "  jiji-net:corrosion_local_path: $JIJI_CACHE/corrosion/klukai-$KLUKAI_VERSION/bin/corrosion"
         echo "  jiji-net:servers:"
         for ((i = 0; i < n; i++)); do
@@ -328,6 +365,7 @@ case "${1:-}" in
     reset) reset_host "$2" ;;
     cut) cut_host "$2" "${3:-hosts}" ;;
     heal) heal_host "$2" ;;
-    stack-config) stack_config "$2" ;;
-    *) die "usage: lab/lab.sh up [N] | down | status | ssh I CMD | image I | stop I | start I | reset I | cut I [hosts|all] | heal I | stack-config FILE" "pick one of those" ;;
+    stack-config) stack_config "$2" "${3:-none}" ;;
+    demo) demo ;;
+    *) die "usage: lab/lab.sh up [N] | down | status | ssh I CMD | image I | stop I | start I | reset I | cut I [hosts|all] | heal I | stack-config FILE [ENGINE] | demo" "pick one of those" ;;
 esac

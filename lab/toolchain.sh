@@ -3,15 +3,16 @@
 #   packages   Debian packages the lab, the tests and the benchmarks use
 #   venv       the project's Python virtualenv (.venv) from pyproject.toml
 #   corrosion  a Corrosion-compatible node (crates.io `klukai`, binary `corrosion`) for the lab
-#   pulumi-cli the Pulumi CLI alone (the tests use it)
-#   pulumi     the Pulumi CLI, its Python language host and the command provider
+#   pulumi-cli the Pulumi CLI (deployments run it through the Automation API, so it needs no
+#              language host; the command provider is the official plugin where installed, else
+#              ours, command_provider/: see deploy/toolchain.py)
 # With no argument it does all of them, in that order; several parts may be named.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
 DEB_PACKAGES=(
     debootstrap systemd-container iproute2 iptables wireguard-tools wireguard-go openssh-client
-    dnsutils dnsperf dnsmasq-base python3-venv shellcheck
+    dnsutils dnsperf dnsmasq-base python3-venv shellcheck openssh-server
 )
 
 install_packages() {
@@ -60,10 +61,8 @@ install_corrosion() {
 
 pulumi_dir() { echo "$JIJI_CACHE/pulumi/v$PULUMI_VERSION"; }
 
-# The Go module proxy we can reach serves github.com/pulumi/pulumi/{pkg,sdk}/v3 at tagged
-# releases, so the CLI builds from a wrapper module. The Python language host (its own untagged
-# module) and the command provider (an untagged subdirectory module at v1.2.1) are refused by it
-# at every version tried (403 "This module version is not available"): see the toolchain issue.
+# The Go module proxy serves github.com/pulumi/pulumi/{pkg,sdk}/v3 at tagged releases, so the CLI
+# builds from a wrapper module (the module's own go.mod has replace lines `go install` refuses).
 build_pulumi_cli() {
     local out=$1 work
     need_cmd go "install Go to build the Pulumi CLI"
@@ -86,11 +85,6 @@ GOMOD
     rm -rf "$work"
 }
 
-probe_go_module() {
-    # $1 module path, $2 version: 0 when the Go module proxy will hand out that module version.
-    (cd "$(mktemp -d)" && go mod download -json "$1@$2" >/dev/null 2>&1)
-}
-
 install_pulumi_cli() {
     local dir
     if command -v pulumi >/dev/null 2>&1 && [ -z "${JIJI_BUILD_PULUMI:-}" ]; then
@@ -107,49 +101,6 @@ install_pulumi_cli() {
     note "built in $((SECONDS - t0)) s: $("$dir/bin/pulumi" version)"
 }
 
-# Builds one main package of a module the proxy serves at a pseudo-version, via a wrapper module.
-build_go_main() {
-    # $1 module, $2 version, $3 main package, $4 output file, $5 ldflags
-    local work
-    work=$(mktemp -d)
-    printf 'module jiji-net/build\n\ngo 1.26\n\nrequire %s %s\n' "$1" "$2" >"$work/go.mod"
-    printf '//go:build tools\n\npackage tools\n\nimport _ "%s"\n' "$3" >"$work/tools.go"
-    (cd "$work" && go mod tidy >/dev/null 2>&1 && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $5" -o "$4" "$3") \
-        || die "building $3 at $2 failed" "see the go output above"
-    rm -rf "$work"
-}
-
-install_pulumi() {
-    local dir
-    install_pulumi_cli
-    command -v pulumi >/dev/null 2>&1 && [ -z "${JIJI_BUILD_PULUMI:-}" ] && return
-    dir=$(pulumi_dir)
-    step "pulumi: the Python language host and the command provider $PULUMI_COMMAND_VERSION"
-    [ -x "$dir/bin/pulumi-language-python" ] && [ -x "$dir/bin/pulumi-resource-command" ] && return
-    # Installed by other means (a language host on PATH, the plugin in PULUMI_HOME): use those.
-    if command -v pulumi-language-python >/dev/null 2>&1 \
-        && PULUMI_SKIP_UPDATE_CHECK=true "$dir/bin/pulumi" plugin ls 2>/dev/null | grep -Eq "^command +resource +$PULUMI_COMMAND_VERSION "; then
-        note "using $(command -v pulumi-language-python) and the installed command plugin $PULUMI_COMMAND_VERSION"
-        return
-    fi
-    local lang=github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3 lang_v=v3.0.0-20260819165155-0ac56e876614
-    local cmd=github.com/pulumi/pulumi-command/provider cmd_v=v0.0.0-20260303235922-7f3eb6f3b77c
-    probe_go_module "$lang" "$lang_v" \
-        || die "the Go module proxy refuses pulumi-language-python at v$PULUMI_VERSION ($lang_v)" \
-               "install a pulumi CLI with its language hosts by other means and put it on PATH"
-    probe_go_module "$cmd" "$cmd_v" \
-        || die "the Go module proxy refuses pulumi-command's provider at v$PULUMI_COMMAND_VERSION ($cmd_v)" \
-               "install pulumi-resource-command $PULUMI_COMMAND_VERSION with 'pulumi plugin install resource command $PULUMI_COMMAND_VERSION'"
-    # Never run here (the proxy refuses both modules); written from the sources' build notes.
-    build_go_main "$lang" "$lang_v" "$lang" "$dir/bin/pulumi-language-python" \
-        "-X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=v$PULUMI_VERSION"
-    install -m 755 "$(go env GOMODCACHE)/github.com/pulumi/pulumi/sdk/v3@v$PULUMI_VERSION/python/cmd/pulumi-language-python-exec" "$dir/bin/"
-    build_go_main "$cmd" "$cmd_v" "$cmd/cmd/pulumi-resource-command" "$dir/bin/pulumi-resource-command" \
-        "-X $cmd/pkg/version.Version=v$PULUMI_COMMAND_VERSION"
-    PULUMI_HOME="${PULUMI_HOME:-$HOME/.pulumi}" "$dir/bin/pulumi" plugin install resource command "$PULUMI_COMMAND_VERSION" \
-        --file "$dir/bin/pulumi-resource-command"
-}
-
 [ $# -gt 0 ] || set -- all
 for part in "$@"; do
     case "$part" in
@@ -157,8 +108,7 @@ for part in "$@"; do
         venv) install_venv ;;
         corrosion) install_corrosion ;;
         pulumi-cli) install_pulumi_cli ;;
-        pulumi) install_pulumi ;;
-        all) install_packages; install_venv; install_corrosion; install_pulumi ;;
-        *) die "unknown part '$part'" "use any of: packages venv corrosion pulumi-cli pulumi all" ;;
+        all) install_packages; install_venv; install_corrosion; install_pulumi_cli ;;
+        *) die "unknown part '$part'" "use any of: packages venv corrosion pulumi-cli all" ;;
     esac
 done

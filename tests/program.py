@@ -100,7 +100,7 @@ class _Mocks(pulumi.runtime.Mocks):
 
 
 _GRAPH: dict[str, tuple[str, str, list[str]]] = {}
-# The resource options the engine acts on, by resource name: the stand-in provider honours them.
+# The resource options the engine acts on, by resource name (tests of the graph read them).
 OPTIONS: dict[str, dict[str, Any]] = {}
 _original_register = pulumi_mocks.MockMonitor.RegisterResource
 

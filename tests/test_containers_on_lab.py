@@ -1,6 +1,6 @@
 """Real containers on three lab hosts: podman from Debian's packages, the lab's local busybox image
 (`lab/lab.sh image I`), the program with `container_engine: podman`, through the real Pulumi engine
-when it is installed (else the stand-in; the test prints which path ran). The registrar on each
+(tests/engines.py; the test prints which CLI and provider ran). The registrar on each
 server puts its containers in the registry; clients in containers on other servers find them by
 name, reach them with their own addresses, and stop finding them when they stop or turn unhealthy.
 """

@@ -16,8 +16,8 @@ import pytest
 from tests.conftest import Lab
 from tests.engines import Engine, make_engine
 from tests.harness import REPO, corrosion_binary, wait_until
-from tests.labprovider import CommandFailed
-from tests.test_mesh_on_lab import CORROSION, MESH, config, dig, ready, write
+from tests.engines import CommandFailed
+from tests.test_mesh_on_lab import CORROSION, MESH, REPLICATED, config, dig, ready, write
 
 pytestmark = pytest.mark.corrosion
 ROW = [
@@ -36,7 +36,7 @@ def mesh() -> Iterator[tuple[Lab, Engine]]:
         engine.up(config(lab, 3))
         write(lab, 0, ROW)
         for i in range(3):
-            wait_until(lambda i=i: dig(lab, i, MESH[i], "shop-web.jiji") == ["10.210.0.2"], 5, f"lab{i} answers")
+            wait_until(lambda i=i: dig(lab, i, MESH[i], "shop-web.jiji") == ["10.210.0.2"], REPLICATED, f"lab{i} answers")
         yield lab, engine
     finally:
         engine.destroy()

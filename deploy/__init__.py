@@ -1,0 +1,1 @@
+"""Deployments of the mesh program through the Automation API (see __main__.py)."""
