@@ -14,9 +14,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import Lab
-from tests.engines import Engine, make_engine
+from tests.engines import CommandFailed, Engine, make_engine
 from tests.harness import REPO, corrosion_binary, wait_until
-from tests.engines import CommandFailed
 from tests.test_mesh_on_lab import CORROSION, MESH, REPLICATED, config, dig, ready, write
 
 pytestmark = pytest.mark.corrosion

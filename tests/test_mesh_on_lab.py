@@ -26,9 +26,8 @@ from components import render, steps
 from components.model import MeshSettings, Server
 from components.plan import plan_addresses
 from tests.conftest import Lab, module_lab
-from tests.engines import RealEngine, make_engine
+from tests.engines import CommandFailed, RealEngine, make_engine
 from tests.harness import REPO, corrosion_binary, wait_until
-from tests.engines import CommandFailed
 
 pytestmark = pytest.mark.corrosion
 
