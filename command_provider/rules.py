@@ -45,7 +45,8 @@ UNSUPPORTED = "is not supported by jiji-net's command provider"
 
 
 def type_of(urn: str) -> str:
-    return urn.split("::")[2]
+    """The resource's own type: the URN's type part lists its parents' types first, `$`-joined."""
+    return urn.split("::")[2].rsplit("$", 1)[-1]
 
 
 def name_of(urn: str) -> str:

@@ -24,6 +24,7 @@ from pulumi.runtime.proto import engine_pb2, engine_pb2_grpc, plugin_pb2, provid
 from . import rules, ssh, wire
 
 VERSION = "1.2.1"
+FRAMEWORK_KEY = {"__pulumi-go-provider-version": "1.2.0"}
 _MAX_MESSAGE = 400 * 1024 * 1024
 _KIND = {
     ("add", False): provider_pb2.PropertyDiff.ADD,
@@ -147,7 +148,9 @@ class Provider(provider_pb2_grpc.ResourceProviderServicer):
         return empty_pb2.Empty()
 
     def CheckConfig(self, request: Any, context: Any) -> Any:
-        return provider_pb2.CheckResponse(inputs=request.news)
+        # The official plugin stores its framework's version with the provider's inputs; the same
+        # key here keeps the default provider's state the same, so a stack can move either way.
+        return provider_pb2.CheckResponse(inputs=wire.to_struct({**wire.to_python(request.news), **FRAMEWORK_KEY}))
 
     def DiffConfig(self, request: Any, context: Any) -> Any:
         return provider_pb2.DiffResponse(changes=provider_pb2.DiffResponse.DIFF_NONE)

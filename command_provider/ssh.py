@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import os
 import socket
 import stat
@@ -210,10 +211,10 @@ def run(
     channel.close()
     text = both.decode(errors="replace")
     if stopped:
-        raise CommandError(f"{stopped}: running {command!r}:\n{text}")
+        raise CommandError(f"{stopped}: running {json.dumps(command)}:\n{text}")
     if status != 0:
         what = f"Process exited with status {status}" if status > 0 else "Process exited without an exit status"
-        raise CommandError(f"{what}: running {command!r}:\n{text}")
+        raise CommandError(f"{what}: running {json.dumps(command)}:\n{text}")
     return Result(stdout.decode(errors="replace"), stderr.decode(errors="replace"))
 
 

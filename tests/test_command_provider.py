@@ -167,15 +167,37 @@ def test_a_failed_create_leaves_no_resource_and_runs_again(stack: Stack) -> None
     assert stack.ran() == ["f create v1", "f create v1"]
 
 
-def test_a_create_past_its_timeout_fails_in_time(stack: Stack) -> None:
-    slow = stack.command("s", create="sleep 60", timeout_create="3s")
+def test_a_create_past_its_custom_timeout(stack: Stack) -> None:
+    """The one deliberate difference: the engine passes `custom_timeouts` to the provider; 1.2.1
+    ignores it and runs the command to its end, ours stops it and fails."""
+    slow = stack.command("s", create="sleep 20", timeout_create="3s")
     started = time.monotonic()
     result = stack.run("up", [slow])
     seconds = time.monotonic() - started
-    assert not result["ok"], result
-    # The 3 s timeout and the run's own start-up (a few seconds), far from the command's 60 s.
-    assert seconds < 40, seconds
+    if stack.home != toolchain.PROJECT_HOME:
+        assert result["ok"] and seconds >= 20, (seconds, result)
+        return
+    assert not result["ok"] and "timed out" in result["error"], result
+    # The 3 s timeout and the run's own start-up (a few seconds), well short of the command's 20 s.
+    assert seconds < 20, seconds
     print(f"create with a 3 s timeout failed after {seconds:.1f} s of `up`")
+
+
+def test_a_blackholed_host_fails_after_its_per_dial_timeout(stack: Stack) -> None:
+    port = free_port()
+    rule = ["OUTPUT", "-o", "lo", "-p", "tcp", "--dport", str(port), "--syn", "-j", "DROP"]
+    subprocess.run(["iptables", "-w", "-I", *rule], check=True)
+    try:
+        silent = {**stack.command("b", dial_error_limit=1, per_dial_timeout=2), "server": stack.server("a", port=port)}
+        started = time.monotonic()
+        result = stack.run("up", [silent])
+        seconds = time.monotonic() - started
+    finally:
+        subprocess.run(["iptables", "-w", "-D", *rule], check=True)
+    assert not result["ok"], result
+    assert "after 1 failed attempts" in result["error"] and "timeout" in result["error"].lower(), result["error"]
+    assert seconds >= 2 * 2, seconds  # two dials of 2 s each, neither answered
+    assert stack.ran() == []
 
 
 def test_a_host_key_mismatch_fails_and_runs_nothing(stack: Stack) -> None:

@@ -75,3 +75,9 @@ def test_an_asset_is_compared_by_its_content_hash() -> None:
     assert rules.diff(rules.COPY, old, {**old, "source": changed}, [])[0] == {"source": "update"}
     assert rules.needs_copy(old, {**old, "source": changed})
     assert rules.needs_copy(old, {**old, "remotePath": "/y"})
+
+
+def test_a_resource_is_known_by_its_own_type_under_any_parent() -> None:
+    urn = "urn:pulumi:lab::jiji-net::jiji:network:Mesh$jiji:network:Server$command:remote:Command::lab0-host"
+    assert rules.type_of(urn) == rules.COMMAND and rules.name_of(urn) == "lab0-host"
+    assert rules.type_of("urn:pulumi:t::p::command:remote:CopyToRemote::f") == rules.COPY
