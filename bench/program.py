@@ -86,16 +86,18 @@ def measure_real(n: int, provider: str) -> dict[str, float]:
         config_file.write_text(salt + json.dumps({"config": values}) if not salt else _with_config(salt, values))
         subprocess.run([*deploy, "pulumi", "--", "config", "set", "--secret", "ssh_private_key"],
                        input=FAKE_KEY, text=True, env=env, check=True, capture_output=True, cwd=REPO)  # fmt: skip
+        log = work / "preview.log"
         started = time.perf_counter()
-        proc = subprocess.Popen([*deploy, "preview"], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        provider_peak_kb = 0
-        while proc.poll() is None:
-            provider_peak_kb = max(provider_peak_kb, _provider_hwm_kb())
-            time.sleep(0.1)
-        out, err = proc.communicate()
+        with open(log, "w") as sink:  # a file, not a pipe: nobody reads a pipe while we poll
+            proc = subprocess.Popen([*deploy, "preview"], env=env, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT)
+            provider_peak_kb = 0
+            while proc.poll() is None:
+                provider_peak_kb = max(provider_peak_kb, _provider_hwm_kb())
+                time.sleep(0.1)
         seconds = time.perf_counter() - started
+        out = log.read_text()
         if proc.returncode != 0:
-            raise RuntimeError(out[-2000:] + err[-2000:])
+            raise RuntimeError(out[-4000:])
         resources = next((int(line.split()[0]) for line in out.splitlines() if line.strip().endswith("to create")), 0)
         return {
             "servers": n,

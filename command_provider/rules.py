@@ -75,7 +75,7 @@ def check(typ: str, news: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[st
 
 
 def _check_connection(connection: Any) -> tuple[Any, list[tuple[str, str]]]:
-    plain = wire.reveal(connection) if wire.is_secret(connection) else connection
+    plain = connection["value"] if wire.is_secret(connection) else connection
     if not isinstance(plain, dict):
         return connection, [("connection", "connection must be an object")]
     failures = []
@@ -83,6 +83,10 @@ def _check_connection(connection: Any) -> tuple[Any, list[tuple[str, str]]]:
         reason = _CONNECTION_REFUSED.get(key, "is not a connection setting")
         failures.append((f"connection.{key}", f"connection.{key} {UNSUPPORTED}: {reason}"))
     filled = {**CONNECTION_DEFAULTS, **plain}
+    if "privateKey" in filled and not wire.is_secret(filled["privateKey"]) and filled["privateKey"] != wire.UNKNOWN:
+        # A secret of its own too, as 1.2.1's Check marks it (the engine sends it bare inside the
+        # secret connection): the state then reads the same whichever provider wrote it.
+        filled["privateKey"] = wire.secret(filled["privateKey"])
     if "host" not in plain:
         failures.append(("connection.host", "connection.host is required"))
     if "privateKey" not in plain:

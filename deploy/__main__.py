@@ -40,12 +40,10 @@ def _args(argv: list[str]) -> argparse.Namespace:
 
 
 def backend_of(args: argparse.Namespace, where: Path) -> str:
-    if args.backend:
-        return args.backend
-    if os.environ.get("PULUMI_BACKEND_URL"):
-        return os.environ["PULUMI_BACKEND_URL"]
-    (where / ".pulumi-state").mkdir(exist_ok=True)
-    return f"file://{where / '.pulumi-state'}"
+    backend = args.backend or os.environ.get("PULUMI_BACKEND_URL") or f"file://{where / '.pulumi-state'}"
+    if backend.startswith("file://"):
+        Path(backend.removeprefix("file://")).mkdir(parents=True, exist_ok=True)  # the CLI will not make it
+    return backend
 
 
 def main(argv: list[str]) -> int:
