@@ -39,11 +39,13 @@ class CountingResponder(Responder):
 
 def loaded_responder() -> CountingResponder:
     """shop-api: 40 A records (a plain UDP reply is too big, an EDNS one of 1232 fits);
-    shop-big: 90 A records (too big for any UDP reply); shop-v6: 30 AAAA records."""
+    shop-big: 90 A records (too big for any UDP reply); shop-v6: 30 AAAA records; shop-few: 8 A
+    records (fits 512 bytes, though not a client's smaller advertised size)."""
     r = CountingResponder("jiji", 60, 5)
     rows = [Container(f"c{i}", "shop", "api", f"s{i}", f"10.210.{i}.2", i, "primary") for i in range(40)]
     rows += [Container(f"b{i}", "shop", "big", f"s{i}", f"10.211.{i}.2", i, f"b{i}") for i in range(90)]
     rows += [Container(f"v{i}", "shop", "v6", f"s{i}", f"fd00:210::{i + 2:x}", i, f"v{i}") for i in range(30)]
+    rows += [Container(f"o{i}", "shop", "few", f"s{i}", f"10.212.{i}.2", i, f"o{i}") for i in range(8)]
     r.table.load(rows)
     r.ready = True
     return r
@@ -66,6 +68,8 @@ def seeds() -> list[bytes]:
         ("jiji", "SOA", -1, 0),
         ("_srv._tcp.shop-api.jiji", "SRV", 0, 1232),
         ("shop-api.jiji", "ANY", 0, 100),
+        ("shop-few.jiji", "A", 0, 100),
+        ("shop-few.jiji", "ANY", 0, 100),
     ]:
         q = dns.message.make_query(name, qtype, use_edns=edns, want_dnssec=edns == 0, payload=payload)
         out.append(q.to_wire())
@@ -174,8 +178,9 @@ def test_every_seed_is_answered_whole_or_truncated_as_its_size_rule_says() -> No
         verdicts.append(bool(reply[2] & 0x02))
     # shop-api (40 A, 682 bytes): fits 1232, TC without EDNS, at 512 and at 600, fits 700;
     # shop-big (90 A) TC even at 4096 (capped to 1232); shop-v6 (30 AAAA) TC at 600, and for ANY
-    # without EDNS; the small answers fit; ANY for shop-api at 100 (raised to 512) is TC.
-    assert verdicts == [False, True, True, True, False, True, True, True] + [False] * 5 + [True]
+    # without EDNS; the small answers fit; ANY for shop-api at 100 (raised to 512) is TC; shop-few
+    # (170 bytes) at 100 fits, A and ANY, as a size under 512 counts as 512.
+    assert verdicts == [False, True, True, True, False, True, True, True] + [False] * 5 + [True, False, False]
 
 
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
