@@ -353,6 +353,7 @@ class CuttableProxy:
         self.listener.listen(16)
         self.port = self.listener.getsockname()[1]
         self.open = True
+        self.refused_at: list[float] = []  # monotonic times of the connections refused while cut
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._accept, daemon=True)
@@ -369,6 +370,7 @@ class CuttableProxy:
             except OSError:
                 return
             if not self.open:
+                self.refused_at.append(time.monotonic())
                 client.close()
                 continue
             try:
