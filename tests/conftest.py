@@ -7,12 +7,33 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests import harness
 
 sys.path.insert(0, str(harness.REPO / "hostbin"))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A test that did not run is no pass: any skip (or xfail) makes the run fail, so `make test`
+    is never green with parts of it left out. Each is listed by the summary below."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None or exitstatus != 0:
+        return
+    if reporter.stats.get("skipped") or reporter.stats.get("xfailed"):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    left_out = terminalreporter.stats.get("skipped", []) + terminalreporter.stats.get("xfailed", [])
+    if left_out:
+        terminalreporter.section("did not run, so the run fails", red=True, bold=True)
+        for report in left_out:
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+            terminalreporter.line(f"{report.nodeid}: {reason}", red=True)
 
 
 @pytest.fixture(scope="session")

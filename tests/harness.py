@@ -5,6 +5,7 @@ Everything binds to 127.0.0.1 on free ports and is stopped by its own pid.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import resource
@@ -352,6 +353,7 @@ class CuttableProxy:
         self.listener.listen(16)
         self.port = self.listener.getsockname()[1]
         self.open = True
+        self.refused_at: list[float] = []  # monotonic times of the connections refused while cut
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._accept, daemon=True)
@@ -368,6 +370,7 @@ class CuttableProxy:
             except OSError:
                 return
             if not self.open:
+                self.refused_at.append(time.monotonic())
                 client.close()
                 continue
             try:
@@ -446,3 +449,101 @@ def sockets_per_worker(d: DnsDaemon, workers: int, attempts: int = 64) -> list[s
     for s in found.values():
         s.close()
     raise RuntimeError(f"{attempts} source ports reached only workers {sorted(found)}")
+
+
+class LossyProxy:
+    """An HTTP proxy on loopback in front of a Corrosion node that can lose what a node may lose:
+    with `lose_changes` set, `change` events of subscription streams are dropped on the way
+    (as klukai drops a change batched just before a restart); `/v1/updates` always answers 404
+    (a node without update notifications), so a change can reach jiji-dns only by a re-read.
+    `cut()` breaks every open stream and refuses new ones until `restore()`."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit(":", 1)
+        self.target = (host, int(port))
+        self.lose_changes = False
+        self.dropped = 0
+        self.requests: list[str] = []
+        self.open = True
+        self._conns: list[Any] = []
+        self._lock = threading.Lock()
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.open:
+                client.close()
+                continue
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream = http.client.HTTPConnection(*self.target, timeout=None)
+        with self._lock:
+            self._conns += [client, upstream]
+        try:
+            stream = client.makefile("rb")
+            request_line = stream.readline().decode().strip()
+            headers: dict[str, str] = {}
+            while (line := stream.readline()) not in (b"\r\n", b""):
+                key, _, value = line.decode("latin-1").partition(":")
+                headers[key.strip().lower()] = value.strip()
+            body = stream.read(int(headers.get("content-length", "0")))
+            method, path = request_line.split()[:2]
+            self.requests.append(f"{method} {path}")
+            if path.startswith("/v1/updates"):
+                client.sendall(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                return
+            upstream.request(method, path, body=body or None, headers={"Content-Type": "application/json"})
+            resp = upstream.getresponse()
+            head = f"HTTP/1.1 {resp.status} {resp.reason}\r\n"
+            for key in ("corro-query-id", "content-type"):
+                if resp.getheader(key):
+                    head += f"{key}: {resp.getheader(key)}\r\n"
+            client.sendall((head + "transfer-encoding: chunked\r\n\r\n").encode())
+            subscription = path.startswith("/v1/subscriptions")
+            while line := resp.readline():
+                if subscription and self.lose_changes and line.startswith(b'{"change"'):
+                    self.dropped += 1
+                    continue
+                client.sendall(f"{len(line):x}\r\n".encode() + line + b"\r\n")
+            client.sendall(b"0\r\n\r\n")
+        except (OSError, ValueError, http.client.HTTPException):
+            pass
+        finally:
+            upstream.close()
+            client.close()
+
+    def cut(self) -> None:
+        """Refuse new connections and break every open one."""
+        self.open = False
+        with self._lock:
+            for c in self._conns:
+                try:
+                    if isinstance(c, socket.socket):
+                        c.shutdown(socket.SHUT_RDWR)
+                        c.close()
+                    elif c.sock is not None:
+                        c.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self._conns.clear()
+
+    def restore(self) -> None:
+        self.open = True
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import time
@@ -55,6 +56,7 @@ class RoutedCorrosion:
         self.truths = truths
         self.served: Events = []
         self.requests: list[str] = []
+        self.times: list[float] = []  # when each request arrived (monotonic), as `requests`
         self.hold = 0.0  # seconds a stream stays open after its events
 
     def truth(self) -> Events:
@@ -72,6 +74,7 @@ class RoutedCorrosion:
                     length = int(line.split(b":")[1])
             await reader.readexactly(length)
             self.requests.append(request_line)
+            self.times.append(time.monotonic())
             method, path = request_line.split()[:2]
             if path.startswith("/v1/updates"):
                 writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
@@ -166,15 +169,25 @@ def test_a_malformed_event_is_followed_by_a_correct_table_within_5_s(case: str) 
     assert counters.bad_events == 1 and counters.resyncs == 1
 
 
-def test_a_bad_event_on_every_resync_backs_off(capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_bad_event_on_every_resync_backs_off(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(config_mod.random, "uniform", lambda a, b: 0.0)  # no jitter: exact waits
     node = RoutedCorrosion([MALFORMED["row with too few cells"]])
-    follow(node, lambda r, c: False, timeout=3.5, interval="500")
-    subscribes = [r for r in node.requests if r.startswith("POST /v1/subscriptions")]
-    # Delays 0.5, 1, 2 s (+ up to 1 s jitter each): at most 3 attempts in 3.5 s, where a fixed
-    # delay would have made ~5 a second at the 200 ms test interval.
-    assert 2 <= len(subscribes) <= 3
+
+    def subscribes() -> list[float]:
+        return [t for t, r in zip(node.times, node.requests, strict=True) if r.startswith("POST /v1/subscriptions")]
+
+    # Three subscriptions: waits of 0.5 and 1 s between them by design.
+    follow(node, lambda r, c: len(subscribes()) >= 3, timeout=1.5 + 10, interval="500")
     attempts = [line for line in capsys.readouterr().out.splitlines() if "event=subscription_bad_event" in line]
     assert "attempt=1 " in attempts[0] and "attempt=2 " in attempts[1]
+    delays = [float(re.search(r"delay_s=([\d.]+)", line).group(1)) for line in attempts[:2]]  # type: ignore[union-attr]
+    assert delays == [0.5, 1.0]  # doubling from --reconnect-interval, not fixed
+    # ...and waited: each new subscription at least the announced wait after the last (a lower
+    # bound only, which a slow machine cannot break).
+    gaps = [b - a for a, b in zip(subscribes(), subscribes()[1:], strict=False)]
+    assert all(gap >= delay - 0.01 for gap, delay in zip(gaps, delays, strict=False)), (gaps, delays)
 
 
 def test_a_snapshot_over_the_row_cap_is_refused_and_logged(
@@ -280,6 +293,7 @@ def test_a_snapshot_that_stalls_is_given_up_and_retried(monkeypatch: pytest.Monk
     monkeypatch.setattr(subscriber_mod, "SNAPSHOT_IDLE", 0.5)
     node = RoutedCorrosion([[{"columns": COLS}], GOOD])
     node.hold = 30
-    responder, counters, elapsed = follow(node, lambda r, c: r.ready and r.table.names() == WANT, timeout=5)
-    assert responder.table.names() == WANT and elapsed < 3
+    # Given up after 0.5 s of silence, not after the stream's 30 s: 10 s lies between the two.
+    responder, counters, _ = follow(node, lambda r, c: r.ready and r.table.names() == WANT, timeout=10)
+    assert responder.table.names() == WANT
     assert counters.reconnects == 1

@@ -142,15 +142,36 @@ def test_lost_change_history_forces_a_full_resync(
     assert "subscription already deleted older changes" in log or "resume answered HTTP 404" in log
 
 
-def test_a_change_the_node_loses_in_a_restart_is_still_applied(
-    node: harness.CorrosionNode, dnsd: harness.DnsDaemon
+def test_a_change_the_subscription_never_delivers_is_applied_by_the_re_read_after_a_reconnect(
+    pyz: Path, workdir: Path, node: harness.CorrosionNode
 ) -> None:
     # klukai batches subscription changes for up to 600 ms; a delete made just before a restart
-    # never reaches subscribers. The daemon re-reads the result after every reconnection.
-    node.add_container("a", "shop", "api", "s1", "10.210.0.2", 1)
-    node.add_container("b", "shop", "api", "s2", "10.210.1.2", 1)
-    eventually(dnsd, "shop-api.jiji", ["10.210.0.2", "10.210.1.2"])
-    node.execute("DELETE FROM containers WHERE id = 'b'")
-    node.restart()
-    eventually(dnsd, "shop-api.jiji", ["10.210.0.2"], timeout=15)
-    harness.wait_until(lambda: "event=reconciled" in dnsd.log(), 5, "a reconciliation after the reconnect")
+    # never reaches subscribers (seen; when exactly is a race). Here the loss is made certain:
+    # the proxy drops every change event of the resumed stream and the node has no /v1/updates,
+    # so after the reconnect only the daemon's re-read of the whole result can remove 'b'.
+    lossy = harness.LossyProxy(node.api)
+    d = harness.DnsDaemon(pyz, workdir, lossy.address)
+    try:
+        d.wait_ready()
+        node.add_container("a", "shop", "api", "s1", "10.210.0.2", 1)
+        node.add_container("b", "shop", "api", "s2", "10.210.1.2", 1)
+        # Both arrive by the subscription (klukai's batch: up to 600 ms; 5 s is ample).
+        eventually(d, "shop-api.jiji", ["10.210.0.2", "10.210.1.2"], timeout=5)
+        lossy.lose_changes = True
+        lossy.cut()
+        harness.wait_until(lambda: d.stats()["subscription_state"] != "live", 5, "the daemon to notice")
+        before = d.stats()
+        node.execute("DELETE FROM containers WHERE id = 'b'")
+        lossy.restore()
+        # The resume comes within the reconnect delay (200 ms, doubled at most twice here), the
+        # re-read right after it: 5 s is far more than the design needs.
+        eventually(d, "shop-api.jiji", ["10.210.0.2"], timeout=5)
+        after = d.stats()
+        assert after["resyncs"] == before["resyncs"], "a fresh snapshot, not the re-read, removed the row"
+        assert after["reconciled"] == before["reconciled"] + 1
+        # The node does send the delete on the resumed stream (batched: up to 600 ms); it is lost.
+        harness.wait_until(lambda: lossy.dropped >= 1, 5, "the delete's change event (dropped on the way)")
+        assert any(r.startswith("GET /v1/subscriptions/") for r in lossy.requests), "no resume"
+    finally:
+        d.close()
+        lossy.close()

@@ -19,6 +19,7 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,13 +47,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 class Backoff:
     """1 s, 2 s, 4 s ... up to `cap`, each with up to 25% jitter so servers do not retry in step."""
 
-    def __init__(self, cap: float, first: float = 1.0) -> None:
+    def __init__(self, cap: float, first: float = 1.0, uniform: Callable[[float, float], float] = random.uniform) -> None:
         self.cap, self.first, self.failures = cap, first, 0
+        self.uniform = uniform
 
     def next(self) -> float:
         delay = min(self.cap, self.first * 2**self.failures)
         self.failures = min(self.failures + 1, 30)
-        return delay * random.uniform(0.75, 1.0)
+        return delay * self.uniform(0.75, 1.0)
 
     def reset(self) -> None:
         self.failures = 0
@@ -133,12 +135,32 @@ def settings_from(args: argparse.Namespace, config: HostConfig) -> Settings:
     )
 
 
+@dataclass(frozen=True)
+class Clock:
+    """The registrar's time: what it reads, how it waits, how its backoff jitters. Real unless a
+    test gives a fake one, so the retry timing can be checked without waiting for it."""
+
+    monotonic: Callable[[], float] = time.monotonic
+    sleep: Callable[[threading.Event, float], None] = sleep
+    uniform: Callable[[float, float], float] = random.uniform
+
+
 class Registrar:
-    def __init__(self, settings: Settings, corrosion: Corrosion, cli: EngineCLI, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        corrosion: Corrosion,
+        cli: EngineCLI,
+        stop: threading.Event,
+        clock: Clock | None = None,
+        new_stream: Callable[[str, Callable[[str], None]], EventStream] = EventStream,
+    ) -> None:
         self.settings = settings
         self.corrosion = corrosion
         self.cli = cli
         self.stop = stop
+        self.clock = clock or Clock()
+        self.new_stream = new_stream
         self.pending = Pending()
         # This server's rows as last read from or written to Corrosion, so an event that changes
         # nothing writes nothing. Replaced by every reconcile, so it cannot drift for long.
@@ -168,10 +190,10 @@ class Registrar:
             self.pending.add(event.container_id)
 
     def follow_events(self) -> None:
-        backoff = Backoff(self.settings.max_backoff)
+        backoff = Backoff(self.settings.max_backoff, uniform=self.clock.uniform)
         while True:
-            stream = EventStream(self.settings.engine, self.on_event_line)
-            started = time.monotonic()
+            stream = self.new_stream(self.settings.engine, self.on_event_line)
+            started = self.clock.monotonic()
             code: int | str
             try:
                 with self._stream_lock:
@@ -191,11 +213,11 @@ class Registrar:
                 code = f"{type(e).__name__}: {e}"
             if self.stop.is_set():
                 return
-            if time.monotonic() - started > 60:
+            if self.clock.monotonic() - started > 60:
                 backoff.reset()
             delay = backoff.next()
             log("events_ended", code=code, stderr=" | ".join(stream.stderr_tail), retry_in=f"{delay:.1f}")
-            sleep(self.stop, delay)
+            self.clock.sleep(self.stop, delay)
 
     def stop_events(self) -> None:
         with self._stream_lock:
@@ -260,18 +282,19 @@ class Registrar:
     def run(self) -> int:
         events = threading.Thread(target=self.follow_events, name="events", daemon=True)
         events.start()
-        backoff = Backoff(self.settings.max_backoff)
+        backoff = Backoff(self.settings.max_backoff, uniform=self.clock.uniform)
         # The first reconcile runs once the event stream is open (it asks for one), so nothing
         # can change unseen between the two; without a stream, it runs after a short grace.
-        next_reconcile = time.monotonic() + STREAM_GRACE
+        now = self.clock.monotonic
+        next_reconcile = now() + STREAM_GRACE
         while not self.stop.is_set():
-            wait = max(0.0, min(0.5, next_reconcile - time.monotonic()))
+            wait = max(0.0, min(0.5, next_reconcile - now()))
             ids, full = self.pending.take(wait)
-            due = full or time.monotonic() >= next_reconcile
+            due = full or now() >= next_reconcile
             try:
                 if due:
                     self.reconcile()
-                    next_reconcile = time.monotonic() + self.settings.reconcile_interval
+                    next_reconcile = now() + self.settings.reconcile_interval
                     # A reconcile read every container, including the pending ones.
                     ids = []
                 if ids:
@@ -282,7 +305,7 @@ class Registrar:
                 delay = backoff.next()
                 error = str(e) if isinstance(e, EngineUnavailable | CorrosionError) else f"{type(e).__name__}: {e}"
                 log("retry", what="reconcile" if due else "write", error=error[:300], retry_in=f"{delay:.1f}")
-                sleep(self.stop, delay)
+                self.clock.sleep(self.stop, delay)
         self.stop_events()
         events.join(5)
         log("stopped")
