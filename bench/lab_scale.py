@@ -2,7 +2,7 @@
 adding one server, then destroy; the growth per added server between sizes.
 
 Real sshd, systemd, wireguard-go and Corrosion on every host (lab/lab.sh), through the real
-Pulumi engine when it is installed, else the stand-in (the output says which ran). One lab of
+Pulumi engine as `python -m deploy` runs it (the output says which CLI and provider ran). One lab of
 max(N)+1 hosts serves every size, one stack at a time; every stack is destroyed before the next.
 
     .venv/bin/python bench/lab_scale.py [--sizes 3,8,16] [--keep-lab]

@@ -8,8 +8,10 @@
 #   lab/lab.sh stop I / start I   power host I off (its disk kept) / boot it again
 #   lab/lab.sh reset I    host I as a new machine (its disk thrown away)
 #   lab/lab.sh image I    the local container image localhost/jiji-lab:1 in host I's podman
-#   lab/lab.sh cut I [hosts|all]  drop host I's underlay traffic with the other hosts (hosts), or
-#                         with everything, this machine's SSH included (all); heal I undoes it
+#   lab/lab.sh cut I [hosts|hosts:J,K|inbound|all]  drop host I's underlay traffic with the other
+#                         hosts (hosts), with hosts J,K only, only what they send it (inbound: a
+#                         one-way cut), or with everything, this machine's SSH included (all);
+#                         heal I undoes it
 #   lab/lab.sh stack-config FILE [ENGINE]  the lab stack's config with the hosts' SSH host keys pinned
 #   lab/lab.sh demo       a labelled demo service on hosts 0 and 1, found by name from host 2
 # Hosts reach each other and the resolver, nothing else (no default route, no NAT).
@@ -275,19 +277,22 @@ reset_host() {
 # which nothing jiji-net manages touches; healing removes exactly that chain.
 CUT_CHAIN=JIJI-LAB-CUT
 cut_host() {
-    local i=$1 scope=${2:-hosts} ns j
+    # $2: hosts (both ways, every other host), hosts:J,K (both ways, those hosts only), inbound
+    # (only what other hosts send to I is dropped: a one-way cut), all (everything, SSH included).
+    local i=$1 scope=${2:-hosts} ns j peers=""
     ns=$(host_ns "$i")
     heal_host "$i"
     ip netns exec "$ns" iptables -t raw -N "$CUT_CHAIN"
-    if [ "$scope" = all ]; then
-        ip netns exec "$ns" iptables -t raw -A "$CUT_CHAIN" -j DROP
-    else
-        for ((j = 0; j < $(cat "$LAB/hosts"); j++)); do
-            [ "$j" = "$i" ] && continue
-            ip netns exec "$ns" iptables -t raw -A "$CUT_CHAIN" -s "$(host_ip "$j")" -j DROP
-            ip netns exec "$ns" iptables -t raw -A "$CUT_CHAIN" -d "$(host_ip "$j")" -j DROP
-        done
-    fi
+    case "$scope" in
+        all) ip netns exec "$ns" iptables -t raw -A "$CUT_CHAIN" -j DROP ;;
+        hosts | inbound) for ((j = 0; j < $(cat "$LAB/hosts"); j++)); do [ "$j" = "$i" ] || peers="$peers $j"; done ;;
+        hosts:*) peers=${scope#hosts:}; peers=${peers//,/ } ;;
+        *) die "cut $i $scope: unknown scope" "use hosts, hosts:J,K, inbound or all" ;;
+    esac
+    for j in $peers; do
+        ip netns exec "$ns" iptables -t raw -A "$CUT_CHAIN" -s "$(host_ip "$j")" -j DROP
+        [ "$scope" = inbound ] || ip netns exec "$ns" iptables -t raw -A "$CUT_CHAIN" -d "$(host_ip "$j")" -j DROP
+    done
     ip netns exec "$ns" iptables -t raw -I PREROUTING -i eth0 -j "$CUT_CHAIN"
     ip netns exec "$ns" iptables -t raw -I OUTPUT -o eth0 -j "$CUT_CHAIN"
 }
@@ -367,5 +372,5 @@ case "${1:-}" in
     heal) heal_host "$2" ;;
     stack-config) stack_config "$2" "${3:-none}" ;;
     demo) demo ;;
-    *) die "usage: lab/lab.sh up [N] | down | status | ssh I CMD | image I | stop I | start I | reset I | cut I [hosts|all] | heal I | stack-config FILE [ENGINE] | demo" "pick one of those" ;;
+    *) die "usage: lab/lab.sh up [N] | down | status | ssh I CMD | image I | stop I | start I | reset I | cut I [hosts|hosts:J,K|inbound|all] | heal I | stack-config FILE [ENGINE] | demo" "pick one of those" ;;
 esac
