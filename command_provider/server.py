@@ -10,6 +10,7 @@ which holds the private key, is a secret output.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import sys
 import threading
@@ -226,7 +227,10 @@ def _fail(context: Any, error: Exception) -> Any:
 
 
 def main(argv: list[str]) -> None:
-    # The engine runs `pulumi-resource-command [flags] ENGINE_ADDRESS`.
+    # The engine runs `pulumi-resource-command [flags] ENGINE_ADDRESS`. Paramiko's own log would
+    # reach the engine's output through stderr; what matters reaches it as the call's error.
+    logging.getLogger("paramiko").addHandler(logging.NullHandler())
+    logging.getLogger("paramiko").propagate = False
     positional = [a for a in argv[1:] if not a.startswith("-")]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=128),
