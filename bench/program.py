@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -98,7 +99,8 @@ def measure_real(n: int, provider: str) -> dict[str, float]:
         out = log.read_text()
         if proc.returncode != 0:
             raise RuntimeError(out[-4000:])
-        resources = next((int(line.split()[0]) for line in out.splitlines() if line.strip().endswith("to create")), 0)
+        created = re.search(r"\+ (\d+) to create", out)
+        resources = int(created.group(1)) if created else 0
         return {
             "servers": n,
             "resources": resources,

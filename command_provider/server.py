@@ -20,9 +20,9 @@ from typing import Any
 
 import grpc
 from google.protobuf import empty_pb2
-from pulumi.runtime.proto import engine_pb2, engine_pb2_grpc, plugin_pb2, provider_pb2, provider_pb2_grpc
 
 from . import rules, ssh, wire
+from .protos import engine_pb2, engine_pb2_grpc, plugin_pb2, provider_pb2, provider_pb2_grpc
 
 VERSION = "1.2.1"
 FRAMEWORK_KEY = {"__pulumi-go-provider-version": "1.2.0"}

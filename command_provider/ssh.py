@@ -19,9 +19,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import paramiko
+if TYPE_CHECKING:
+    import paramiko
 
 # pulumi's retry.Until, which 1.2.1 dials with: 100 ms, times 1.5 after each failure, at most 5 s.
 FIRST_DELAY, BACKOFF, MAX_DELAY = 0.1, 1.5, 5.0
@@ -68,6 +69,8 @@ class Connection:
 
 
 def _private_key(text: str) -> paramiko.PKey:
+    import paramiko  # here, not at the top: a preview never dials, and paramiko is 8 MB of memory
+
     for cls in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
         try:
             return cls.from_private_key(io.StringIO(text))
@@ -84,6 +87,8 @@ def _algorithms_for(key_type: str) -> tuple[str, ...]:
 
 
 def _handshake(conn: Connection, pkey: paramiko.PKey) -> paramiko.Transport:
+    import paramiko
+
     sock = socket.create_connection((conn.host, conn.port), timeout=conn.per_dial_timeout)
     transport = paramiko.Transport(sock)
     try:
@@ -117,6 +122,8 @@ def dial(conn: Connection, cancelled: threading.Event, on_retry: Callable[[str],
     """An authenticated transport, or DialError after `dial_error_limit` + 1 failed dials (1.2.1
     counts that way; -1 is no limit). A host-key mismatch or a refused key is not retried: the
     next try would meet the same key."""
+    import paramiko
+
     pkey = _private_key(conn.private_key)
     delay, failures = FIRST_DELAY, 0
     while True:
@@ -222,6 +229,8 @@ def copy(transport: paramiko.Transport, source: str, dest: str, text: str | None
     """What 1.2.1's CopyToRemote does with SFTP: a file onto `dest` (or into it when `dest` is a
     directory); a directory into `dest/<its name>`, or onto `dest` itself when `source` ends
     with a slash; parent directories made as needed."""
+    import paramiko
+
     sftp = paramiko.SFTPClient.from_transport(transport)
     assert sftp is not None
     try:
