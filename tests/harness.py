@@ -47,17 +47,6 @@ def corrosion_binary() -> Path:
     return _cache() / "corrosion" / f"klukai-{_versions()['KLUKAI_VERSION']}" / "bin" / "corrosion"
 
 
-def pulumi_bin_dir() -> Path:
-    """Where the Pulumi CLI is: the one on PATH, else the toolchain cache (lab/toolchain.sh pulumi-cli)."""
-    on_path = shutil.which("pulumi")
-    if on_path:
-        return Path(on_path).parent
-    built = _cache() / "pulumi" / f"v{_versions()['PULUMI_VERSION']}" / "bin"
-    if not (built / "pulumi").exists():
-        raise RuntimeError(f"no Pulumi CLI on PATH or in {built}: run lab/toolchain.sh pulumi-cli")
-    return built
-
-
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))

@@ -340,16 +340,13 @@ def stack_with_outputs(workdir: Path, outputs: dict[str, Any]) -> dict[str, str]
     import pulumi
     from pulumi import automation
 
-    from tests.harness import pulumi_bin_dir
+    from deploy import toolchain
 
+    root = toolchain.pulumi_root()
     env = {
-        **os.environ,
-        "PATH": f"{pulumi_bin_dir()}:{os.environ['PATH']}",
-        "PULUMI_BACKEND_URL": f"file://{workdir / 'state'}",
-        "PULUMI_HOME": str(workdir / "pulumi-home"),
+        **toolchain.cli_env(workdir / "pulumi-home", f"file://{workdir / 'state'}"),
+        "PATH": f"{root / 'bin'}:{os.environ['PATH']}",
         "PULUMI_CONFIG_PASSPHRASE": "",
-        "PULUMI_SKIP_UPDATE_CHECK": "true",
-        "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
     }
     (workdir / "state").mkdir()
 
@@ -364,7 +361,7 @@ def stack_with_outputs(workdir: Path, outputs: dict[str, Any]) -> dict[str, str]
         opts=automation.LocalWorkspaceOptions(
             env_vars=env,
             pulumi_home=env["PULUMI_HOME"],
-            pulumi_command=automation.PulumiCommand(root=str(pulumi_bin_dir().parent)),
+            pulumi_command=automation.PulumiCommand(root=str(root), skip_version_check=True),
         ),
     )
     assert stack.up(on_output=lambda _: None).summary.result == "succeeded"
