@@ -60,6 +60,8 @@ class Counters:
     subscription_id: str = ""
     last_change_id: int | None = None
     resyncs: int = 0
+    # New subscriptions that ended before their snapshot: their matcher is never asked again.
+    subscriptions_abandoned: int = 0
     reconnects: int = 0
     hints_applied: int = 0
     reconciled: int = 0

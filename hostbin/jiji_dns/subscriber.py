@@ -7,12 +7,21 @@ A new subscription's rows are collected into a fresh table that replaces the ser
 `?from=<last change id>`; if the subscription is gone or the first change after resuming is not
 exactly last+1 (the node keeps only recent changes and silently skips ahead), the table is
 rebuilt from a fresh snapshot so rows deleted meanwhile stop being served.
+
+Which matcher serves us: klukai keeps one matcher per SQL text and hands every subscription to
+that text the same id. A matcher that never delivers its snapshot (klukai 0.1.4 can leave one
+for good: see SUBSCRIPTION_TAG below) would then answer every retry with the same silence. So
+the text we send carries a tag of our own, in a trailing SQL comment: each subscriber (each
+worker) starts with a fresh tag, so no two subscribers ever share a matcher, and a subscription
+that ends before its snapshot did is abandoned with its tag: the next one asks with a new tag,
+that is for a new matcher, never again for the one that sent nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +36,28 @@ from .table import Container, ServiceTable
 
 # Seconds a new subscription may stay silent before its snapshot is complete.
 SNAPSHOT_IDLE = 10.0
+
+
+def new_tag() -> str:
+    """A tag no other subscriber uses: 48 random bits (a collision would only share a matcher)."""
+    return secrets.token_hex(6)
+
+
+def tagged_sql(sql: str, tag: str) -> str:
+    """`sql` as sent to POST /v1/subscriptions: a trailing comment makes the text, and so klukai's
+    matcher, ours alone; SQLite and klukai's parser ignore it, so the rows are the same.
+
+    Why (klukai 0.1.4, klukai-agent api/public/pubsub.rs and klukai-types pubsub.rs): the first
+    POST of a text creates the matcher (SubsManager::get_or_insert, Matcher::create) and streams
+    its initial query; a POST of the same text meanwhile attaches (upsert_sub -> catch_up_sub ->
+    catch_up_sub_anew -> MatcherHandle::all_rows), which waits in wait_for_running_state for a
+    state the matcher sets only once its initial query is done (Matcher::cmd_loop). A matcher
+    that does not get there (its initial query failed, or its runner stopped) stays registered
+    under that text with its subscribers waiting for ever; nothing in klukai removes it while
+    they wait. Distinct texts keep our subscribers out of each other's matchers, and a new tag
+    after a silent start never waits on that matcher again.
+    """
+    return f"{sql} /* jiji-dns {tag} */"
 
 
 class ResyncNeeded(Exception):
@@ -52,6 +83,9 @@ class Subscriber:
         self._stopping = False
         self._opened_at = 0.0
         self._streamed = False
+        # This subscriber's own matcher (see tagged_sql); replaced when a snapshot never came.
+        self.tag = new_tag()
+        self._snapshot_done = False
 
     def stop(self) -> None:
         self._stopping = True
@@ -105,7 +139,8 @@ class Subscriber:
         api = self.config.corrosion_api
         self.counters.subscription_state = "subscribing"
         self._opened_at = time.perf_counter()
-        resp = await httpstream.request(api.host, api.port, "POST", "/v1/subscriptions", self.config.subscription_sql)
+        sql = tagged_sql(self.config.subscription_sql, self.tag)
+        resp = await httpstream.request(api.host, api.port, "POST", "/v1/subscriptions", sql)
         try:
             if resp.status != 200:
                 raise httpstream.HTTPError(resp.status, await resp.text())
@@ -113,10 +148,30 @@ class Subscriber:
             self.last_change_id = None
             self.counters.subscription_id = self.sub_id or ""
             self._streamed = True
-            log("subscription_open", sub_id=self.sub_id or "")
-            await self._consume(resp, fresh=True)
+            self._snapshot_done = False
+            log("subscription_open", sub_id=self.sub_id or "", tag=self.tag)
+            try:
+                await self._consume(resp, fresh=True)
+            except BaseException as e:
+                if not self._snapshot_done:
+                    self._abandon(e)
+                raise
         finally:
             resp.close()
+
+    def _abandon(self, error: BaseException) -> None:
+        """This matcher never completed a snapshot for us: never ask for its text again."""
+        old = self.tag
+        self.tag = new_tag()
+        self.sub_id = None
+        self.counters.subscriptions_abandoned += 1
+        log(
+            "subscription_abandoned",
+            sub_id=self.counters.subscription_id,
+            tag=old,
+            next_tag=self.tag,
+            error=f"{type(error).__name__}: {str(error)[:200]}",
+        )
 
     async def _resume(self) -> None:
         api = self.config.corrosion_api
@@ -140,9 +195,9 @@ class Subscriber:
         if fresh:
             pending = ServiceTable(self.responder.table.domain, self.responder.table.ttl)
         loop = asyncio.get_running_loop()
-        # A snapshot must keep moving: klukai was seen to accept several subscriptions to the
-        # same new query at once and then send none of them a row. Silence for SNAPSHOT_IDLE
-        # before `eoq` is a disconnect (TimeoutError); a live stream may be quiet for ever.
+        # A snapshot must keep moving: silence for SNAPSHOT_IDLE before `eoq` is a disconnect
+        # (TimeoutError) and abandons the matcher (see tagged_sql); a live stream may be quiet
+        # for ever.
         async with asyncio.timeout_at(loop.time() + SNAPSHOT_IDLE if fresh else None) as watchdog:
             await self._events(resp, pending, fresh, watchdog, loop)
 
@@ -208,6 +263,7 @@ class Subscriber:
         pending.load(rows)
         self.responder.table = pending
         self.responder.ready = True
+        self._snapshot_done = True
         self.last_change_id = change_id
         self.counters.last_change_id = self.last_change_id
         self.counters.subscription_state = "live"
