@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -250,7 +249,7 @@ def test_a_subscriber_that_ends_ends_the_worker_non_zero(
         raise RuntimeError("unexpected")
 
     monkeypatch.setattr(Subscriber, "run", broken)
-    port = harness.free_port(socket.SOCK_DGRAM)
+    port = harness.free_dns_port()
     cfg = config_mod.load(
         ["--listen", f"127.0.0.1:{port}", "--corrosion-api", "127.0.0.1:9", "--stats-socket", "none", "--workers", "1"]
     )
@@ -266,7 +265,7 @@ def test_a_reconciler_that_ends_ends_the_worker_non_zero(
         return None
 
     monkeypatch.setattr(ChangeHints, "refresh_loop", ends)
-    port = harness.free_port(socket.SOCK_DGRAM)
+    port = harness.free_dns_port()
     cfg = config_mod.load(
         ["--listen", f"127.0.0.1:{port}", "--corrosion-api", "127.0.0.1:9", "--stats-socket", "none", "--workers", "1"]
     )

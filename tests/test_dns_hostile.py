@@ -255,7 +255,7 @@ def test_an_exception_in_a_packet_costs_one_servfail_and_a_rate_limited_line(
             raise RuntimeError("boom")
 
     async def main() -> list[bytes]:
-        port = harness.free_port(socket.SOCK_DGRAM)
+        port = harness.free_dns_port()
         cfg = config_mod.load(["--listen", f"127.0.0.1:{port}", "--upstream", "127.0.0.1:9", "--workers", "1"])
         counters = Counters()
         server = DNSServer(cfg, Broken("jiji", 60, 5), Forwarder(cfg.upstreams, 1, 8, counters), counters, 8)

@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import re
-import socket
 import threading
 import time
 import urllib.request

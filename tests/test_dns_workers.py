@@ -94,7 +94,7 @@ def test_ready_is_sent_once_every_worker_serves(pyz: Path, workdir: Path, corros
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(str(notify_path))
     listener.settimeout(15)
-    port = harness.free_port(socket.SOCK_DGRAM)
+    port = harness.free_dns_port()
     stats = workdir / f"ready-{port}.sock"
     proc = subprocess.Popen(
         [sys.executable, str(pyz), "--listen", f"127.0.0.1:{port}", "--corrosion-api", corrosion.api,
