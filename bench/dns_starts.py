@@ -51,7 +51,9 @@ def rows_for(total: int) -> list[list[str]]:
     out = []
     for i in range(total):
         srv, k = i % SERVERS, i // SERVERS
-        out.append([f"x{srv}-{k}", "big", f"svc{k % 64}", f"srv{srv}", f"10.{210 + srv // 256}.{srv % 256}.{k + 2}", f"i{srv}"])
+        out.append(
+            [f"x{srv}-{k}", "big", f"svc{k % 64}", f"srv{srv}", f"10.{210 + srv // 256}.{srv % 256}.{k + 2}", f"i{srv}"]
+        )
     return out
 
 
@@ -182,7 +184,9 @@ def one_start(pyz: Path, work: Path, template: Path, s: Set, n: int, timeout: fl
         abandoned = int(stats.get("subscriptions_abandoned", 0) or 0)
         if ready_s is None:
             states = [(w.get("subscription_state"), w.get("subscription_id")) for w in stats.get("workers", [])]
-            return Result(None, abandoned, f"not ready in {timeout:.0f} s; workers {states}; log tail:\n{d.log()[-1500:]}")
+            return Result(
+                None, abandoned, f"not ready in {timeout:.0f} s; workers {states}; log tail:\n{d.log()[-1500:]}"
+            )
         note = ""
         if writer:
             writer.stop()

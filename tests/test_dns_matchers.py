@@ -142,8 +142,14 @@ def follow(node: MatcherNode, timeout: float, interval_ms: int = 10) -> tuple[Re
         server = await asyncio.start_server(node.handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         cfg = config_mod.load(
-            ["--listen", "127.0.0.1:5353", "--corrosion-api", f"127.0.0.1:{port}",
-             "--reconnect-interval", str(interval_ms)]
+            [
+                "--listen",
+                "127.0.0.1:5353",
+                "--corrosion-api",
+                f"127.0.0.1:{port}",
+                "--reconnect-interval",
+                str(interval_ms),
+            ]
         )
         responder, counters = Responder("jiji", 60, 5), Counters()
         sub = Subscriber(cfg, responder, counters)
@@ -305,8 +311,10 @@ def test_workers_that_start_together_each_get_their_own_matcher(pyz: Path, workd
 def _subscribe(api: str, text: str, rows_wanted: int, timeout: float = 10) -> tuple[str, list[Any]]:
     """POST a subscription and read it until its eoq: (matcher id, rows)."""
     req = urllib.request.Request(
-        f"http://{api}/v1/subscriptions", data=json.dumps(text).encode(),
-        headers={"Content-Type": "application/json"}, method="POST",
+        f"http://{api}/v1/subscriptions",
+        data=json.dumps(text).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
     )
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         mid = resp.headers["corro-query-id"]
@@ -343,3 +351,34 @@ def test_klukai_keys_matchers_by_the_text_so_the_tag_gives_each_its_own(node: ha
     assert a1 == a2, "klukai no longer shares a matcher between equal texts"
     assert b != a1, "klukai gave two different texts one matcher: tags would no longer separate workers"
     assert sorted(map(tuple, rows_a)) == sorted(map(tuple, rows_b)) == truth
+
+
+def test_workers_on_a_real_node_each_subscribe_to_their_own_matcher(
+    pyz: Path, workdir: Path, node: harness.CorrosionNode
+) -> None:
+    """4 workers at once against a node holding 3,000 rows (issue 23's setting): a matcher each,
+    so none attaches to another's while it is still sending its snapshot (the deadlock in
+    tagged_sql), and no snapshot had to be abandoned."""
+    node.execute("INSERT INTO services (project, name) VALUES ('shop', 'api')")
+    for k in range(0, 3000, 1000):
+        node.execute(
+            *[
+                [
+                    "INSERT INTO containers (id, service, project, server_id, ip) VALUES (?, 'api', 'shop', ?, ?)",
+                    [f"c{i}", f"s{i % 256}", f"10.210.{i % 256}.{i // 256 + 2}"],
+                ]
+                for i in range(k, k + 1000)
+            ]
+        )
+    d = harness.DnsDaemon(pyz, workdir, node.api, workers=4)
+    try:
+        # Without a stall a worker is ready once its own snapshot is loaded; one stall would
+        # cost SNAPSHOT_IDLE (10 s) first, so readiness is awaited that long and then the
+        # counters say whether any snapshot stalled.
+        harness.wait_until(lambda: d.stats()["ready"], subscriber_mod.SNAPSHOT_IDLE, "4 workers ready")
+        stats = d.stats()
+        assert stats["cache_containers"] == 3000
+        assert stats["subscriptions_abandoned"] == 0
+        assert len({w["subscription_id"] for w in stats["workers"]}) == 4, "workers share a matcher"
+    finally:
+        d.close()

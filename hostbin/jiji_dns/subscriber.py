@@ -9,12 +9,12 @@ exactly last+1 (the node keeps only recent changes and silently skips ahead), th
 rebuilt from a fresh snapshot so rows deleted meanwhile stop being served.
 
 Which matcher serves us: klukai keeps one matcher per SQL text and hands every subscription to
-that text the same id. A matcher that never delivers its snapshot (klukai 0.1.4 can leave one
-for good: see SUBSCRIPTION_TAG below) would then answer every retry with the same silence. So
-the text we send carries a tag of our own, in a trailing SQL comment: each subscriber (each
-worker) starts with a fresh tag, so no two subscribers ever share a matcher, and a subscription
-that ends before its snapshot did is abandoned with its tag: the next one asks with a new tag,
-that is for a new matcher, never again for the one that sent nothing.
+that text the same id, and klukai 0.1.4 can deadlock a matcher for good when a second
+subscriber attaches while it is still sending its first snapshot (see tagged_sql). So the text
+we send carries a tag of our own in a trailing SQL comment: each subscriber (each worker)
+starts with a fresh tag, so no two subscribers share a matcher, and a subscription that ends
+before its snapshot is abandoned with its tag: the next one asks with a new tag, that is for a
+new matcher, never again for the one that sent nothing.
 """
 
 from __future__ import annotations
@@ -47,15 +47,29 @@ def tagged_sql(sql: str, tag: str) -> str:
     """`sql` as sent to POST /v1/subscriptions: a trailing comment makes the text, and so klukai's
     matcher, ours alone; SQLite and klukai's parser ignore it, so the rows are the same.
 
-    Why (klukai 0.1.4, klukai-agent api/public/pubsub.rs and klukai-types pubsub.rs): the first
-    POST of a text creates the matcher (SubsManager::get_or_insert, Matcher::create) and streams
-    its initial query; a POST of the same text meanwhile attaches (upsert_sub -> catch_up_sub ->
-    catch_up_sub_anew -> MatcherHandle::all_rows), which waits in wait_for_running_state for a
-    state the matcher sets only once its initial query is done (Matcher::cmd_loop). A matcher
-    that does not get there (its initial query failed, or its runner stopped) stays registered
-    under that text with its subscribers waiting for ever; nothing in klukai removes it while
-    they wait. Distinct texts keep our subscribers out of each other's matchers, and a new tag
-    after a silent start never waits on that matcher again.
+    Why: klukai keeps one matcher per SQL text (klukai-types 0.4.0 pubsub.rs,
+    SubsManager::get_or_insert). The first POST of a text creates it (Matcher::create; Matcher::run
+    streams the initial query's rows through a 512-event channel that process_sub_channel in
+    klukai-agent 0.1.4 api/public/pubsub.rs drains). A POST of the same text meanwhile attaches:
+    upsert_sub -> catch_up_sub -> catch_up_sub_anew, which runs MatcherHandle::all_rows inside
+    block_in_place, and all_rows first blocks its thread on a condvar (wait_for_running_state)
+    until Matcher::cmd_loop marks the matcher running, after the last initial row is drained.
+    tokio 1.47.1 re-wakes a task that used up its cooperative budget (128 operations) through
+    the defer list of the thread it ran on (task/coop register_waker -> Context::defer), and a
+    thread in block_in_place wakes that list only when the blocking closure returns
+    (scheduler/multi_thread/worker.rs run()). When the drain task (or the first subscriber's
+    forwarder) yields on its budget and its thread then takes up the attaching catch_up_sub, the
+    drain's wake-up waits behind a wait that needs the drain: Matcher::run blocks in
+    blocking_send, the matcher never runs, the first subscriber keeps the rows it had (63 or
+    127: one budget) and the others get none. Every later POST of that text attaches to the
+    same matcher and blocks one more thread, and klukai never removes it (its subscribers keep
+    their receivers) until Corrosion restarts. Seen with 4 plain HTTP clients subscribing at once
+    to nodes just started with 3,000 rows: 7 of 32 deadlocked so (thread stacks taken with gdb),
+    0 of 30 when each client's text had its own tag (issue 23).
+
+    So a subscriber never attaches to a matcher it has not seen complete: each one starts with a
+    tag nobody else uses (workers do not share), and a subscription that ends before its
+    snapshot leaves its tag behind, so a retry is never a wait on that matcher.
     """
     return f"{sql} /* jiji-dns {tag} */"
 
