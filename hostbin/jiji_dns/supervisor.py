@@ -2,9 +2,12 @@
 
 Why fork and not threads: the fast path is pure Python, so only processes use more than one
 core. Why each worker has its own subscription rather than one shared through the parent: a
-worker then depends on nothing but Corrosion (no second protocol, no parent in the data path),
-and klukai serves every subscription to the same SQL from one matcher, so N workers cost N
-streams of the same change events and N snapshots on reconnect, not N query evaluations.
+worker then depends on nothing but Corrosion (no second protocol, no parent in the data path).
+Each worker's subscription is also to a klukai matcher of its own (a tag in the SQL text, see
+subscriber.tagged_sql): klukai 0.1.4 can deadlock a matcher for good when a second subscriber
+attaches while it is still sending its first snapshot, which is what workers starting together
+did (issue 23). The price is on Corrosion: N evaluations of the query at start and N matchers
+following changes, for N workers (at most 4 with `auto`).
 """
 
 from __future__ import annotations
