@@ -159,7 +159,9 @@ class Set:
     results: list[Result] = field(default_factory=list)
 
 
-def one_start(pyz: Path, work: Path, template: Path, s: Set, n: int, timeout: float, settle: float) -> Result:
+def one_start(
+    pyz: Path, work: Path, template: Path, s: Set, n: int, timeout: float, settle: float, verbose: bool = False
+) -> Result:
     node = fresh_node(template, work / f"{s.name}-{n}")
     writer = Writer(node) if s.writes else None
     d = None
@@ -213,6 +215,11 @@ def one_start(pyz: Path, work: Path, template: Path, s: Set, n: int, timeout: fl
         if d is not None:
             d.close()
         kill_node(node)
+        if verbose:
+            # What the node said about subscriptions (its warnings), for starts that stalled.
+            lines = (node.dir / "agent.log").read_text(errors="replace").splitlines()
+            said = [line[:300] for line in lines if "sub_id" in line and ("WARN" in line or "ERROR" in line)]
+            print("\n".join(f"    node: {line}" for line in said[:5]))
         shutil.rmtree(work / f"{s.name}-{n}", ignore_errors=True)
 
 
@@ -248,6 +255,7 @@ def main() -> int:
     p.add_argument("--budget", type=float, default=3600.0, help="no new start after this many seconds")
     p.add_argument("--pyz", type=Path, help="a jiji-dns.pyz to measure instead of this tree's")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument("--verbose", action="store_true", help="show the node's subscription warnings after each start")
     a = p.parse_args()
     work = harness.tempdir("jiji-starts-")
     began = time.monotonic()
@@ -272,7 +280,7 @@ def main() -> int:
             if time.monotonic() - began > a.budget:
                 print(f"budget of {a.budget:.0f} s spent after {i} of {len(plan)} starts")
                 break
-            r = one_start(pyz, work, template, s, len(s.results), a.timeout, a.settle)
+            r = one_start(pyz, work, template, s, len(s.results), a.timeout, a.settle, a.verbose)
             s.results.append(r)
             if r.ready_s is None or r.note.startswith("ready") or r.abandoned:
                 print(f"  start {i}: {s.name}: ready_s={r.ready_s} abandoned={r.abandoned} {r.note[:3000]}", flush=True)

@@ -224,6 +224,55 @@ def test_a_stream_that_breaks_before_its_snapshot_also_changes_matcher(monkeypat
     assert counters.subscriptions_abandoned == 1
 
 
+def scripted_first_post(node: MatcherNode, first: list[Any]) -> Any:
+    """`node.respond` with the first subscription answered by `first` (chunks as in respond) and
+    its text's matcher kept as m-first, alive: later POSTs of that text get the snapshot."""
+    plain = node.respond
+    done: list[str] = []
+
+    def respond(request_line: str, body: bytes) -> Any:
+        if request_line.startswith("POST /v1/subscriptions") and not done:
+            text = json.loads(body)
+            done.append(text)
+            with node.lock:
+                node.posts.append(text)
+                node.matchers[text] = ("m-first", False)
+            yield b"HTTP/1.1 200 OK\r\ncorro-query-id: m-first\r\ntransfer-encoding: chunked\r\n\r\n"
+            yield from first
+            return
+        yield from plain(request_line, body)
+
+    return respond
+
+
+def test_a_snapshot_cut_while_arriving_is_asked_again_of_the_same_matcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    # klukai ends a subscriber's stream without a word when it falls 10,240 events behind its
+    # matcher; the matcher is fine, and attaching to it again is served with back-pressure.
+    node = MatcherNode()
+    cut = [_chunk({"columns": list(COLUMNS)}) + _chunk({"row": [1, ROWS[0]]}) + b"0\r\n\r\n"]
+    monkeypatch.setattr(node, "respond", scripted_first_post(node, cut))
+    # Deadline: the reconnect delay (10 ms + up to 1 s of jitter) and an instant snapshot, +1 s.
+    responder, counters, elapsed = follow(node, timeout=5)
+    assert responder.ready and responder.table.names() == WANT
+    assert elapsed < 0.01 + 1.0 + 1.0
+    assert len(node.posts) == 2 and node.posts[0] == node.posts[1], "a working matcher was abandoned"
+    assert counters.subscriptions_abandoned == 0
+
+
+def test_a_matcher_that_goes_silent_after_some_rows_is_abandoned(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The deadlock of tagged_sql leaves the first subscriber with the rows of one budget (63 or
+    # 127) and then nothing: silence is a stuck matcher, rows or not.
+    monkeypatch.setattr(subscriber_mod, "SNAPSHOT_IDLE", IDLE)
+    node = MatcherNode()
+    stalled = [_chunk({"columns": list(COLUMNS)}) + _chunk({"row": [1, ROWS[0]]}), None]
+    monkeypatch.setattr(node, "respond", scripted_first_post(node, stalled))
+    responder, counters, elapsed = follow(node, timeout=ONE_STALL + 3)
+    assert responder.ready and responder.table.names() == WANT
+    assert elapsed < ONE_STALL
+    assert len(node.posts) == 2 and node.posts[0] != node.posts[1], "the silent matcher was asked again"
+    assert counters.subscriptions_abandoned == 1
+
+
 def test_a_reconnect_after_a_snapshot_keeps_the_same_matcher() -> None:
     # A matcher that delivered is worth keeping: a later fresh subscription asks for it again.
     node = MatcherNode()
