@@ -147,6 +147,7 @@ class Result:
     ready_s: float | None
     abandoned: int
     note: str = ""
+    reconnects: int = 0
 
 
 @dataclass
@@ -184,6 +185,7 @@ def one_start(
                 break
             time.sleep(0.02)
         abandoned = int(stats.get("subscriptions_abandoned", 0) or 0)
+        reconnects = int(stats.get("reconnects", 0) or 0)
         if ready_s is None:
             states = [(w.get("subscription_state"), w.get("subscription_id")) for w in stats.get("workers", [])]
             return Result(
@@ -208,7 +210,9 @@ def one_start(
             have = d.stats()["cache_containers"]
             if have != s.rows:
                 return Result(ready_s, abandoned, f"ready with {have} containers, not {s.rows}")
-        return Result(ready_s, abandoned, note)
+            if reconnects:
+                note = f"{reconnects} reconnects before ready"
+        return Result(ready_s, abandoned, note, reconnects)
     finally:
         if writer:
             writer.stop()
@@ -233,10 +237,11 @@ def report(s: Set) -> bool:
     bad = [r for r in s.results if r.ready_s is None or r.note.startswith("ready")]
     times = sorted(t for t in ready if t is not None)
     abandoned = sum(r.abandoned for r in s.results)
+    reconnects = sum(r.reconnects for r in s.results)
     line = f"{s.name:<28} {done:>3}/{s.planned:<3} ran, {len(times):>3} ready and correct"
     if times:
         line += f"; time to ready p50 {pct(times, 0.5):.2f} s, p99 {pct(times, 0.99):.2f} s, max {times[-1]:.2f} s"
-    line += f"; snapshots abandoned {abandoned}"
+    line += f"; snapshots abandoned {abandoned}, reconnects {reconnects}"
     print(line)
     for r in bad[:3]:
         print(f"   FAILED: {r.note}")
@@ -282,7 +287,7 @@ def main() -> int:
                 break
             r = one_start(pyz, work, template, s, len(s.results), a.timeout, a.settle, a.verbose)
             s.results.append(r)
-            if r.ready_s is None or r.note.startswith("ready") or r.abandoned:
+            if r.ready_s is None or r.note.startswith("ready") or r.abandoned or r.reconnects:
                 print(f"  start {i}: {s.name}: ready_s={r.ready_s} abandoned={r.abandoned} {r.note[:3000]}", flush=True)
             elif i % 25 == 0:
                 print(f"  start {i}/{len(plan)}: {s.name} ready in {r.ready_s:.2f} s", flush=True)
