@@ -80,6 +80,7 @@ def load_module(name: str, path: Path | None = None, git_ref: str | None = None)
                              capture_output=True, text=True, check=True).stdout  # fmt: skip
         mod = types.ModuleType(f"jiji_ops._{git_ref.replace('/', '_')}_{name}")
         mod.__package__ = "jiji_ops"
+        sys.modules[mod.__name__] = mod  # dataclasses look their module up
         exec(compile(src, f"{git_ref}:{name}.py", "exec"), mod.__dict__)  # noqa: S102 - our own file
         return mod
     assert path is not None
@@ -87,6 +88,7 @@ def load_module(name: str, path: Path | None = None, git_ref: str | None = None)
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
     mod.__package__ = "jiji_ops"
+    sys.modules[mod.__name__] = mod
     spec.loader.exec_module(mod)
     return mod
 
@@ -175,7 +177,7 @@ class Watcher:
             )
             if reason:
                 self.record(node, f"restart: {reason}")
-                node.restart()
+                node.restart(kill=mod.KILL_FIRST)
 
         return step
 
@@ -224,7 +226,9 @@ def one_sided(lab: NsLab, members: dict[int, list[str] | None]) -> bool:
     return False
 
 
-def run_once(lab: NsLab, shape: str, index: int, cut_s: float, max_wait: float, watcher: Watcher) -> Run:
+def run_once(
+    lab: NsLab, shape: str, index: int, cut_s: float, max_wait: float, watcher: Watcher, provoke: str = "none"
+) -> Run:
     n, cuts, side_a, side_b = SHAPES[shape]
     run = Run(shape, index, cut_s)
     wait_until(lambda: healthy(lab), 300, "every node a member of every other, same rows")
@@ -235,6 +239,12 @@ def run_once(lab: NsLab, shape: str, index: int, cut_s: float, max_wait: float, 
     before = set(rows(a) or [])
     expected = sorted((before - {base}) | {ra, rb, ra2, rb2})
     n_actions = len(watcher.actions)
+    if provoke == "restart":
+        # As in the lab's fault module, where lab1 had rebooted shortly before the cut: Corrosion
+        # renews a restarted node's identity 25-40 s after its start, here inside the cut.
+        b.restart()
+        log(f"  provoke: restarted n{b.i}; cutting 10 s later")
+        time.sleep(10)
     cut_at = time.monotonic()
     for i, peers, direction in cuts:
         lab.cut(i, peers, direction)
@@ -243,6 +253,12 @@ def run_once(lab: NsLab, shape: str, index: int, cut_s: float, max_wait: float, 
         time.sleep(2)
         a.execute(["DELETE FROM containers WHERE id = ?", [base]], [ROW, [ra, f"n{a.i}", "10.0.0.2"]])
         b.execute([ROW, [rb, f"n{b.i}", "10.0.0.3"]])
+        if provoke == "rejoin":
+            # The identity change foca makes when it learns it was declared down (or that Corrosion
+            # makes 25-40 s after a start), made on purpose inside the cut, while the QUIC
+            # connections still look alive (idle timeout 30 s): its announcement is lost for sure.
+            time.sleep(max(0.0, cut_at + 5 - time.monotonic()))
+            log(f"  provoke: n{b.i} `corrosion cluster rejoin`: {b.cli('cluster', 'rejoin')[0]}")
         time.sleep(max(0.0, cut_at + cut_s - 3 - time.monotonic()))
         a.execute([ROW, [ra2, f"n{a.i}", "10.0.0.4"]])
         b.execute([ROW, [rb2, f"n{b.i}", "10.0.0.5"]])
@@ -291,6 +307,13 @@ def main() -> int:
     p.add_argument("--max-wait", type=float, default=330.0, help="give up on a heal after this many s")
     p.add_argument("--settle", type=float, default=40.0, help="s after the nodes start before the first cut")
     p.add_argument("--json", type=Path, help="write every run here")
+    p.add_argument(
+        "--provoke",
+        choices=["none", "restart", "rejoin"],
+        default="none",
+        help="make the cut-off node renew its identity inside the cut: restart it just before (restart)"
+        " or `corrosion cluster rejoin` halfway through (rejoin)",
+    )
     p.add_argument("--cleanup", action="store_true", help="remove jpart- namespaces a killed run left")
     args = p.parse_args()
     if args.cleanup:
@@ -308,12 +331,15 @@ def main() -> int:
             try:
                 time.sleep(args.settle)
                 for k in range(args.runs):
-                    results.append(run_once(lab, shape, k, args.cut, args.max_wait, watcher))
+                    results.append(run_once(lab, shape, k, args.cut, args.max_wait, watcher, args.provoke))
                     if args.json:
                         args.json.write_text(json.dumps([asdict(r) for r in results], indent=1))
             finally:
                 watcher.stop()
-    print(f"\nwatch={args.watch} cut={args.cut:.0f} s: time from heal until every node has the same rows")
+    print(
+        f"\nwatch={args.watch} cut={args.cut:.0f} s provoke={args.provoke}:"
+        " time from heal until every node has the same rows"
+    )
     for shape in args.shapes.split(","):
         runs = [r for r in results if r.shape == shape]
         print(f"  {shape:8s} {distribution([r.heal_s for r in runs])};"

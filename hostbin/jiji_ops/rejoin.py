@@ -60,6 +60,11 @@ CHECKS_IN_A_ROW = 2
 LONG_SILENCE = 15.0
 RECHECK = 5.0  # seconds between echoes to a peer that answers
 MIN_GAP = 10.0  # cut rule: never two restarts closer than this
+# A graceful stop of Corrosion takes 5 s or more (it waits out a 5 s deadline to tell its members
+# it leaves, then for sends stuck on dead connections); a node outside the cluster has no one to
+# tell. SQLite (WAL) and Corrosion's bookkeeping survive a kill; what was not yet broadcast is
+# pulled by the peers' sync.
+KILL_FIRST = True
 
 
 def outside(members: Iterable[str], peers: Iterable[str], answering: Iterable[str]) -> set[str]:
@@ -243,6 +248,12 @@ def corrosion_up_since() -> float | None:
         return None
 
 
+def restart_corrosion(kill_first: bool = KILL_FIRST) -> None:
+    if kill_first:
+        subprocess.run(["systemctl", "kill", "--signal=SIGKILL", "jiji-corrosion"], check=False, timeout=30)
+    subprocess.run(["systemctl", "restart", "jiji-corrosion"], check=False, timeout=60)
+
+
 def wg_peers() -> set[str]:
     code, dump = sources.wg_dump()
     if code != 0:
@@ -283,7 +294,7 @@ def run(
                 file=sys.stderr,
                 flush=True,
             )
-            subprocess.run(["systemctl", "restart", "jiji-corrosion"], check=False, timeout=60)
+            restart_corrosion()
         time.sleep(max(0.0, interval - (clock() - started)))
     return 0
 
