@@ -280,6 +280,7 @@ def run_once(
             run.one_sided_at_10s = one_sided(lab, run.members_at_10s)
             log(f"  not converged after 10 s: members {run.members_at_10s}; rows {views}")
         time.sleep(0.25)
+    time.sleep(5)  # let a watch that decided at the heal act before the next run looks at health
     run.actions = watcher.actions[n_actions:]
     heal = f"{run.heal_s:.1f} s" if run.heal_s is not None else f"NOT within {max_wait:.0f} s"
     log(f"{shape} #{index}: healed in {heal}; members at heal {run.members_at_heal}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 from jiji_ops import rejoin
 
 P0, P1, P2, P3, P4 = (f"10.210.{i}.1" for i in range(5))
@@ -190,3 +191,32 @@ def test_smaller_side() -> None:
     assert not rejoin.smaller_side(P0, {P2, P3}, {P1}) and rejoin.smaller_side(P2, {P0, P1}, {P3})
     assert rejoin.smaller_side(None, {P2, P3}, {P1})
     assert rejoin.smaller_side(P1, {P0}, set()) and not rejoin.smaller_side(P0, {P1}, set())
+
+
+def test_a_restart_kills_first_then_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A graceful stop spends 5 s or more leaving a cluster that has the node down already."""
+    calls: list[list[str]] = []
+    monkeypatch.setattr(rejoin.subprocess, "run", lambda argv, **kw: calls.append(argv))
+    rejoin.restart_corrosion()
+    assert calls == [
+        ["systemctl", "kill", "--signal=SIGKILL", "jiji-corrosion"],
+        ["systemctl", "restart", "jiji-corrosion"],
+    ]
+
+
+def test_the_unit_loop_restarts_after_a_healed_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run` wires the sources to the watch: a fake clock, peers cut for 60 s, one restart."""
+    clock = {"t": 0.0}
+    restarts: list[float] = []
+    monkeypatch.setattr(rejoin, "wg_peers", lambda: {P0, P2})
+    monkeypatch.setattr(rejoin, "member_ips", lambda: {P0, P2})
+    monkeypatch.setattr(rejoin.probe, "answering", lambda ask: set() if 100 <= clock["t"] < 160 else set(ask))
+    monkeypatch.setattr(rejoin, "corrosion_up_since", lambda: UP_SINCE)
+    monkeypatch.setattr(rejoin, "restart_corrosion", lambda: restarts.append(clock["t"]))
+
+    def sleep(seconds: float) -> None:
+        clock["t"] += 1.0
+
+    monkeypatch.setattr(rejoin.time, "sleep", sleep)
+    rejoin.run(watch=rejoin.Watch(me=P1), clock=lambda: clock["t"], rounds=300)
+    assert restarts == [161.0]
