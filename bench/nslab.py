@@ -167,11 +167,18 @@ class Node:
             self.lab.pids.discard(self.proc.pid)
             self.proc = None
 
-    def restart(self, kill: bool = False) -> None:
-        """Stop (SIGTERM: Corrosion then spends about 5 s leaving the cluster; SIGKILL with `kill`) and start."""
-        if kill and self.proc is not None:
-            harness._stop(self.proc, signal.SIGKILL)
-            self.lab.pids.discard(self.proc.pid)
+    def restart(self, grace: float | None = None) -> None:
+        """Stop and start. Without `grace` a graceful stop (SIGTERM: Corrosion then spends 5 s or more
+        leaving); with it, SIGTERM, `grace` s, SIGKILL (as `jiji-net rejoin` does)."""
+        if grace is not None and self.proc is not None:
+            proc = self.proc
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+            self.lab.pids.discard(proc.pid)
             self.proc = None
         self.stop()
         self.start()

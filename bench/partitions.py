@@ -177,7 +177,7 @@ class Watcher:
             )
             if reason:
                 self.record(node, f"restart: {reason}")
-                node.restart(kill=mod.KILL_FIRST)
+                node.restart(grace=mod.GRACE)
 
         return step
 

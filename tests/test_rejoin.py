@@ -193,15 +193,20 @@ def test_smaller_side() -> None:
     assert rejoin.smaller_side(P1, {P0}, set()) and not rejoin.smaller_side(P0, {P1}, set())
 
 
-def test_a_restart_kills_first_then_starts(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A graceful stop spends 5 s or more leaving a cluster that has the node down already."""
-    calls: list[list[str]] = []
+def test_a_restart_closes_the_gossip_endpoint_then_kills_then_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM (Corrosion closes its QUIC endpoint: the peers reconnect), GRACE s, SIGKILL (not the
+    5 s or more of a graceful leave), start."""
+    calls: list[object] = []
     monkeypatch.setattr(rejoin.subprocess, "run", lambda argv, **kw: calls.append(argv))
+    monkeypatch.setattr(rejoin.time, "sleep", lambda s: calls.append(s))
     rejoin.restart_corrosion()
     assert calls == [
+        ["systemctl", "kill", "--signal=SIGTERM", "jiji-corrosion"],
+        rejoin.GRACE,
         ["systemctl", "kill", "--signal=SIGKILL", "jiji-corrosion"],
         ["systemctl", "restart", "jiji-corrosion"],
     ]
+    assert 0 < rejoin.GRACE <= 2
 
 
 def test_the_unit_loop_restarts_after_a_healed_cut(monkeypatch: pytest.MonkeyPatch) -> None:
