@@ -33,7 +33,11 @@ sys.path.insert(0, str(REPO / "hostbin"))
 from tests import harness  # noqa: E402
 
 PREFIX = "jpart-"
-HUB = "jpart-hub"
+# Two runs side by side need different namespace names: JPART_TAG=b gives jpart-bhub, jpart-bn0...
+TAG = os.environ.get("JPART_TAG", "")
+if not TAG.isalnum() and TAG != "":
+    raise SystemExit("JPART_TAG: letters and digits only")
+HUB = f"{PREFIX}{TAG}hub"
 BRIDGE = "jpart-br0"
 CHAIN = "JPART-CUT"
 GOSSIP_PORT = 9280
@@ -106,7 +110,7 @@ class NsThread:
 class Node:
     def __init__(self, lab: NsLab, i: int) -> None:
         self.lab, self.i = lab, i
-        self.ns = f"{PREFIX}n{i}"
+        self.ns = f"{PREFIX}{TAG}n{i}"
         self.ip = node_ip(i)
         self.dir = lab.workdir / f"n{i}"
         self.config = self.dir / "config.toml"
@@ -262,7 +266,7 @@ class NsLab:
         self.binary = harness.corrosion_binary()
         if not self.binary.exists():
             raise SystemExit(f"no corrosion binary at {self.binary}")
-        self.workdir = workdir or Path(f"/tmp/jpart-{os.getpid()}")
+        self.workdir = workdir or Path(f"/tmp/jpart-{TAG}{os.getpid()}")
         self.nodes = [Node(self, i) for i in range(n)]
         self.made_ns: list[str] = []
         self.pids: set[int] = set()
@@ -286,7 +290,7 @@ class NsLab:
 
     def open(self) -> None:
         existing = set(sh("ip", "netns", "list").split())
-        clash = sorted(n for n in existing if n.startswith(PREFIX))
+        clash = sorted(n for n in existing if n in {HUB, *(node.ns for node in self.nodes)})
         if clash:
             raise SystemExit(f"namespaces {clash} exist already (another run?); remove them first (--cleanup)")
         self.workdir.mkdir(parents=True, exist_ok=False)
