@@ -85,6 +85,21 @@ def test_an_even_split_restarts_only_the_side_without_the_lowest_address() -> No
     assert [t for t, _ in drive(w, range(0, 300), peers, lambda t: peers, cut(100, 160, {P2, P3}, peers))] == [161]
 
 
+def test_the_side_that_stays_does_not_restart_while_the_other_side_rejoins() -> None:
+    """An even split: lab0 stays, lab2 and lab3 restart and are not members of lab0 for a few seconds;
+    2 answering non-members against 1 member is what the member rule acts on, so it waits SETTLE s.
+    Were they still missing after that, it would act (a fallback, not the plan)."""
+    peers = {P1, P2, P3}
+    for missing_until, expect in ((170, []), (400, [192, 253])):  # then once per COOLDOWN
+        w = rejoin.Watch(me=P0, settle=30)
+
+        def members(t: int, until: int = missing_until) -> set[str]:
+            return {P1} if 100 <= t < until else {P1, P2, P3}
+
+        restarts = drive(w, range(0, 300), peers, members, cut(100, 160, {P2, P3}, peers))
+        assert [t for t, _ in restarts] == expect, (missing_until, restarts)
+
+
 def test_a_short_cut_restarts_nothing() -> None:
     """10 s of silence: shorter than any declaration of down, so every view is still right."""
     peers = {P0, P2}

@@ -30,7 +30,9 @@ the larger side that was left disconnected.
 The member-list rule stays for what it sees that echoes cannot (a node outside the cluster with
 no cut at all): when the peers that answer but are not Corrosion members outnumber the peers
 that are, for two checks in a row, restart, but never within SETTLE s of Corrosion's start (it
-is still announcing) or within COOLDOWN s of the last restart.
+is still announcing), within COOLDOWN s of the last restart, or within SETTLE s of a heal after
+which this server's side stayed (the other side is restarting; until it has announced itself it
+is not a member here, which on an even split would look like this node being outside).
 
 Echoes: every peer at most every RECHECK s while it answers, every check while it is silent or
 not a member; so a quiet mesh costs one echo per peer per RECHECK s.
@@ -121,6 +123,7 @@ class Watch:
     _silent_since: dict[str, float] = field(default_factory=dict, init=False)
     _answers_in_a_row: dict[str, int] = field(default_factory=dict, init=False)
     _returned: dict[str, tuple[float, float]] = field(default_factory=dict, init=False)  # peer -> silence (from, to)
+    _hold_until: float = field(default=-1e18, init=False)  # the member rule waits: the other side is restarting
 
     def to_echo(self, now: float, peers: set[str], member_ips: set[str] | None) -> set[str]:
         """Every silent or just returned peer, every non-member, and the others not echoed for
@@ -161,6 +164,9 @@ class Watch:
         """Why Corrosion should be restarted now, or None."""
         reason = self._after_a_cut(now, peers)
         if reason is None:
+            if now < self._hold_until:
+                self._seen = 0
+                return None
             reason = self._outside(now, peers, member_ips)
             if reason is None:
                 return None
@@ -199,6 +205,10 @@ class Watch:
         returned = sorted(self._returned)
         self._returned.clear()
         if not smaller_side(self.me, went_silent, kept):
+            # The other side restarts and announces itself within seconds; until then it is not a
+            # member here, which the member rule would take for this node being outside (an even
+            # split: 2 non-members against 1 member). It gets `settle` s before that rule looks again.
+            self._hold_until = now + self.settle
             return None
         return (
             f"{', '.join(returned)} answer again after {back - began:.0f} s of silence and this server was on the"
