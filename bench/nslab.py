@@ -266,7 +266,7 @@ class NsLab:
         self.binary = harness.corrosion_binary()
         if not self.binary.exists():
             raise SystemExit(f"no corrosion binary at {self.binary}")
-        self.workdir = workdir or Path(f"/tmp/jpart-{TAG}{os.getpid()}")
+        self.workdir = workdir or Path(f"/tmp/jpart-{TAG}{os.getpid()}-{time.monotonic_ns()}")
         self.nodes = [Node(self, i) for i in range(n)]
         self.made_ns: list[str] = []
         self.pids: set[int] = set()
