@@ -313,18 +313,3 @@ def test_rejoin_acts_only_on_the_smaller_side_of_what_answers() -> None:
     # A split of a larger mesh: 1 member against 3 answering non-members.
     many = {"10.210.0.1", "10.210.2.1", "10.210.3.1", "10.210.4.1"}
     assert rejoin.outside(["10.210.4.1:9280"], many, many) == many - {"10.210.4.1"}
-
-
-def test_rejoin_waits_for_two_checks_a_settled_node_and_its_cooldown() -> None:
-    w = rejoin.Watch(settle=30, cooldown=60, in_a_row=2)
-    missing = {"10.210.0.1"}
-    assert not w.check(100, None, missing)  # Corrosion not running
-    assert not w.check(100, 80, missing) and not w.check(102, 80, missing)  # started 20 s ago: announcing
-    assert not w.check(112, 80, missing)  # first sighting on a settled node
-    assert not w.check(114, 80, set())  # healed by itself: the count starts over
-    assert not w.check(116, 80, missing)
-    assert w.check(118, 80, missing)  # two in a row: restart
-    # The restarted node is settling, then within the cooldown nothing happens however long.
-    assert not any(w.check(t, 118, missing) for t in range(120, 178, 2))
-    assert not w.check(180, 118, missing)  # first sighting after the cooldown
-    assert w.check(182, 118, missing)

@@ -1,5 +1,6 @@
 """Partitions of four lab hosts with a mesh up, each long enough for Corrosion to declare the
-other side down (its SWIM settings do in about 20 s; the cut lasts 30 s), with rows written on
+other side down (foca suspects a member 5 s after a failed probe and declares it down 30 s later:
+measured 39 s and 44 s after a cut for the two members a node probes; the cut lasts 50 s), with rows written on
 both sides while it lasts: a 2-2 split, and a one-way cut (host 1 hears nobody, everybody
 hears host 1). (One server cut from the rest for 60 s is in test_faults_on_lab.py.) During the
 cut each side keeps answering, never SERVFAIL; after the heal every server answers the same rows
@@ -20,7 +21,7 @@ from tests.test_faults_on_lab import cluster_view, container_row
 from tests.test_mesh_on_lab import MESH, REPLICATED, config, dig, write
 
 pytestmark = pytest.mark.corrosion
-CUT_SECONDS = 30
+CUT_SECONDS = 50  # at 30 s no one had been declared down yet: the test did not test its point
 # The issue's bound, and the design's: the rejoin watch checks every second and acts on two
 # checks in a row; a restarted node announces itself at once and syncs at most 2 s apart.
 HEALED = 10
