@@ -250,7 +250,7 @@ def copy(transport: paramiko.Transport, source: str, dest: str, text: str | None
                 if _exists(sftp, target) and not _is_dir(sftp, target):
                     raise CommandError(f"remote path {target} exists but is not a directory")
                 if not _exists(sftp, target):
-                    sftp.mkdir(target)
+                    _mkdir(sftp, target)
             _copy_tree(sftp, source, target)
         else:
             target = dest
@@ -272,7 +272,7 @@ def _copy_tree(sftp: paramiko.SFTPClient, source: str, target: str) -> None:
         for d in sorted(dirs):
             path = os.path.join(remote_root, d)
             if not _exists(sftp, path):
-                sftp.mkdir(path)
+                _mkdir(sftp, path)
         for f in sorted(files):
             sftp.put(os.path.join(root, f), os.path.join(remote_root, f))
 
@@ -296,4 +296,14 @@ def _makedirs(sftp: paramiko.SFTPClient, path: str) -> None:
     if not path or path == "/" or _exists(sftp, path):
         return
     _makedirs(sftp, os.path.dirname(path))
-    sftp.mkdir(path)
+    _mkdir(sftp, path)
+
+
+def _mkdir(sftp: paramiko.SFTPClient, path: str) -> None:
+    """mkdir that accepts a directory made meanwhile: the engine runs copies to one server in
+    parallel, and two may make the same parent at once (SFTP answers a bare "Failure")."""
+    try:
+        sftp.mkdir(path)
+    except OSError:
+        if not _is_dir(sftp, path):
+            raise
