@@ -169,7 +169,7 @@ def main() -> int:
     for n in (int(x) for x in args.sizes.split(",") if x):
         r = run_one("mocks", n)
         print(f"{n:>7} {r['resources']:>9} {r['resources'] / n:>10.1f} {r['seconds']:>8.1f} {r['peak_rss_mb']:>8.0f}")
-    official = (toolchain.user_home() / "plugins" / "resource-command-v1.2.1" / "pulumi-resource-command").exists()
+    official = toolchain.plugin_file(toolchain.user_home()).exists()
     providers = ["jiji", "official"] if official else ["jiji"]
     print(f"`python -m deploy preview` (real CLI, Automation API), providers: {', '.join(providers)}"
           + ("" if official else f" (no official plugin in {toolchain.user_home()})"))

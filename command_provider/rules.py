@@ -173,9 +173,7 @@ def diff(
 def outputs_after_run(inputs: dict[str, Any], stdout: str, stderr: str) -> dict[str, Any]:
     """A Command's outputs: its inputs, the connection kept secret (it holds the key), and what
     the command printed, one trailing newline off as 1.2.1 does."""
-    out = dict(inputs)
-    if "connection" in out and not wire.is_secret(out["connection"]):
-        out["connection"] = wire.secret(out["connection"])
+    out = copy_outputs(inputs)
     out["stdout"] = stdout.removesuffix("\n")
     out["stderr"] = stderr.removesuffix("\n")
     return out

@@ -26,9 +26,15 @@ PLUGIN_VERSION = "1.2.1"
 _MARK = "# jiji-net command provider"
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
+    """lab/versions.env: the pinned versions of what the toolchain builds."""
     lines = (REPO / "lab" / "versions.env").read_text().splitlines()
     return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+
+
+def cache_dir() -> Path:
+    """Where lab/toolchain.sh keeps its heavy builds (JIJI_CACHE)."""
+    return Path(os.environ.get("JIJI_CACHE", "/var/cache/jiji-net"))
 
 
 def pulumi_root() -> Path:
@@ -36,14 +42,14 @@ def pulumi_root() -> Path:
     on_path = shutil.which("pulumi")
     if on_path:
         return Path(on_path).resolve().parent.parent
-    cache = Path(os.environ.get("JIJI_CACHE", "/var/cache/jiji-net"))
-    built = cache / "pulumi" / f"v{_versions()['PULUMI_VERSION']}"
+    built = cache_dir() / "pulumi" / f"v{versions()['PULUMI_VERSION']}"
     if not (built / "bin" / "pulumi").exists():
         raise SystemExit(f"jiji-net: no Pulumi CLI on PATH or in {built}/bin: run `bash lab/toolchain.sh pulumi-cli`")
     return built
 
 
-def _plugin_file(home: Path) -> Path:
+def plugin_file(home: Path) -> Path:
+    """Where `pulumi plugin install resource command 1.2.1` puts the plugin in PULUMI_HOME `home`."""
     return home / "plugins" / f"resource-command-v{PLUGIN_VERSION}" / "pulumi-resource-command"
 
 
@@ -66,7 +72,7 @@ def choose_provider() -> Provider:
     wanted = os.environ.get("JIJI_COMMAND_PROVIDER", "")
     if wanted not in ("", "jiji", "official"):
         raise SystemExit(f"jiji-net: JIJI_COMMAND_PROVIDER={wanted!r}: use 'jiji', 'official' or leave it unset")
-    official = _plugin_file(user_home())
+    official = plugin_file(user_home())
     if wanted != "jiji" and official.exists() and not _is_ours(official):
         return Provider(user_home(), f"official pulumi-resource-command {PLUGIN_VERSION} ({official})")
     if wanted == "official":
@@ -86,7 +92,7 @@ def launcher() -> str:
 
 def install_ours(home: Path) -> None:
     """Installs the launcher as plugin `command` 1.2.1 in `home`, unless it is there already."""
-    plugin, text = _plugin_file(home), launcher()
+    plugin, text = plugin_file(home), launcher()
     if plugin.exists() and plugin.read_text() == text:
         return
     home.mkdir(parents=True, exist_ok=True)

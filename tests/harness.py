@@ -23,20 +23,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from deploy import toolchain
+
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = REPO / "hostbin" / "corrosion-schema.sql"
-
-
-def _versions() -> dict[str, str]:
-    return dict(
-        line.split("=", 1)
-        for line in (REPO / "lab" / "versions.env").read_text().splitlines()
-        if "=" in line and not line.startswith("#")
-    )
-
-
-def _cache() -> Path:
-    return Path(os.environ.get("JIJI_CACHE", "/var/cache/jiji-net"))
 
 
 def corrosion_binary() -> Path:
@@ -44,7 +34,7 @@ def corrosion_binary() -> Path:
     explicit = os.environ.get("JIJI_CORROSION_BIN")
     if explicit:
         return Path(explicit)
-    return _cache() / "corrosion" / f"klukai-{_versions()['KLUKAI_VERSION']}" / "bin" / "corrosion"
+    return toolchain.cache_dir() / "corrosion" / f"klukai-{toolchain.versions()['KLUKAI_VERSION']}" / "bin" / "corrosion"
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

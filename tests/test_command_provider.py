@@ -24,7 +24,7 @@ from tests.harness import REPO, free_port
 from tests.sshd import Sshd, keypair
 
 PROVIDERS = ["jiji"]
-if (toolchain.user_home() / "plugins" / "resource-command-v1.2.1" / "pulumi-resource-command").exists():
+if toolchain.plugin_file(toolchain.user_home()).exists():
     PROVIDERS.append("official")
 
 

@@ -11,10 +11,6 @@ import yaml
 from deploy import toolchain
 
 
-def plugin_in(home: Path) -> Path:
-    return home / "plugins" / "resource-command-v1.2.1" / "pulumi-resource-command"
-
-
 def test_without_the_official_plugin_ours_goes_into_the_checkout_not_the_users_home(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -23,14 +19,14 @@ def test_without_the_official_plugin_ours_goes_into_the_checkout_not_the_users_h
     chosen = toolchain.choose_provider()
     assert chosen.home == toolchain.PROJECT_HOME
     assert "command_provider" in chosen.description
-    assert plugin_in(toolchain.PROJECT_HOME).read_text() == toolchain.launcher()
+    assert toolchain.plugin_file(toolchain.PROJECT_HOME).read_text() == toolchain.launcher()
     assert not (tmp_path / "user").exists()
 
 
 def test_the_official_plugin_is_used_where_installed_unless_ours_is_asked_for(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    official = plugin_in(tmp_path)
+    official = toolchain.plugin_file(tmp_path)
     official.parent.mkdir(parents=True)
     official.write_bytes(b"\x7fELF not ours")
     monkeypatch.setenv("PULUMI_HOME", str(tmp_path))
