@@ -73,6 +73,11 @@ _URL_CHAR = re.compile(r"[A-Za-z0-9._~:/%+,=-]")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 
+# jiji-dns refuses a --ttl above a day (hostbin/jiji_dns/config.py): a larger one here would pass
+# `pulumi preview` and leave the server without DNS. tests/test_bounds.py holds the two equal.
+DNS_TTL_MAX = 86400
+_PORT_KEYS = ("wireguard_port", "gossip_port", "api_port", "dns_port")
+
 _CIDR_EXAMPLE = "'10.210.0.0/16'"
 _URL_FIX = (
     "write a plain http(s) URL of the release archive, e.g."
@@ -152,10 +157,11 @@ def _subnet_room(settings: MeshSettings, cluster: netaddr.IPNetwork, problems: l
 
 def _check_settings(settings: MeshSettings, problems: list[str]) -> None:
     _integer("mtu", settings.mtu, problems, low=1280, high=1500, hint="WireGuard in a 1500-byte network wants 1420")
-    for key in ("wireguard_port", "gossip_port", "api_port", "dns_port"):
+    for key in _PORT_KEYS:
         default = getattr(MeshSettings, key)
         _integer(key, getattr(settings, key), problems, low=1, high=65535, hint=f"use a free port, e.g. {default}")
-    _integer("dns_ttl", settings.dns_ttl, problems, low=0, high=2**31 - 1, hint="use seconds, e.g. 60")
+    _integer("dns_ttl", settings.dns_ttl, problems, low=0, high=DNS_TTL_MAX, hint="use seconds, e.g. 60")
+    _check_ports(settings, problems)
     why = _dns_name_problem(settings.domain)
     if why is not None:
         problems.append(
@@ -181,6 +187,26 @@ def _check_settings(settings: MeshSettings, problems: list[str]) -> None:
             " a container could rewrite the registry: remove it"
         )
     _check_corrosion(settings.corrosion, problems)
+
+
+def _check_ports(settings: MeshSettings, problems: list[str]) -> None:
+    ports = {key: getattr(settings, key) for key in _PORT_KEYS}
+    if not all(_is_int(p) for p in ports.values()):
+        return
+    taken: dict[int, str] = {}
+    for key, port in ports.items():
+        if port in taken:
+            problems.append(
+                f"{key}: {port} is also {taken[port]}; a server binds each on its own port: pick another,"
+                f" e.g. {getattr(MeshSettings, key)}"
+            )
+        taken.setdefault(port, key)
+    if settings.dns_port != 53 and settings.container_engine != "none":
+        problems.append(
+            f"dns_port: {settings.dns_port} leaves containers without DNS: docker's daemon.json `dns` and podman's"
+            " `dns_servers` name an address and always ask port 53; use 53 with container_engine"
+            f" {settings.container_engine!r}"
+        )
 
 
 def _check_corrosion(src: CorrosionSource, problems: list[str]) -> None:

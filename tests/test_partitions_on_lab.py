@@ -2,8 +2,9 @@
 other side down (foca suspects a member 5 s after a failed probe and declares it down 30 s later:
 measured 39 s and 44 s after a cut for the two members a node probes; the cut lasts 50 s), with rows written on
 both sides while it lasts: a 2-2 split, and a one-way cut (host 1 hears nobody, everybody
-hears host 1). (One server cut from the rest for 60 s is in test_faults_on_lab.py.) During the
-cut each side keeps answering, never SERVFAIL; after the heal every server answers the same rows
+hears host 1); and one server cut from the rest for LONG_CUT_SECONDS (5 minutes: every QUIC
+connection and WireGuard session of the cut server has expired, and the others have long declared
+it down). (One server cut for 60 s is in test_faults_on_lab.py.) During the cut each side keeps answering, never SERVFAIL; after the heal every server answers the same rows
 within HEALED s. Each test prints its heal time; bench/partitions.py repeats them."""
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from tests.test_mesh_on_lab import MESH, REPLICATED, config, dig, write
 
 pytestmark = pytest.mark.corrosion
 CUT_SECONDS = 50  # at 30 s no one had been declared down yet: the test did not test its point
+# Past WireGuard's 180 s session lifetime and Corrosion's 125 s announce to down members, so
+# the heal rests on new handshakes and on the rejoin watch rather than on anything still open.
+LONG_CUT_SECONDS = 300
 # The issue's bound, and the design's: the rejoin watch checks every second and acts on two
 # checks in a row; a restarted node announces itself at once and syncs at most 2 s apart.
 HEALED = 10
@@ -56,9 +60,9 @@ def clear_rows(lab: Lab) -> None:
         wait_until(lambda i=i: answers(lab, i) == [], 60, f"lab{i} forgets the last test's rows")
 
 
-def partitioned(lab: Lab, cuts: list[tuple[str, ...]], sides: list[list[int]]) -> float:
+def partitioned(lab: Lab, cuts: list[tuple[str, ...]], sides: list[list[int]], cut_seconds: int = CUT_SECONDS) -> float:
     """Cuts (lab/lab.sh cut arguments), a row written on each side for one of its servers,
-    CUT_SECONDS of each side answering its own rows, then the heal; returns the seconds until
+    cut_seconds of each side answering its own rows, then the heal; returns the seconds until
     every server answers every row."""
     clear_rows(lab)
     for cut in cuts:
@@ -74,7 +78,7 @@ def partitioned(lab: Lab, cuts: list[tuple[str, ...]], sides: list[list[int]]) -
         for side in sides:
             for i in side:
                 wait_until(lambda i=i, o=side[0]: rows[o] in answers(lab, i), REPLICATED, f"lab{i} answers its side's row")
-        while time.monotonic() - cut_at < CUT_SECONDS:
+        while time.monotonic() - cut_at < cut_seconds:
             for side in sides:
                 for i in side:
                     assert rows[side[0]] in answers(lab, i), f"lab{i} lost its side's row during the cut"
@@ -101,3 +105,9 @@ def test_a_one_way_cut_heals(mesh: tuple[Lab, RealEngine]) -> None:
     lab, _ = mesh
     seconds = partitioned(lab, [("1", "inbound")], [[1], [0, 2, 3]])
     print(f"\none-way cut of lab1, {CUT_SECONDS} s: every server answers the same {seconds:.1f} s after the heal")
+
+
+def test_one_server_cut_for_five_minutes_heals(mesh: tuple[Lab, RealEngine]) -> None:
+    lab, _ = mesh
+    seconds = partitioned(lab, [("3", "hosts")], [[3], [0, 1, 2]], LONG_CUT_SECONDS)
+    print(f"\nlab3 cut from the rest, {LONG_CUT_SECONDS} s: every server answers the same {seconds:.1f} s after the heal")

@@ -286,7 +286,7 @@ def test_a_pinned_download_is_checked_on_the_server(binary: Path) -> None:
     evaluation = evaluate(lab_config(binary, corrosion_local_path="", corrosion_url=url, corrosion_sha256=sha))
     step = evaluation.commands()["lab0-corrosion"].inputs["stdin"]
     assert (
-        f'download {url} "$STAGED"' in step and f'release=$(from_upload "$STAGED" {sha}' in step and "tar -xzOf" in step
+        f'download {url} "$STAGED" {sha}' in step and f'release=$(from_upload "$STAGED" {sha}' in step and "tar -xzOf" in step
     )
     assert "lab0-corrosion-upload" not in evaluation.resources
     assert evaluation.commands()["lab0-corrosion"].inputs["create"].startswith("timeout -k 10 600 ")

@@ -363,7 +363,7 @@ CASES: list[tuple[dict[str, Any], str, str]] = [
     ({"subnet_prefix_len": 0}, "subnet_prefix_len: 0 is outside 1-32", "e.g. 24"),
     ({"wireguard_port": "abc"}, "wireguard_port: 'abc' is not an integer", INTEGER_FIX),
     ({"wireguard_port": 70000}, "wireguard_port: 70000 is outside 1-65535", "e.g. 51820"),
-    ({"dns_ttl": -1}, "dns_ttl: -1 is outside 0-2147483647", "e.g. 60"),
+    ({"dns_ttl": -1}, "dns_ttl: -1 is outside 0-86400", "e.g. 60"),
     ({"dns_ttl": "60s"}, "dns_ttl: '60s' is not an integer", INTEGER_FIX),
     # booleans
     ({"allow_unpinned_host_keys": "yes"}, "allow_unpinned_host_keys: 'yes' is not true or false", "throwaway lab only"),
@@ -551,4 +551,4 @@ def test_container_host_ports_are_ports_and_never_corrosions(ports: object, frag
 
 def test_an_opened_port_reaches_the_firewall() -> None:
     script = evaluate(lab_config(Path(__file__), container_host_ports=[8125])).commands()["lab0-network"].inputs["stdin"]
-    assert '-i "$BRIDGE" -p tcp -d "$MESH" --dport 8125 -j ACCEPT' in script
+    assert "-A JIJI-INPUT -i $BRIDGE -p tcp -d $MESH --dport 8125 -j ACCEPT" in script

@@ -169,3 +169,51 @@ def test_containers_on_the_engines_other_networks_keep_dns_only_with_an_engine(e
         # Opened before the rule that drops the mesh's services for everyone else.
         drop = next(i for i, line in enumerate(script.splitlines()) if "--dports" in line and "-j DROP" in line)
         assert all(script.splitlines().index(line) < drop for line in opened)
+
+
+def test_a_download_that_does_not_match_its_pin_is_deleted_and_fetched_again(tmp_path: Path) -> None:
+    """A changed release at the pinned URL fails the step and leaves nothing staged; once the URL
+    serves the pinned file again the next run fetches and keeps it (it used to keep the bad file,
+    so every later run failed on it)."""
+    import hashlib
+    import http.server
+    import threading
+
+    served = {"body": b"not the release"}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(served["body"])
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    lib = tmp_path / "lib.sh"
+    lib.write_text(render.step_library())
+    staged = tmp_path / "staging" / "corrosion.tgz"
+    release = b"the pinned release"
+    pin = hashlib.sha256(release).hexdigest()
+    url = f"http://127.0.0.1:{server.server_address[1]}/corrosion.tgz"
+
+    def run() -> subprocess.CompletedProcess[str]:
+        script = f'STEP=corrosion; . "{lib}"; download "{url}" "{staged}" {pin}'
+        return subprocess.run(["sh", "-eu", "-c", script], capture_output=True, text=True, timeout=60)
+
+    try:
+        bad = run()
+        assert bad.returncode != 0
+        assert f"{url} has SHA-256 {hashlib.sha256(served['body']).hexdigest()}, not the pinned {pin}" in bad.stderr
+        assert not staged.exists() and not Path(f"{staged}.part").exists()
+        served["body"] = release
+        good = run()
+        assert good.returncode == 0, good.stderr
+        assert staged.read_bytes() == release
+        served["body"] = b"changed again"  # fetched once: a good staged file is kept
+        assert run().returncode == 0 and staged.read_bytes() == release
+    finally:
+        server.shutdown()
+        server.server_close()

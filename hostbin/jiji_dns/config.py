@@ -10,6 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 FALLBACK_UPSTREAMS = ("8.8.8.8", "1.1.1.1")
+# Where systemd-resolved writes the upstreams it really uses; /etc/resolv.conf then names only its
+# stub on 127.0.0.53, which we skip (it may be us, and forwarding to it loops split-horizon names).
+RESOLVED_UPSTREAMS = "/run/systemd/resolve/resolv.conf"
+# A day: resolvers cap TTLs there anyway (unbound's cache-max-ttl is 86400). The program refuses
+# more (components/plan.py DNS_TTL_MAX; tests/test_bounds.py holds the two equal).
+MAX_TTL = 86400
 
 
 class ConfigError(ValueError):
@@ -46,6 +52,9 @@ class Config:
     workers: int
     stats_socket: str | None
     subscription_sql: str
+    # Where the upstreams came from: "--upstream", a resolv.conf path, or "fallback" (public
+    # resolvers, which main logs as a warning: names only the local resolvers know stop resolving).
+    upstreams_from: str = "--upstream"
 
 
 def reconnect_delay(config: Config, failures: int) -> float:
@@ -132,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--reconnect-interval", help="first reconnect delay in ms (env JIJI_RECONNECT_INTERVAL; default 5000)"
     )
     p.add_argument(
-        "--max-inflight", help="most forwarded queries at once, UDP and TCP, per worker (env JIJI_MAX_INFLIGHT; default 1024)"
+        "--max-inflight",
+        help="most forwarded queries at once, UDP and TCP, per worker (env JIJI_MAX_INFLIGHT; default 1024)",
     )
     p.add_argument(
         "--max-tcp-connections", help="most open TCP client connections per worker (env JIJI_MAX_TCP; default 256)"
@@ -162,13 +172,14 @@ def load(argv: Sequence[str] | None = None) -> Config:
     domain = (args.domain or _env(["JIJI_SERVICE_DOMAIN"], "jiji") or "jiji").strip(".").lower()
     if not domain or any(not label or len(label) > 63 for label in domain.split(".")):
         raise ConfigError(f"--domain: {domain!r} is not a DNS name; use e.g. jiji")
-    ttl = _int(args.ttl or _env(["JIJI_DNS_TTL"], "60"), "--ttl", 0, 86400)
+    ttl = _int(args.ttl or _env(["JIJI_DNS_TTL"], "60"), "--ttl", 0, MAX_TTL)
     negative_ttl = _int(args.negative_ttl or _env(["JIJI_DNS_NEGATIVE_TTL"], "5"), "--negative-ttl", 0, 86400)
     upstream_text = args.upstream or _env(["JIJI_UPSTREAMS"], None)
     if upstream_text:
         upstreams = [parse_endpoint(t, 53, "--upstream") for t in upstream_text.split(",") if t.strip()]
+        upstreams_from = "--upstream"
     else:
-        upstreams = resolv_conf_upstreams(args.resolv_conf, listen) or [Endpoint(h, 53) for h in FALLBACK_UPSTREAMS]
+        upstreams, upstreams_from = system_upstreams(args.resolv_conf, listen)
     timeout = float(_int(args.upstream_timeout or _env(["JIJI_UPSTREAM_TIMEOUT"], "5"), "--upstream-timeout", 1, 60))
     nets_text = args.recursion_from or _env(["JIJI_RECURSION_FROM"], "10.210.0.0/16,127.0.0.0/8,::1/128") or ""
     try:
@@ -198,7 +209,18 @@ def load(argv: Sequence[str] | None = None) -> Config:
         workers=workers,
         stats_socket=None if stats == "none" else stats,
         subscription_sql=SUBSCRIPTION_SQL,
+        upstreams_from=upstreams_from,
     )
+
+
+def system_upstreams(resolv_conf: str, own: Sequence[Endpoint]) -> tuple[list[Endpoint], str]:
+    """The host's resolvers and where they were found: resolv.conf, else systemd-resolved's own
+    list (when resolv.conf names only its stub), else the public fallback."""
+    for path in (resolv_conf, RESOLVED_UPSTREAMS):
+        found = resolv_conf_upstreams(path, own)
+        if found:
+            return found, path
+    return [Endpoint(h, 53) for h in FALLBACK_UPSTREAMS], "fallback"
 
 
 MAX_AUTO_WORKERS = 4

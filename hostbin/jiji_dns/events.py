@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,6 +21,14 @@ def log(event: str, **fields: Any) -> None:
     parts = [f"event={event}"] + [f"{k}={_value(v)}" for k, v in fields.items()]
     sys.stdout.write(" ".join(parts) + "\n")
     sys.stdout.flush()
+
+
+def warn(event: str, **fields: Any) -> None:
+    """`log` at warning priority: journald reads a leading `<4>` as the line's level (systemd's
+    SyslogLevelPrefix=, on by default), so `journalctl -p warning` shows it."""
+    if os.environ.get("JOURNAL_STREAM"):
+        sys.stdout.write("<4>")
+    log(event, **fields)
 
 
 LIMITED_INTERVAL = 10.0  # seconds between two lines of the same rate-limited event

@@ -21,7 +21,7 @@ from typing import Any
 
 from . import __version__
 from . import config as config_mod
-from .events import Counters, log, log_limited
+from .events import Counters, log, log_limited, warn
 from .forwarder import Forwarder
 from .hints import ChangeHints
 from .responder import Responder
@@ -81,7 +81,9 @@ async def run_worker(cfg: config_mod.Config, listeners: Listeners, on_serving: C
         domain=cfg.domain,
         corrosion=str(cfg.corrosion_api),
         upstreams=",".join(str(u) for u in cfg.upstreams),
+        upstreams_from=cfg.upstreams_from,
     )
+    warn_about_upstreams(cfg)
     on_serving()
     done, _ = await asyncio.wait({stop_task, *critical}, return_when=asyncio.FIRST_COMPLETED)
     code = 0
@@ -104,6 +106,15 @@ async def run_worker(cfg: config_mod.Config, listeners: Listeners, on_serving: C
     if stats_server is not None:
         stats_server.close()
     return code
+
+
+def warn_about_upstreams(cfg: config_mod.Config) -> None:
+    if cfg.upstreams_from == "fallback":
+        warn(
+            "upstreams_fallback",
+            problem="no resolver in resolv.conf nor in systemd-resolved's list; forwarding to public resolvers,"
+            " so names only this network's resolvers know will not resolve (set --upstream)",
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
