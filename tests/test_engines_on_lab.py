@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import Lab, module_lab
 from tests.engines import CommandFailed, RealEngine, make_engine
 from tests.harness import wait_until
-from tests.test_containers_on_lab import HOST_AS_FOUND, IMAGE, MESH, NAME, api, answers, container_ip
+from tests.test_containers_on_lab import DOCKER_AS_FOUND, IMAGE, MESH, NAME, answers, api, container_ip, with_docker
 from tests.test_mesh_on_lab import assert_unchanged, config, ready
 
 pytestmark = pytest.mark.corrosion
@@ -73,7 +73,12 @@ def engine(lab: Lab) -> Iterator[RealEngine]:
         yield e
     finally:
         for i in range(3):
-            lab.run(i, "podman rm -af >/dev/null 2>&1; systemctl stop jiji-test-listener 2>/dev/null; true", check=False)
+            lab.run(
+                i,
+                "for e in podman docker; do $e ps -aq 2>/dev/null | xargs -r $e rm -f >/dev/null 2>&1; done;"
+                " systemctl stop jiji-test-listener 2>/dev/null; true",
+                check=False,
+            )
         try:
             e.destroy()
         finally:
@@ -81,61 +86,73 @@ def engine(lab: Lab) -> Iterator[RealEngine]:
 
 
 def snapshot(lab: Lab) -> dict[int, str]:
-    return {i: lab.run(i, HOST_AS_FOUND) for i in range(3)}
+    """Each host's paths, links, firewall and units (docker's and podman's storage left out), and
+    its daemon.json byte for byte."""
+    return {i: lab.run(i, DOCKER_AS_FOUND + "echo --; cat /etc/docker/daemon.json 2>/dev/null || echo ABSENT") for i in range(3)}
 
 
-def works(lab: Lab, engine_name: str) -> None:
+def same_as(expected: dict[int, str], lab: Lab, what: str) -> None:
+    now = snapshot(lab)
+    for i in range(3):
+        assert_unchanged(expected[i], now[i], f"lab{i} {what}")
+
+
+def works(lab: Lab, e: str) -> None:
     """What a fresh deploy must show: `jiji-net ready` everywhere, names forwarded, and with an
     engine, a container on lab0 found by name from lab2."""
     for i in range(3):
         assert "exit=0" in ready(lab, i), ready(lab, i)
         assert "198.18.0.200" in lab.run(i, f"dig +short +time=1 +tries=2 @{MESH[i]} www.lab.test")
-    if engine_name == "none":
+    if e == "none":
         return
-    api(lab, 0)
-    address = container_ip(lab, 0)
-    wait_until(lambda: answers(lab, 2) == [address], 15, f"lab2 answers {NAME} with lab0's container")
-    lab.run(0, "podman rm -f api >/dev/null")
+    api(lab, 0, engine=e)
+    address = container_ip(lab, 0, e)
+    wait_until(lambda: answers(lab, 2) == [address], 15, f"lab2 answers {NAME} with lab0's {e} container")
+    lab.run(0, f"{e} rm -f api >/dev/null")
     wait_until(lambda: answers(lab, 2) == [], 15, f"lab2 forgets {NAME}")
 
 
 def test_engine_switches_leave_nothing_of_the_old_engine(lab: Lab, engine: RealEngine) -> None:
+    with_docker(lab)
+    for i in range(3):
+        subprocess.run(["bash", str(lab.script), "image", str(i), "docker"], check=True, capture_output=True, timeout=120)
     found = snapshot(lab)
-    engine.up(config(lab, 3, container_engine="podman"))
-    works(lab, "podman")
-    podman_fresh = snapshot(lab)
+    engine.up(config(lab, 3, container_engine="docker"))
+    works(lab, "docker")
+    fresh = {"docker": snapshot(lab)}
 
-    # A switch while podman still runs a container on `jiji` is refused, and nothing changes.
-    api(lab, 1)
+    # A switch while docker still runs a container on `jiji` is refused, and nothing changes.
+    api(lab, 1, engine="docker")
     with pytest.raises(CommandFailed) as refused:
-        engine.up(config(lab, 3, container_engine="none"))
-    assert "container_engine changes from podman to none, but podman still has containers on its network jiji" in str(
+        engine.up(config(lab, 3, container_engine="podman"))
+    assert "container_engine changes from docker to podman, but docker still has containers on its network jiji" in str(
         refused.value
     )
-    lab.run(1, "podman rm -f api >/dev/null")
-    for i in range(3):
-        assert_unchanged(podman_fresh[i], lab.run(i, HOST_AS_FOUND), f"lab{i} after the refused switch")
+    lab.run(1, "docker rm -f api >/dev/null")
+    same_as(fresh["docker"], lab, "after the refused switch")
 
-    engine.up(config(lab, 3, container_engine="none"))
-    works(lab, "none")
-    none_switched = snapshot(lab)
-    for i in range(3):
-        assert lab.run(i, "podman network exists jiji; echo $?").strip() == "1"
-        assert "jiji-registrar" not in lab.run(i, "systemctl list-units --all --no-legend 'jiji*'")
-
-    engine.up(config(lab, 3, container_engine="podman"))
-    works(lab, "podman")
-    for i in range(3):
-        assert_unchanged(podman_fresh[i], lab.run(i, HOST_AS_FOUND), f"lab{i} switched none -> podman")
-
-    # The state a fresh `none` deploy makes is the state the switch made.
+    switched = {}
+    for e in ("podman", "none", "docker"):
+        engine.up(config(lab, 3, container_engine=e))
+        works(lab, e)
+        switched[e] = snapshot(lab)
+        for i in range(3):
+            for other in {"docker", "podman"} - {e}:
+                assert lab.run(i, f"{other} network inspect jiji >/dev/null 2>&1; echo $?").strip() != "0", (i, other)
+            units = lab.run(i, "systemctl list-units --all --no-legend --plain 'jiji*'")
+            assert ("jiji-registrar" in units) == (e != "none"), units
+    same_as(fresh["docker"], lab, "switched back to docker, against its fresh deploy")
     engine.destroy()
-    for i in range(3):
-        assert_unchanged(found[i], lab.run(i, HOST_AS_FOUND), f"lab{i} after destroy")
-    engine.up(config(lab, 3, container_engine="none"))
-    for i in range(3):
-        assert_unchanged(none_switched[i], lab.run(i, HOST_AS_FOUND), f"lab{i}: podman -> none against a fresh none")
-    print("\nswitches podman -> none -> podman: each as a fresh deploy of that engine; a switch with a container refused")
+    same_as(found, lab, "after destroy")
+
+    # A switch leaves what a fresh deploy of the new engine makes, and nothing else.
+    for e in ("podman", "none"):
+        engine.up(config(lab, 3, container_engine=e))
+        same_as(switched[e], lab, f"switched to {e}, against a fresh {e} deploy")
+        engine.destroy()
+        same_as(found, lab, f"after destroying {e}")
+    print("\nswitches docker -> podman -> none -> docker: each as a fresh deploy of that engine; destroy as found;"
+          " a switch with a container on jiji refused")
 
 
 def leaks(lab: Lab) -> int:
@@ -152,7 +169,7 @@ def restarts_under_load(lab: Lab, restart: str) -> dict[str, int]:
     dns = DNS_LOOP.format(seconds=seconds, count=count, address=MESH[0])
     lab.run(
         0,
-        f"podman run -d --name load --network jiji {IMAGE} sh -c"
+        f"podman run -d --name load --network jiji --cap-add NET_RAW {IMAGE} sh -c"
         f" '( {probe} ) > /tmp/probe.out & ( {dns} ) > /tmp/dns.out & ping -q -i 0.2 -w {seconds} {MESH[1]} > /tmp/ping.out; wait'",
     )
     try:
@@ -177,7 +194,7 @@ def test_the_firewall_holds_through_network_unit_restarts(lab: Lab, engine: Real
     engine.up(config(lab, 3, container_engine="podman"))
     lab.run(
         0,
-        f"systemd-run --quiet --unit jiji-test-listener python3 -c \"$(cat)\"",
+        "systemd-run --quiet --unit jiji-test-listener python3 -c \"$(cat)\"",
         stdin=LISTENER.format(address=MESH[0], port=PROBE_PORT, subnet="10.210.0."),
     )
     # The probe can see a leak: without the firewall's chains, a container's connection arrives.
