@@ -7,7 +7,7 @@
 #   lab/lab.sh ssh I CMD  run CMD on host I
 #   lab/lab.sh stop I / start I   power host I off (its disk kept) / boot it again
 #   lab/lab.sh reset I    host I as a new machine (its disk thrown away)
-#   lab/lab.sh image I [podman|docker]  the local container image localhost/jiji-lab:1 in host I's engine
+#   lab/lab.sh image I    the local container image localhost/jiji-lab:1 in host I's podman
 #   lab/lab.sh cut I [hosts|hosts:J,K|inbound|all]  drop host I's underlay traffic with the other
 #                         hosts (hosts), with hosts J,K only, only what they send it (inbound: a
 #                         one-way cut), or with everything, this machine's SSH included (all);
@@ -21,7 +21,7 @@ set -euo pipefail
 LAB=$JIJI_STATE/lab
 BRIDGE=jiji-lab0
 UNDERLAY_PREFIX=198.18.0
-ROOTFS_PACKAGES=systemd,systemd-sysv,dbus,openssh-server,wireguard-tools,wireguard-go,iproute2,iputils-ping,python3,dnsutils,ca-certificates,iptables,sqlite3,podman,netavark,aardvark-dns,crun,conmon,busybox-static,docker.io
+ROOTFS_PACKAGES=systemd,systemd-sysv,dbus,openssh-server,wireguard-tools,wireguard-go,iproute2,iputils-ping,python3,dnsutils,ca-certificates,iptables,sqlite3,podman,netavark,aardvark-dns,crun,conmon,busybox-static
 ROOTFS=$JIJI_CACHE/rootfs/$DEBIAN_SUITE-$(printf '%s' "$ROOTFS_PACKAGES" | sha256sum | cut -c1-12)
 KEY=$LAB/id_ed25519
 
@@ -52,8 +52,6 @@ build_rootfs() {
     rm -f "$ROOTFS.tmp/etc/machine-id" "$ROOTFS.tmp/var/lib/dbus/machine-id" "$ROOTFS.tmp"/etc/ssh/ssh_host_*
     : >"$ROOTFS.tmp/etc/machine-id"
     chroot "$ROOTFS.tmp" systemctl enable ssh >/dev/null 2>&1 || true
-    # Docker is installed on every host but runs only where a test starts it (lab_docker).
-    chroot "$ROOTFS.tmp" systemctl disable docker.service docker.socket containerd.service >/dev/null 2>&1 || true
     chroot "$ROOTFS.tmp" apt-get clean
     touch "$ROOTFS.tmp/.complete"
     mv "$ROOTFS.tmp" "$ROOTFS"
@@ -118,30 +116,16 @@ lab_podman() {
     printf '[storage]\ndriver = "vfs"\nrunroot = "/run/containers/storage"\ngraphroot = "/var/lib/containers/storage"\n' \
         >"$root/etc/containers/storage.conf"
     cp "$root/bin/busybox" "$root/opt/jiji-lab-image/bin/busybox"
-    for applet in sh httpd wget nslookup cat echo sleep ls rm hostname nc usleep date ping touch pkill; do
+    for applet in sh httpd wget nslookup cat echo sleep ls rm hostname; do
         ln -sf busybox "$root/opt/jiji-lab-image/bin/$applet"
     done
 }
 
-# Docker inside an nspawn host: runc cannot make cgroups on the read-only hierarchies, so the
-# default runtime is crun with its cgroup manager disabled, as podman's is; given on dockerd's
-# command line (Debian's unit reads DOCKER_OPTS), so /etc/docker/daemon.json stays the user's.
-# Its other need, a writable /proc/sys/net, is met by start_host. Not started: a test that wants
-# docker starts it (`systemctl start docker`).
-lab_docker() {
-    local root=$1
-    printf '#!/bin/sh\nexec /usr/bin/crun --cgroup-manager=disabled "$@"\n' >"$root/usr/local/bin/crun-nocg"
-    chmod 755 "$root/usr/local/bin/crun-nocg"
-    printf 'DOCKER_OPTS="--add-runtime crun-nocg=/usr/local/bin/crun-nocg --default-runtime crun-nocg"\n' >"$root/etc/default/docker"
-}
-
-# image I [ENGINE]: the lab image localhost/jiji-lab:1 in host I's podman or docker (an HTTP server on 8080 serving
+# image I: the lab image localhost/jiji-lab:1 in host I's podman (an HTTP server on 8080 serving
 # /www; `wget -qO- http://127.0.0.1:8080/` is its health check).
 lab_image() {
-    local engine=${2:-podman}
-    case "$engine" in podman | docker) ;; *) die "image: engine '$engine' is neither podman nor docker" "use podman or docker" ;; esac
-    lab_ssh "$1" "$engine image inspect localhost/jiji-lab:1 >/dev/null 2>&1 || { hostname >/opt/jiji-lab-image/www/index.html &&
-        tar -C /opt/jiji-lab-image -c . | $engine import --change 'CMD [\"/bin/httpd\",\"-f\",\"-p\",\"8080\",\"-h\",\"/www\"]' - localhost/jiji-lab:1 >/dev/null; }"
+    lab_ssh "$1" 'podman image exists localhost/jiji-lab:1 || { hostname >/opt/jiji-lab-image/www/index.html &&
+        tar -C /opt/jiji-lab-image -c . | podman import -q --change "CMD [\"/bin/httpd\",\"-f\",\"-p\",\"8080\",\"-h\",\"/www\"]" - localhost/jiji-lab:1 >/dev/null; }'
 }
 
 # demo: a labelled service `web` of project `demo` (the lab image's HTTP server, health-checked)
@@ -194,7 +178,6 @@ prepare_host() {
         install -m 600 "$KEY.pub" "$root/root/.ssh/authorized_keys"
         printf 'nameserver %s\n' "$RESOLVER_IP" >"$root/etc/resolv.conf"
         lab_podman "$root"
-        lab_docker "$root"
     fi
 }
 
@@ -211,14 +194,9 @@ start_host() {
     prepare_host "$i"
     # Containers inside a host need every capability and the keyring/bpf syscalls; only a lab
     # brought up with JIJI_LAB_CONTAINERS=1 gets them (the mesh and fault tests run as before).
-    local -a HOST_CAPS=(--capability=CAP_NET_ADMIN) VFS=()
-    # Their runtimes also write sysctls of the host's own network namespace (docker's crun sets
-    # net.ipv4.ip_unprivileged_port_start): /proc/sys/net writable, the rest of /proc/sys not.
-    if [ -f "$LAB/containers" ]; then
-        HOST_CAPS=(--capability=all --system-call-filter='@keyring bpf')
-        VFS=(SYSTEMD_NSPAWN_API_VFS_WRITABLE=network)
-    fi
-    env "${VFS[@]}" systemd-nspawn --quiet --register=no --keep-unit --resolv-conf=off --timezone=off -D "$dir/root" -M "lab$i" \
+    local -a HOST_CAPS=(--capability=CAP_NET_ADMIN)
+    if [ -f "$LAB/containers" ]; then HOST_CAPS=(--capability=all --system-call-filter='@keyring bpf'); fi
+    systemd-nspawn --quiet --register=no --keep-unit --resolv-conf=off --timezone=off -D "$dir/root" -M "lab$i" \
         --network-namespace-path="/run/netns/$ns" "${HOST_CAPS[@]}" -b >"$dir/console.log" 2>&1 &
     echo $! >"$dir/nspawn.pid"
 }
@@ -386,7 +364,7 @@ case "${1:-}" in
     status) status ;;
     ssh) shift; lab_ssh "$@" ;;
     rootfs) check_prereqs; build_rootfs ;;
-    image) lab_image "$2" "${3:-podman}" ;;
+    image) lab_image "$2" ;;
     stop) stop_host "$2" ;;
     start) start_host "$2"; wait_ssh "$2" ;;
     reset) reset_host "$2" ;;

@@ -18,8 +18,7 @@ from tests.test_plan import fake_host_key
 
 SERVER = Server(name="a", host="198.18.0.10", index=0, endpoint="198.18.0.10", host_key=fake_host_key("a"))
 LONGEST_DOMAIN = ".".join(["a" * 63] * 3 + ["b" * 61])  # 253 characters, the most plan allows
-# (setting, smallest accepted, largest accepted, what jiji-dns makes of it, other settings). The
-# ports are fields of the model the program checks, not stack settings (their defaults hold).
+# (setting, smallest accepted, largest accepted, what jiji-dns makes of it, other settings)
 BOUNDS = [
     ("dns_ttl", 0, plan.DNS_TTL_MAX, lambda c: c.ttl, {}),
     ("api_port", 1, 65535, lambda c: c.corrosion_api.port, {}),
