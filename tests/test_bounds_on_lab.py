@@ -60,18 +60,17 @@ def test_the_extremes_the_program_accepts_deploy_and_run(lab: Lab, settings: dic
         engine.up(config(lab, 2, **settings))
         mesh = {i: mesh_address(settings, i) for i in range(2)}
         name = f"shop-web.{settings['domain']}"
-        port = 53  # gossip, API and DNS ports are fixed, not stack settings
         # A row written on lab0 is answered by lab1's jiji-dns, with the configured TTL.
         write(lab, 0, container_row("bounds", 0, str(ipaddress.ip_address(mesh[0]) + 1)))
-        dig = f"dig +noall +answer +time=1 +tries=1 -p {port} @{mesh[1]}"
+        dig = f"dig +noall +answer +time=1 +tries=1 @{mesh[1]}"
         wait_until(lambda: name in lab.run(1, f"{dig} {name}", check=False), REPLICATED, f"lab1 answers {name}")
         answer = lab.run(1, f"{dig} {name}").split()
         assert answer[1] == str(settings["dns_ttl"]), answer
         for i in range(2):
             assert "exit=0" in ready(lab, i), ready(lab, i)
-            assert "198.18.0.200" in lab.run(i, f"dig +short +time=1 +tries=2 -p {port} @{mesh[i]} www.lab.test")
+            assert "198.18.0.200" in lab.run(i, f"dig +short +time=1 +tries=2 @{mesh[i]} www.lab.test")
         # Over the mesh, at the configured MTU: lab0 asks lab1's jiji-dns.
-        assert "198.18.0.200" in lab.run(0, f"dig +short +time=1 +tries=2 -p {port} @{mesh[1]} www.lab.test")
+        assert "198.18.0.200" in lab.run(0, f"dig +short +time=1 +tries=2 @{mesh[1]} www.lab.test")
         assert lab.run(0, "ip -o link show jiji0").split("mtu ")[1].split()[0] == str(settings["mtu"])
     finally:
         try:

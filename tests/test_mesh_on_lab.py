@@ -82,12 +82,12 @@ def config(lab: Lab, n: int, key: str | None = None, **changes: Any) -> dict[str
     }
 
 
-def write(lab: Lab, i: int, statements: list[Any], api_port: int = 9220) -> None:
+def write(lab: Lab, i: int, statements: list[Any]) -> None:
     body = json.dumps(statements)
     lab.run(
         i,
         "python3 -c 'import sys, urllib.request; urllib.request.urlopen(urllib.request.Request("
-        f'"http://127.0.0.1:{api_port}/v1/transactions", data=sys.stdin.buffer.read(),'
+        '"http://127.0.0.1:9220/v1/transactions", data=sys.stdin.buffer.read(),'
         ' headers={"content-type": "application/json"})).read()\'',
         stdin=body,
     )
