@@ -212,7 +212,12 @@ wait_ssh() {
     until lab_ssh "$i" true 2>/dev/null; do
         kill -0 "$(cat "$LAB/h$i/nspawn.pid")" 2>/dev/null \
             || die "host $i exited while booting (see $LAB/h$i/console.log)" "run lab/lab.sh down, then up again"
-        [ $((SECONDS - t0)) -lt 90 ] || die "host $i ($(host_ip "$i")) did not answer SSH within 90 s" "see $LAB/h$i/console.log"
+        if [ $((SECONDS - t0)) -ge 90 ]; then
+            # CI keeps only what we print: the end of the host's console says why it hung.
+            echo "--- last lines of $LAB/h$i/console.log:" >&2
+            tail -n 40 "$LAB/h$i/console.log" >&2 || true
+            die "host $i ($(host_ip "$i")) did not answer SSH within 90 s" "see $LAB/h$i/console.log"
+        fi
         sleep 1
     done
 }

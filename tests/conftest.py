@@ -148,6 +148,8 @@ class Lab:
             ["bash", str(self.script), "up", str(hosts)], capture_output=True, text=True, timeout=900, env=env
         )
         if up.returncode != 0:
+            # Whatever came up goes down again, or every later module finds it half-running.
+            self.down(check=False)
             raise RuntimeError(f"lab up failed:\n{up.stderr}")
 
     def ip(self, i: int) -> str:
@@ -174,8 +176,8 @@ class Lab:
         lines = self.run(i, "wg show jiji0 latest-handshakes").splitlines()
         return {k: int(v) for k, v in (line.split() for line in lines)}
 
-    def down(self) -> None:
-        subprocess.run(["bash", str(self.script), "down"], capture_output=True, text=True, timeout=300, check=True)
+    def down(self, check: bool = True) -> None:
+        subprocess.run(["bash", str(self.script), "down"], capture_output=True, text=True, timeout=300, check=check)
 
 
 def module_lab(hosts: int, containers: bool = False) -> Iterator[Lab]:
