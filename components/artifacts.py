@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .plan import ConfigError
+from .validation import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD_DIR = REPO / "build"

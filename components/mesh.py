@@ -32,7 +32,7 @@ from . import artifacts, render, steps, topology
 from .artifacts import Artifact
 from .model import MeshSettings
 from .model import Server as ServerSpec
-from .plan import ServerPlan, configured_endpoint
+from .plan import ServerPlan, configured_endpoint, plan_addresses
 
 
 @dataclass(frozen=True)
@@ -192,31 +192,50 @@ class Server(pulumi.ComponentResource):
         return self.remote.upload(name, self, source, steps.staged_path(name, artifact.sha256), [self.host])
 
 
+@dataclass(frozen=True, kw_only=True)
+class MeshArgs:
+    """What a mesh is made of. `settings` and `servers` are model values, which only
+    validation.parse (or code that builds them with the right types) makes; `uploads` defaults
+    to the step library and zipapps built from this checkout, and the Corrosion binary at
+    `settings.corrosion.local_path` when servers do not download it."""
+
+    settings: MeshSettings
+    servers: Sequence[ServerSpec]
+    ssh_private_key: pulumi.Input[str]
+    uploads: Uploads | None = None
+
+
 class Mesh(pulumi.ComponentResource):
-    def __init__(
-        self,
-        name: str,
-        settings: MeshSettings,
-        specs: list[ServerSpec],
-        plans: dict[str, ServerPlan],
-        ssh_key: pulumi.Input[str],
-        uploads: Uploads,
-    ) -> None:
-        super().__init__("jiji:network:Mesh", name, None)
-        specs = sorted(specs, key=lambda s: s.index)
+    """The mesh: one `jiji:network:Server` per server and the registry step.
+
+    Outputs, as attributes and registered once: `cluster_cidr`, `domain`, `servers` (per live
+    server: index, subnet, mesh and DNS address, container range, public key, endpoint, SSH) and
+    `outputs`, the three in one dict (what the stack exports as `mesh`)."""
+
+    def __init__(self, name: str, args: MeshArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        settings = args.settings
+        # Before anything is registered: a missing local binary stops the program with nothing made.
+        uploads = args.uploads or _built_uploads(settings)
+        super().__init__("jiji:network:Mesh", name, None, opts)
+        specs = sorted(args.servers, key=lambda s: s.index)
+        plans = plan_addresses(settings, specs)
         live = [s for s in specs if not s.gone]
-        self.servers = {s.name: Server(s, plans[s.name], settings, ssh_key, uploads, parent=self) for s in specs}
-        public_keys = {s.name: self.servers[s.name].public_key for s in live}
+        self.server_components = {
+            s.name: Server(s, plans[s.name], settings, args.ssh_private_key, uploads, parent=self) for s in specs
+        }
+        public_keys = {s.name: self.server_components[s.name].public_key for s in live}
         names = [s.name for s in live]
         keys = pulumi.Output.all(*[public_keys[n] for n in names]).apply(lambda ks: dict(zip(names, ks, strict=True)))
         table: pulumi.Output[Artifact] = pulumi.Output.from_input(_mesh_table(settings, live, plans, public_keys))  # type: ignore[arg-type]
         live_plans = [plans[s.name] for s in live]
         ready: list[pulumi.Resource] = []
         for s in specs:
-            self.servers[s.name].join(topology.seeds_of(plans[s.name], live_plans), table, ready if not s.gone else [])
+            self.server_components[s.name].join(
+                topology.seeds_of(plans[s.name], live_plans), table, ready if not s.gone else []
+            )
         # The registry's rows are written once, through the first live server (state keeps them
         # once, not once per server); every server's Corrosion and tool must be up first.
-        registrar = self.servers[live[0].name]
+        registrar = self.server_components[live[0].name]
         rows = keys.apply(lambda k: _registry_rows(settings, live, plans, k))
         registrar.remote.step(
             "registry",
@@ -225,12 +244,25 @@ class Mesh(pulumi.ComponentResource):
             ready,
             f"{name}-registry",
         )
-        self.outputs: dict[str, Any] = {
-            "cluster_cidr": settings.cluster_cidr,
-            "domain": settings.domain,
-            "servers": {s.name: _server_output(settings, s, plans[s.name], public_keys[s.name]) for s in live},
+        self.cluster_cidr: str = settings.cluster_cidr
+        self.domain: str = settings.domain
+        self.servers: dict[str, dict[str, Any]] = {
+            s.name: _server_output(settings, s, plans[s.name], public_keys[s.name]) for s in live
         }
+        self.outputs: dict[str, Any] = {"cluster_cidr": self.cluster_cidr, "domain": self.domain, "servers": self.servers}
         self.register_outputs(self.outputs)
+
+
+def _built_uploads(settings: MeshSettings) -> Uploads:
+    """The files servers get, built from this checkout (the zipapps) or taken from the settings."""
+    dns_pyz, tool_pyz = artifacts.zipapps()
+    local = settings.corrosion.local_path
+    return Uploads.of(
+        steplib=artifacts.built_file("steplib.sh", render.step_library()),
+        dns=dns_pyz,
+        tool=tool_pyz,
+        corrosion=artifacts.local_binary(local) if local else None,
+    )
 
 
 async def _mesh_table(

@@ -2,14 +2,43 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import types
+import typing
+from dataclasses import dataclass, fields
 
 WIREGUARD_INTERFACE = "jiji0"
 CONTAINER_ENGINES = ("docker", "podman", "none")
 
 
+def _typed(value: object, hint: object) -> bool:
+    """Whether `value` is of the annotated type: plain classes, `X | None` and `tuple[int, ...]`
+    (the only shapes the model uses); an int is never a bool."""
+    if isinstance(hint, types.UnionType):
+        return any(_typed(value, arg) for arg in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        return isinstance(value, tuple) and all(_typed(v, item) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)  # type: ignore[arg-type]
+
+
+class _Checked:
+    """A model value holds only values of its declared types: validation.parse is the way in,
+    and anything else that builds one with, say, `index="1"` fails here, not on a server."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for field in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, field.name)
+            if not _typed(value, hints[field.name]):
+                raise TypeError(f"{type(self).__name__}.{field.name}: {value!r} is not {hints[field.name]}")
+
+
 @dataclass(frozen=True, kw_only=True)
-class Server:
+class Server(_Checked):
     """One server of the stack. `index` is its stable slot: it picks the server's subnet.
 
     `gone` marks a server that is unreachable for good: its resources leave the state without
@@ -28,7 +57,7 @@ class Server:
 
 
 @dataclass(frozen=True, kw_only=True)
-class CorrosionSource:
+class CorrosionSource(_Checked):
     """Where servers get the corrosion binary: a pinned URL and checksum, or a local file."""
 
     url: str | None = None
@@ -37,7 +66,7 @@ class CorrosionSource:
 
 
 @dataclass(frozen=True, kw_only=True)
-class MeshSettings:
+class MeshSettings(_Checked):
     cluster_cidr: str = "10.210.0.0/16"
     subnet_prefix_len: int = 24
     wireguard_port: int = 51820

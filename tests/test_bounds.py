@@ -12,15 +12,15 @@ from collections.abc import Callable
 import pytest
 from jiji_dns import config as dns_config
 
-from components import plan, render
-from components.model import MeshSettings, Server
+from components import plan, render, validation
+from components.model import CorrosionSource, MeshSettings, Server
 from tests.test_plan import fake_host_key
 
 SERVER = Server(name="a", host="198.18.0.10", index=0, endpoint="198.18.0.10", host_key=fake_host_key("a"))
 LONGEST_DOMAIN = ".".join(["a" * 63] * 3 + ["b" * 61])  # 253 characters, the most plan allows
 # (setting, smallest accepted, largest accepted, what jiji-dns makes of it, other settings)
 BOUNDS = [
-    ("dns_ttl", 0, plan.DNS_TTL_MAX, lambda c: c.ttl, {}),
+    ("dns_ttl", 0, validation.DNS_TTL_MAX, lambda c: c.ttl, {}),
     ("api_port", 1, 65535, lambda c: c.corrosion_api.port, {}),
     # Containers ask port 53 whatever the setting says: other ports only without an engine.
     ("dns_port", 1, 65535, lambda c: c.listen[0].port, {"container_engine": "none"}),
@@ -28,13 +28,13 @@ BOUNDS = [
 
 
 def settings(**changes: object) -> MeshSettings:
-    return dataclasses.replace(MeshSettings(corrosion=plan.CorrosionSource(local_path="/bin/true")), **changes)
+    return dataclasses.replace(MeshSettings(corrosion=CorrosionSource(local_path="/bin/true")), **changes)
 
 
 def problems(s: MeshSettings) -> list[str]:
     try:
-        plan.validate(s, [SERVER])
-    except plan.ConfigError as err:
+        validation.validate(s, [SERVER])
+    except validation.ConfigError as err:
         return err.problems
     return []
 
@@ -62,7 +62,7 @@ def test_the_programs_extremes_run_and_one_past_is_refused(
 
 
 def test_the_daemons_ttl_limit_is_the_programs() -> None:
-    assert dns_config.MAX_TTL == plan.DNS_TTL_MAX
+    assert dns_config.MAX_TTL == validation.DNS_TTL_MAX
 
 
 @pytest.mark.parametrize("domain", ["a", "x-1", LONGEST_DOMAIN])

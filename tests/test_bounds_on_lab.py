@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from components import plan
+from components import plan, validation
 from components.model import MeshSettings
 from tests.conftest import Lab, module_lab
 from tests.engines import make_engine
@@ -33,7 +33,7 @@ SMALLEST = {
 }
 LARGEST = {
     "mtu": 1500,
-    "dns_ttl": plan.DNS_TTL_MAX,
+    "dns_ttl": validation.DNS_TTL_MAX,
     "wireguard_port": 65535,
     "container_engine": "none",
     "cluster_cidr": "10.0.0.0/8",

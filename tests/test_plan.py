@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from components.model import CorrosionSource, MeshSettings, Server
-from components.plan import ConfigError, plan_addresses, validate
+from components.plan import plan_addresses
 from components.render import corrosion_config
+from components.validation import ConfigError, validate
 
 GOLDEN = Path(__file__).parent / "golden"
 LOCAL = CorrosionSource(local_path="/cache/corrosion")

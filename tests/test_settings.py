@@ -11,10 +11,11 @@ from typing import Any
 
 import pulumi
 import pytest
+import yaml
 
 from components import settings as stack_settings
-from components.model import MeshSettings, Server
-from components.plan import ConfigError
+from components.model import CorrosionSource, MeshSettings, Server
+from components.validation import SETTING_KEYS, ConfigError
 from tests.program import _Mocks, config_values, evaluate, fake_provider
 from tests.test_plan import fake_host_key
 from tests.test_program import lab_config
@@ -552,3 +553,35 @@ def test_container_host_ports_are_ports_and_never_corrosions(ports: object, frag
 def test_an_opened_port_reaches_the_firewall() -> None:
     script = evaluate(lab_config(Path(__file__), container_host_ports=[8125])).commands()["lab0-network"].inputs["stdin"]
     assert "-A JIJI-INPUT -i $BRIDGE -p tcp -d $MESH --dport 8125 -j ACCEPT" in script
+
+
+@pytest.mark.parametrize("key", ["dns_port", "gossip_port", "mtu_", "Domain", "servers.0.name"])
+def test_a_key_that_is_not_a_setting_is_refused(key: str) -> None:
+    # Before: `jiji-net:dns_port: 5353` deployed with port 53, since nothing read the key.
+    text = refused(with_changes({key: "5353"}))
+    assert f"{key}: not a jiji-net setting, so it would be ignored; remove it" in text
+
+
+def test_the_settings_are_those_pulumi_yaml_declares() -> None:
+    # Pulumi.yaml is what `pulumi config` and the engine's defaults know of; the program reads
+    # exactly these keys and refuses every other.
+    declared = yaml.safe_load((Path(__file__).parent.parent / "Pulumi.yaml").read_text())["config"]
+    assert sorted(declared) == sorted(SETTING_KEYS)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Server(name="a", host="h", index="1"),
+        lambda: Server(name="a", host="h", index=True),
+        lambda: Server(name="a", host="h", index=1, gone="yes"),
+        lambda: Server(name="a", host="h", index=1, endpoint=5),
+        lambda: MeshSettings(mtu=1420.0),
+        lambda: MeshSettings(container_host_ports=[8125]),
+        lambda: MeshSettings(container_host_ports=("8125",)),
+        lambda: MeshSettings(corrosion=CorrosionSource(url=1)),
+    ],
+)
+def test_the_model_never_holds_a_value_of_another_type(make: Any) -> None:
+    with pytest.raises(TypeError):
+        make()
