@@ -1,0 +1,135 @@
+# Managed by jiji-net: the corrosion step of web1-corrosion, run as `sh -s -- apply|remove`.
+set -eu
+STEP=corrosion
+# shellcheck disable=SC2034 # read by the library's main
+OWNER=web1-corrosion
+LIB=/var/lib/jiji-net/staging/steplib.1111111111111111
+if [ ! -r "$LIB" ]; then
+    printf 'jiji-net: %s: %s: %s is missing; upload it again (pulumi up --replace on the staged-upload of this server, see pulumi stack --show-urns), then run pulumi up\n' "$(hostname)" "$STEP" "$LIB" >&2
+    exit 1
+fi
+# shellcheck source=/dev/null
+. "$LIB"
+# shellcheck disable=SC2034 # read by the library's main
+STAMP=$STATE/steps/$STEP
+BINARY=/usr/local/lib/jiji-net/corrosion
+STAGED=/var/lib/jiji-net/staging/corrosion.4444444444444444
+CONFIG=/etc/jiji/corrosion/config.toml
+SCHEMA=/etc/jiji/corrosion/schemas/jiji.sql
+UNIT=/etc/systemd/system/jiji-corrosion.service
+DATA=/var/lib/jiji/corrosion
+apply() {
+    binary=$(from_upload "$STAGED" 4444444444444444444444444444444444444444444444444444444444444444 "$BINARY")
+    install_staged "$binary" "$BINARY"
+    for old in "$STAGING"/corrosion.*; do
+        [ "$old" = "$STAGED" ] || rm -f "$old"
+    done
+    mkdir -p "$DATA"
+    before=$(without_bootstrap "$CONFIG")
+    put_file "$CONFIG" 644 <<'__JIJI_EOF__'
+# Managed by jiji-net: changes here are overwritten by the next `pulumi up`.
+[db]
+path = "/var/lib/jiji/corrosion/state.db"
+schema_paths = ["/etc/jiji/corrosion/schemas"]
+
+[gossip]
+# Plaintext is safe only because this address is inside WireGuard.
+addr = "10.210.1.1:9280"
+bootstrap = ["10.210.0.1:9280", "10.210.2.1:9280"]
+plaintext = true
+max_mtu = 1232
+
+[perf]
+max_sync_backoff = 2
+
+[api]
+addr = "127.0.0.1:9220"
+
+[admin]
+path = "/run/jiji-corrosion/admin.sock"
+
+[log]
+colors = false
+__JIJI_EOF__
+    put_file "$SCHEMA" 644 <<'__JIJI_EOF__'
+-- jiji-net registry schema, managed by jiji-net. Corrosion applies it at start (and on
+-- `corrosion reload`). cr-sqlite rules: only CREATE TABLE / CREATE INDEX; every table has a
+-- NOT NULL primary key; every NOT NULL column has a DEFAULT; no UNIQUE indexes, no foreign keys.
+-- Changes must be additive (new tables, new columns with defaults, new indexes).
+
+CREATE TABLE IF NOT EXISTS cluster_metadata (
+    key TEXT NOT NULL PRIMARY KEY,
+    value TEXT NOT NULL DEFAULT ''
+);
+
+CREATE TABLE IF NOT EXISTS servers (
+    id TEXT NOT NULL PRIMARY KEY,
+    hostname TEXT NOT NULL DEFAULT '',
+    subnet TEXT NOT NULL DEFAULT '',
+    wireguard_ip TEXT NOT NULL DEFAULT '',
+    wireguard_pubkey TEXT NOT NULL DEFAULT '',
+    endpoints TEXT NOT NULL DEFAULT '[]',
+    last_seen INTEGER NOT NULL DEFAULT 0
+);
+
+-- Keyed by (project, name), not name alone: two projects may both have an "api" service.
+CREATE TABLE IF NOT EXISTS services (
+    project TEXT NOT NULL DEFAULT '',
+    name TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (project, name)
+);
+
+-- started_at: Unix milliseconds (ISO 8601 text also sorts correctly). project joins services.
+CREATE TABLE IF NOT EXISTS containers (
+    id TEXT NOT NULL PRIMARY KEY,
+    service TEXT NOT NULL DEFAULT '',
+    project TEXT NOT NULL DEFAULT '',
+    server_id TEXT NOT NULL DEFAULT '',
+    ip TEXT NOT NULL DEFAULT '',
+    health_status TEXT NOT NULL DEFAULT 'healthy',
+    started_at INTEGER NOT NULL DEFAULT 0,
+    instance_id TEXT NOT NULL DEFAULT ''
+);
+
+CREATE INDEX IF NOT EXISTS containers_server_id ON containers (server_id);
+CREATE INDEX IF NOT EXISTS containers_service ON containers (project, service);
+CREATE INDEX IF NOT EXISTS containers_health_status ON containers (health_status);
+__JIJI_EOF__
+    put_file "$UNIT" 644 <<'__JIJI_EOF__'
+# Managed by jiji-net: changes here are overwritten by the next `pulumi up`.
+[Unit]
+Description=Corrosion: the jiji-net service registry (gossip over jiji0)
+# Gossip binds the mesh address, which exists once WireGuard is up.
+After=network-online.target wg-quick@jiji0.service
+Wants=network-online.target wg-quick@jiji0.service
+
+[Service]
+ExecStart=/usr/local/lib/jiji-net/corrosion agent -c /etc/jiji/corrosion/config.toml
+Restart=always
+RestartSec=2
+RuntimeDirectory=jiji-corrosion
+LimitNOFILE=65536
+
+[Install]
+WantedBy=multi-user.target
+__JIJI_EOF__
+    if changed "$UNIT"; then systemctl daemon-reload; fi
+    restart=no
+    if changed "$BINARY" "$SCHEMA" "$UNIT" || [ "$before" != "$(without_bootstrap "$CONFIG")" ]; then restart=yes; fi
+    unit_running jiji-corrosion "$restart"
+    deadline=$(( $(date +%s) + 30 ))
+    until api_answers 127.0.0.1:9220; do
+        if [ "$(date +%s)" -ge "$deadline" ]; then
+            journalctl -u jiji-corrosion -n 20 --no-pager >&2 || true
+            fail "jiji-corrosion is running but its API on 127.0.0.1:9220 does not answer after 30 s (its log is above)"
+        fi
+        sleep 0.5
+    done
+}
+remove() {
+    unit_gone jiji-corrosion
+    rm -f "$UNIT" "$CONFIG" "$SCHEMA" "$BINARY"
+    systemctl daemon-reload
+    rm -rf "$DATA"
+}
+main "$@" </dev/null

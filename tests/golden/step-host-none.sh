@@ -1,0 +1,92 @@
+# Managed by jiji-net: the host step of web1-host, run as `sh -s -- apply|remove`.
+set -eu
+STEP=host
+OWNER=web1-host
+STATE=/var/lib/jiji-net
+# shellcheck disable=SC2034 # not every step stages uploads
+STAGING=$STATE/staging
+say() { printf 'jiji-net: %s: %s: %s\n' "$(hostname)" "$STEP" "$*" >&2; }
+fail() { say "$*"; exit 1; }
+claim() {
+    mkdir -p "$STATE/steps"
+    printf '%s\n' "$OWNER" > "$STAMP.new"
+    mv -f "$STAMP.new" "$STAMP"
+}
+main() {
+    case "${1:-}" in
+    apply)
+        if [ "$(id -u)" != 0 ]; then
+            fail "connected as $(id -un); the steps change system files, so connect as root (servers[].user)"
+        fi
+        if command -v preflight >/dev/null 2>&1; then preflight; fi
+        [ -z "$STAMP" ] || claim
+        apply
+        ;;
+    remove)
+        if [ -z "$STAMP" ]; then
+            remove
+        elif [ "$(cat "$STAMP" 2>/dev/null || true)" = "$OWNER" ]; then
+            remove
+            rm -f "$STAMP"
+        else
+            say "left as it is: it belongs to $(cat "$STAMP" 2>/dev/null || echo 'no resource') now, not to $OWNER"
+        fi
+        ;;
+    *)
+        fail "usage: sh -s -- apply|remove"
+        ;;
+    esac
+}
+STAMP=$STATE/steps/$STEP
+KEY=/etc/wireguard/jiji0.key
+OWN_DIRS='/etc/jiji/corrosion/schemas /etc/jiji/corrosion /etc/jiji /usr/local/lib/jiji-net /var/lib/jiji-net/staging /var/lib/jiji-net/steps /var/lib/jiji-net /var/lib/jiji'
+preflight() {
+    missing=""
+    for tool in wg wg-quick ip iptables python3 systemctl sha256sum timeout awk; do
+        command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"
+    done
+    if ip link add jiji-probe0 type wireguard 2>/dev/null; then
+        ip link del jiji-probe0
+    elif ! command -v wireguard-go >/dev/null 2>&1; then
+        missing="$missing wireguard(kernel-module-or-wireguard-go)"
+    fi
+    if [ -n "$missing" ]; then
+        fail "lacks:$missing. Install them (Debian: apt-get install wireguard-tools iproute2 iptables python3 coreutils), then run pulumi up again"
+    fi
+    python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || fail "python3 is older than 3.11; jiji-dns needs 3.11 or later"
+    if command -v sshd >/dev/null 2>&1 && sshd -T >/dev/null 2>&1; then
+        sftp=$(sshd -T 2>/dev/null | awk 'tolower($1) == "subsystem" && $2 == "sftp" {print $3; exit}')
+        if [ -z "$sftp" ]; then
+            fail "sshd offers no sftp subsystem, which uploads need; add 'Subsystem sftp internal-sftp' to /etc/ssh/sshd_config and reload sshd"
+        elif [ "$sftp" != internal-sftp ] && [ ! -x "$sftp" ]; then
+            fail "sshd's sftp subsystem $sftp is not installed (Debian: apt-get install openssh-sftp-server)"
+        fi
+    fi
+}
+apply() {
+    mkdir -p "$STAGING"
+    (
+        umask 077
+        mkdir -p "$(dirname "$KEY")"
+        if [ ! -s "$KEY" ]; then
+            wg genkey > "$KEY.new"
+            mv -f "$KEY.new" "$KEY"
+        fi
+    )
+    wg pubkey < "$KEY"
+}
+remove() {
+    rm -f "$KEY" "$STAMP"
+    others=""
+    for stamp in "$STATE"/steps/*; do
+        [ ! -e "$stamp" ] || others=yes
+    done
+    for file in "$STAGING"/*; do
+        case "$file" in "$STAGING"/steplib.*) [ -z "$others" ] || continue ;; esac
+        rm -f "$file"
+    done
+    for dir in $OWN_DIRS; do
+        rmdir "$dir" 2>/dev/null || true
+    done
+}
+main "$@" </dev/null

@@ -1,0 +1,297 @@
+# Managed by jiji-net: the library its steps source (uploaded to each server by content hash,
+# so state keeps its hash; the steps set STEP, OWNER and STAMP, then source it).
+# The part of the step library every step needs: messages, the stamp, and `main`. The host step,
+# which runs before anything is uploaded, has it inline; the other steps source the whole library.
+STATE=/var/lib/jiji-net
+# shellcheck disable=SC2034 # not every step stages uploads
+STAGING=$STATE/staging
+
+say() { printf 'jiji-net: %s: %s: %s\n' "$(hostname)" "$STEP" "$*" >&2; }
+fail() { say "$*"; exit 1; }
+
+# A step's remove acts only while the stamp names its own resource: when a replacement or a
+# renamed server's new resource applied the same step since, the old resource leaves it alone.
+claim() {
+    mkdir -p "$STATE/steps"
+    printf '%s\n' "$OWNER" > "$STAMP.new"
+    mv -f "$STAMP.new" "$STAMP"
+}
+
+main() {
+    case "${1:-}" in
+    apply)
+        if [ "$(id -u)" != 0 ]; then
+            fail "connected as $(id -un); the steps change system files, so connect as root (servers[].user)"
+        fi
+        # A step's own checks come before its stamp: a refused server is left untouched.
+        if command -v preflight >/dev/null 2>&1; then preflight; fi
+        [ -z "$STAMP" ] || claim
+        apply
+        ;;
+    remove)
+        if [ -z "$STAMP" ]; then
+            remove
+        elif [ "$(cat "$STAMP" 2>/dev/null || true)" = "$OWNER" ]; then
+            remove
+            rm -f "$STAMP"
+        else
+            say "left as it is: it belongs to $(cat "$STAMP" 2>/dev/null || echo 'no resource') now, not to $OWNER"
+        fi
+        ;;
+    *)
+        fail "usage: sh -s -- apply|remove"
+        ;;
+    esac
+}
+# The paths put_file and install_staged replaced in this run.
+CHANGED=""
+
+# put_file PATH MODE, content on stdin: replaces PATH only when content or mode differ, so a run
+# with the same content touches nothing; changed paths are collected in CHANGED.
+put_file() {
+    mkdir -p "$(dirname "$1")"
+    cat > "$1.jiji-new"
+    chmod "$2" "$1.jiji-new"
+    if [ -f "$1" ] && cmp -s "$1.jiji-new" "$1" && [ "$(stat -c %a "$1")" = "$2" ]; then
+        rm -f "$1.jiji-new"
+    else
+        mv -f "$1.jiji-new" "$1"
+        CHANGED="$CHANGED $1"
+    fi
+}
+
+# changed PATH...: true when this run replaced any of them.
+changed() {
+    for path in "$@"; do
+        case " $CHANGED " in *" $path "*) return 0 ;; esac
+    done
+    return 1
+}
+
+has_sha() { printf '%s  %s\n' "$2" "$1" | sha256sum -c --quiet - >/dev/null 2>&1; }
+
+# from_upload STAGED SHA256 INSTALLED: prints a file with that content: the upload, or the copy
+# a run before installed (uploads belong to the host step, so a replaced step finds its copy).
+from_upload() {
+    if has_sha "$1" "$2"; then
+        printf '%s\n' "$1"
+    elif [ -n "$3" ] && has_sha "$3" "$2"; then
+        printf '%s\n' "$3"
+    else
+        fail "$1 is missing or does not have SHA-256 $2 (a damaged or interrupted upload); run pulumi up again, or pulumi up --replace the server's upload resource (pulumi stack --show-urns)"
+    fi
+}
+
+# install_staged FILE FINAL: copies an upload into place (a rename, safe while the old binary runs).
+install_staged() {
+    if [ -f "$2" ] && cmp -s "$1" "$2"; then return 0; fi
+    mkdir -p "$(dirname "$2")"
+    cp "$1" "$2.jiji-new"
+    chmod 755 "$2.jiji-new"
+    mv -f "$2.jiji-new" "$2"
+    CHANGED="$CHANGED $2"
+}
+
+# unit_running UNIT RESTART(yes|no): enabled and active; restarted only when RESTART is yes.
+unit_running() {
+    systemctl enable --quiet "$1" 2>/dev/null || systemctl enable "$1"
+    if [ "$2" = yes ] || ! systemctl is-active --quiet "$1"; then
+        if ! systemctl restart "$1" || ! systemctl is-active --quiet "$1"; then
+            journalctl -u "$1" -n 20 --no-pager >&2 || true
+            fail "$1 did not start (its log is above)"
+        fi
+    fi
+}
+
+# unit_gone UNIT: stopped and disabled. A stop that hangs (seen in a container host whose cgroups
+# systemd cannot kill) is cut short and the unit killed, so a remove never eats its step's timeout.
+unit_gone() {
+    if ! timeout 20 systemctl disable --now --quiet "$1" 2>/dev/null; then
+        systemctl kill --signal=KILL "$1" 2>/dev/null || true
+        systemctl disable --quiet "$1" 2>/dev/null || true
+        systemctl reset-failed "$1" 2>/dev/null || true
+    fi
+}
+
+
+# The helpers of single steps: the same on every server, so they live here, not in the steps.
+
+# download URL FILE SHA256: the pinned release, fetched once. A file there with other content (an
+# interrupted fetch) is fetched again; a fetch that does not match is deleted before the step
+# fails, so the next run starts clean instead of failing on it for good.
+download() {
+    if [ -s "$2" ] && has_sha "$2" "$3"; then return 0; fi
+    rm -f "$2"
+    mkdir -p "$(dirname "$2")"
+    python3 - "$1" "$2.part" <<'PY'
+import sys, urllib.request
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=60) as response, open(sys.argv[2], "wb") as out:
+        while block := response.read(1 << 20):
+            out.write(block)
+except (OSError, ValueError) as e:
+    sys.exit(f"jiji-net: downloading {sys.argv[1]} failed: {e}; check the URL and that this server reaches it, then run pulumi up again")
+PY
+    if ! has_sha "$2.part" "$3"; then
+        got=$(sha256sum "$2.part" | cut -c1-64)
+        rm -f "$2.part"
+        fail "$1 has SHA-256 $got, not the pinned $3 (nothing was installed; the file is deleted): the release at that URL changed or the pin is wrong; fix corrosion_url or corrosion_sha256, then run pulumi up again"
+    fi
+    mv -f "$2.part" "$2"
+}
+
+# The bootstrap list matters only when a node starts: a config that differs only there (a server
+# joined or left) is written without a restart.
+without_bootstrap() { grep -v '^bootstrap = ' "$1" 2>/dev/null || true; }
+
+# api_answers HOST:PORT: true when Corrosion's API there answers a query.
+api_answers() {
+    python3 - "$1" <<'PY' 2>/dev/null
+import json, sys, urllib.request
+request = urllib.request.Request(
+    f"http://{sys.argv[1]}/v1/queries", data=json.dumps("SELECT 1").encode(), headers={"content-type": "application/json"}
+)
+urllib.request.urlopen(request, timeout=2).read()
+PY
+}
+
+# wireguard_peers SELF NETWORK KEEPALIVE TABLE: the [Peer] sections of jiji0.conf for server SELF.
+wireguard_peers() {
+    awk -v self="$1" -v network="$2" -v keepalive="$3" '
+# The [Peer] sections of jiji0.conf, from the mesh table (one server a line, tab-separated:
+# name index subnet public_key endpoint private_network private_endpoint; "-" for none), for
+# the server named `self` whose private network is `network`. A peer on the same private
+# network is reached at its private address, any other at its endpoint.
+BEGIN { FS = "\t" }
+/^#/ || NF == 0 { next }
+NF != 7 { printf "mesh table line %d has %d fields, not 7\n", NR, NF > "/dev/stderr"; bad = 1; exit 1 }
+$1 == self { next }
+{
+    endpoint = $5
+    if (network != "-" && $6 == network) endpoint = $7
+    printf "\n# %s\n[Peer]\nPublicKey = %s\nAllowedIPs = %s\n", $1, $4, $3
+    if (endpoint != "-") printf "Endpoint = %s\n", endpoint
+    printf "PersistentKeepalive = %s\n", keepalive
+}
+END { if (bad) exit 1 }
+' "$4"
+}
+
+# wireguard_sync INTERFACE KEYFILE: peers changed live with `wg syncconf`, which keeps handshakes;
+# it is given the private key from the key file (a config without one would remove it), never on
+# a command line.
+wireguard_sync() {
+    live=$(mktemp /run/jiji0.sync.XXXXXX)
+    trap 'rm -f "$live"' EXIT
+    wg-quick strip "$1" | awk -v keyfile="$2" '
+        { print }
+        /^\[Interface\]/ { getline key < keyfile; print "PrivateKey = " key }
+    ' > "$live"
+    wg syncconf "$1" "$live"
+    rm -f "$live"
+    trap - EXIT
+    # syncconf does not touch routes: one for each peer's subnet, none for peers that left.
+    wanted=$(wg show "$1" allowed-ips | awk '{for (i = 2; i <= NF; i++) print $i}')
+    for net in $wanted; do
+        ip route replace "$net" dev "$1"
+    done
+    for net in $(ip -4 route show dev "$1" | awk '{print $1}'); do
+        printf '%s\n' "$wanted" | grep -qx "$net" || ip route del "$net" dev "$1"
+    done
+}
+
+# docker_dns SAVED ADDRESS: `dns` in daemon.json set to ADDRESS, every other key kept; the file as
+# found saved once in SAVED for docker_gone.
+docker_dns() {
+    mkdir -p "$STATE"
+    result=$(python3 - "$1" "$2" <<'PY'
+import json, os, sys
+path, saved, want = "/etc/docker/daemon.json", sys.argv[1], [sys.argv[2]]
+try:
+    with open(path) as f:
+        text = f.read()
+except FileNotFoundError:
+    text = None
+try:
+    # An empty file is how some installs leave it; dockerd reads it as no settings, so do we.
+    config = json.loads(text) if text is not None and text.strip() else {}
+except ValueError as e:
+    sys.exit(f"jiji-net: {path} is not valid JSON ({e}); fix it, then run pulumi up again")
+if not isinstance(config, dict):
+    sys.exit(f"jiji-net: {path} holds {type(config).__name__}, not a JSON object of settings; fix it, then run pulumi up again")
+if not os.path.exists(saved):
+    with open(saved, "w") as f:
+        json.dump({"existed": text is not None, "text": text}, f)
+if config.get("dns") != want:
+    config["dns"] = want
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".jiji-new", "w") as f:
+        json.dump(config, f, indent=2)
+        f.write("\n")
+    os.replace(path + ".jiji-new", path)
+    print("changed")
+PY
+)
+    # dockerd reads "dns" only when it starts.
+    if [ "$result" = changed ]; then docker_restart restart; fi
+}
+
+# docker_restart restart|try-restart: docker.service allows 3 starts a minute; an engine switch
+# back and forth in that time would hit the limit, and these restarts are ours.
+docker_restart() {
+    systemctl reset-failed docker 2>/dev/null || true
+    systemctl "$1" docker
+}
+
+# docker_gone SAVED: the `jiji` network removed, daemon.json put back as docker_dns found it.
+docker_gone() {
+    docker network rm jiji >/dev/null 2>&1 || true
+    [ -e "$1" ] || return 0
+    result=$(python3 - "$1" <<'PY'
+import json, os, sys
+path = "/etc/docker/daemon.json"
+with open(sys.argv[1]) as f:
+    before = json.load(f)
+if not before["existed"]:
+    os.remove(path) if os.path.exists(path) else None
+    print("changed")
+else:
+    with open(path) as f:
+        now = f.read()
+    if now != before["text"]:
+        with open(path + ".jiji-new", "w") as f:
+            f.write(before["text"])
+        os.replace(path + ".jiji-new", path)
+        # dockerd refuses to start on an empty file (moby#41268): put back as found, not restarted.
+        print("changed" if before["text"].strip() else "changed-empty")
+PY
+)
+    rm -f "$1"
+    # A docker that was not running is not started just to read the file it will read anyway.
+    case "$result" in
+    changed) docker_restart try-restart ;;
+    changed-empty) say "/etc/docker/daemon.json is empty again, as found; dockerd cannot start with an empty file, so it was not restarted (it keeps the mesh's dns until its next start)" ;;
+    esac
+}
+
+# podman_gone DROP_IN: the `jiji` network removed, and the DNS drop-in (with its directory, when
+# the network step made it).
+podman_gone() {
+    podman network rm jiji >/dev/null 2>&1 || true
+    rm -f "$1"
+    if [ -e "$STATE/podman-drop-in-dir.made" ]; then
+        rmdir "${1%/*}" 2>/dev/null || true
+        rm -f "$STATE/podman-drop-in-dir.made"
+    fi
+}
+
+# engine_idle ENGINE: true when no container of ENGINE is on its `jiji` network (or it has none).
+engine_idle() {
+    case "$1" in
+    docker) command -v docker >/dev/null 2>&1 || return 0
+        [ -z "$(docker ps -aq --filter network=jiji 2>/dev/null)" ] ;;
+    podman) command -v podman >/dev/null 2>&1 || return 0
+        [ -z "$(podman ps -aq --filter network=jiji 2>/dev/null)" ] ;;
+    *) return 0 ;;
+    esac
+}
