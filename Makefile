@@ -54,8 +54,8 @@ bench-dns:
 	$(VENV)/bin/python bench/dns.py
 
 lint:
-	$(VENV)/bin/ruff check hostbin tests bench components deploy command_provider __main__.py
-	$(VENV)/bin/mypy hostbin/jiji_dns hostbin/jiji_ops components deploy command_provider
+	$(VENV)/bin/ruff check hostbin tests bench jiji_net deploy command_provider __main__.py
+	$(VENV)/bin/mypy hostbin/jiji_common hostbin/jiji_dns hostbin/jiji_ops jiji_net deploy command_provider
 	$(VENV)/bin/python -m tests.shellcheck
 
 ## bench-lab: real `pulumi up` on 3, 8 and 16 lab hosts: cold, no-op, one server added, destroy

@@ -1,5 +1,5 @@
 """Composition root for `pulumi up` with a full Pulumi install: the mesh program, as `deploy` runs it."""
 
-from components.program import mesh_program
+from jiji_net.program import mesh_program
 
 mesh_program()

@@ -306,7 +306,7 @@ class NsLab:
             sh("ip", "-n", node.ns, "addr", "add", f"{node.ip}/24", "dev", f"{PREFIX}e{node.i}")
             sh("ip", "-n", node.ns, "link", "set", f"{PREFIX}e{node.i}", "up")
             node.thread = NsThread(node.ns)
-            # Seeds as the program picks them (components/topology.py): the first SEEDS others by index.
+            # Seeds as the program picks them (jiji_net/topology.py): the first SEEDS others by index.
             node.write_config([p.gossip for p in self.nodes if p is not node][:SEEDS])
         for node in self.nodes:
             node.start()

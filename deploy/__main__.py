@@ -66,7 +66,7 @@ def main(argv: list[str]) -> int:
 def _deploy(args: argparse.Namespace, where: Path, root: Path, provider: toolchain.Provider, env: dict[str, str]) -> int:
     from pulumi import automation as auto
 
-    from components.program import mesh_program
+    from jiji_net.program import mesh_program
 
     stack = auto.create_or_select_stack(
         stack_name=args.stack,

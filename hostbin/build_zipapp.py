@@ -26,8 +26,10 @@ TOOL_MAIN = b"import sys\n\nfrom jiji_ops.cli import main\n\nsys.exit(main())\n"
 
 def _sources(tool: bool) -> list[tuple[str, bytes]]:
     files = []
-    # The tool carries jiji_dns too, for the daemon's ordering rules (its dnslib parts are unused).
-    packages = [(HERE / "jiji_ops", "jiji_ops"), (HERE / "jiji_dns", "jiji_dns")] if tool else [(HERE / "jiji_dns", "jiji_dns"), (Path(dnslib.__file__).parent, "dnslib")]
+    # What both need is in jiji_common: a change to the daemon alone leaves the tool's bytes as
+    # they are, so servers restart jiji-dns and not the registrar or the rejoin watch.
+    common = (HERE / "jiji_common", "jiji_common")
+    packages = [(HERE / "jiji_ops", "jiji_ops"), common] if tool else [(HERE / "jiji_dns", "jiji_dns"), common, (Path(dnslib.__file__).parent, "dnslib")]
     for package_dir, prefix in packages:
         for path in sorted(package_dir.rglob("*.py")):
             if "__pycache__" in path.parts or (prefix == "dnslib" and path.name.startswith("test")):

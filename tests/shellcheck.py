@@ -9,9 +9,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from components import render, steps
-from components.model import CorrosionSource, MeshSettings, Server
-from components.plan import plan_addresses
+from jiji_net import render, steps
+from jiji_net.model import CorrosionSource, MeshSettings, Server
+from jiji_net.plan import plan_addresses
 
 LIB = "f" * 64
 HOSTILE_ROWS = '{"servers": [{"id": "it\'s $(not) `run`"}]}\n'

@@ -10,10 +10,11 @@ import shlex
 from collections.abc import Callable
 
 import pytest
+from jiji_common import layout
 from jiji_dns import config as dns_config
 
-from components import plan, render, validation
-from components.model import CorrosionSource, MeshSettings, Server
+from jiji_net import plan, render, validation
+from jiji_net.model import CorrosionSource, MeshSettings, Server
 from tests.test_plan import fake_host_key
 
 SERVER = Server(name="a", host="198.18.0.10", index=0, endpoint="198.18.0.10", host_key=fake_host_key("a"))
@@ -44,7 +45,7 @@ def daemon_config(s: MeshSettings) -> dns_config.Config:
     unit = render.dns_unit(s, plan.plan_addresses(s, [SERVER])["a"])
     exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
     argv = shlex.split(exec_start.removeprefix("ExecStart="))
-    assert argv[:2] == ["/usr/bin/python3", render.DNS_PYZ]
+    assert argv[:2] == ["/usr/bin/python3", layout.DNS_PYZ]
     return dns_config.load(argv[2:])
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from components import plan, validation
-from components.model import MeshSettings
+from jiji_net import plan, validation
+from jiji_net.model import MeshSettings
 from tests.conftest import Lab, module_lab
 from tests.engines import make_engine
 from tests.harness import corrosion_binary, wait_until

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from jiji_common import layout
 
-from components import render, steps
-from components.model import MeshSettings, Server
-from components.plan import plan_addresses
+from jiji_net import render, steps
+from jiji_net.model import MeshSettings, Server
+from jiji_net.plan import plan_addresses
 from tests.conftest import Lab, module_lab
 from tests.engines import CommandFailed, RealEngine, make_engine
 from tests.harness import REPO, corrosion_binary, wait_until
@@ -510,7 +511,7 @@ def network_step(engine: str) -> steps.Step:
 def run_step(lab: Lab, i: int, step: steps.Step, action: str = "apply") -> str:
     """Runs `step` as its resource would, after the step library upload it sources."""
     path = steps.library_path(STEPLIB_SHA256)
-    lab.run(i, f"mkdir -p {steps.STAGING} && cat > {path}", stdin=STEPLIB)
+    lab.run(i, f"mkdir -p {layout.STAGING} && cat > {path}", stdin=STEPLIB)
     return lab.run(i, f"sh -s -- {action}", stdin=step.script)
 
 
@@ -574,13 +575,13 @@ def test_podman_gets_a_drop_in_and_keeps_containers_conf(lab4: Lab) -> None:
         calls = lab.run(3, "cat /tmp/podman-calls")
         assert calls.count("network create --driver") == 1
         assert "--subnet 10.210.3.0/24 --gateway 10.210.3.1 --interface-name jiji-br0 --disable-dns --opt mtu=1420 jiji" in calls
-        assert lab.run(3, f"cat {steps.PODMAN_DROP_IN}").splitlines()[1:] == [
+        assert lab.run(3, f"cat {layout.PODMAN_DROP_IN}").splitlines()[1:] == [
             "[containers]",
             'dns_servers = ["10.210.3.1"]',
         ]
         run_step(lab, 3, step, "remove")
         assert (
-            lab.run(3, f"ls {steps.PODMAN_DROP_IN} 2>/dev/null; cat /etc/containers/containers.conf", check=False)
+            lab.run(3, f"ls {layout.PODMAN_DROP_IN} 2>/dev/null; cat /etc/containers/containers.conf", check=False)
             == own
         )
         assert "network rm jiji" in lab.run(3, "cat /tmp/podman-calls")

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from components.model import CorrosionSource, MeshSettings, Server
-from components.plan import plan_addresses
-from components.render import corrosion_config
-from components.validation import ConfigError, validate
+from jiji_net.model import CorrosionSource, MeshSettings, Server
+from jiji_net.plan import plan_addresses
+from jiji_net.render import corrosion_config
+from jiji_net.validation import ConfigError, validate
 
 GOLDEN = Path(__file__).parent / "golden"
 LOCAL = CorrosionSource(local_path="/cache/corrosion")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from components.validation import ConfigError
+from jiji_net.validation import ConfigError
 from tests.program import Evaluation, evaluate, fake_public_key
 from tests.test_plan import fake_host_key, golden
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jinja2
 import pytest
+from jiji_common import layout
 
 HOSTBIN = Path(__file__).resolve().parent.parent / "hostbin"
 
@@ -21,6 +22,7 @@ def render(**values: object) -> str:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
+    env.globals["layout"] = layout
     return env.get_template("jiji-registrar.service.j2").render(**values)
 
 
@@ -59,7 +61,7 @@ def test_systemd_accepts_it(tmp_path: Path) -> None:
 
 
 def test_systemd_accepts_the_rejoin_unit(tmp_path: Path) -> None:
-    from components.render import rejoin_unit
+    from jiji_net.render import rejoin_unit
 
     text = rejoin_unit()
     assert "ExecStart=/usr/local/bin/jiji-net rejoin" in text.splitlines() and "{" not in text

@@ -13,9 +13,9 @@ import pulumi
 import pytest
 import yaml
 
-from components import settings as stack_settings
-from components.model import CorrosionSource, MeshSettings, Server
-from components.validation import SETTING_KEYS, ConfigError
+from jiji_net import settings as stack_settings
+from jiji_net.model import CorrosionSource, MeshSettings, Server
+from jiji_net.validation import SETTING_KEYS, ConfigError
 from tests.program import _Mocks, config_values, evaluate, fake_provider
 from tests.test_plan import fake_host_key
 from tests.test_program import lab_config

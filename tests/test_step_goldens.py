@@ -26,10 +26,10 @@ from functools import partial
 
 import pytest
 
-from components import render, steps, topology
-from components.mesh import _registry_rows
-from components.model import CorrosionSource, MeshSettings, Server
-from components.plan import plan_addresses
+from jiji_net import render, steps, topology
+from jiji_net.mesh import _registry_rows
+from jiji_net.model import CorrosionSource, MeshSettings, Server
+from jiji_net.plan import plan_addresses
 
 # validate() through test_plan, which follows it wherever the program keeps it.
 from tests.test_plan import golden, servers, validate

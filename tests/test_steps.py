@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from components import render, steps, topology
-from components.model import CorrosionSource, MeshSettings, Server
-from components.plan import plan_addresses
+from jiji_net import render, steps, topology
+from jiji_net.model import CorrosionSource, MeshSettings, Server
+from jiji_net.plan import plan_addresses
 from tests.test_plan import golden
 
 AWK = Path(render.__file__).parent / "templates" / "steps" / "wireguard-peers.awk"

@@ -9,12 +9,14 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from jiji_common import layout
+
 FALLBACK_UPSTREAMS = ("8.8.8.8", "1.1.1.1")
 # Where systemd-resolved writes the upstreams it really uses; /etc/resolv.conf then names only its
 # stub on 127.0.0.53, which we skip (it may be us, and forwarding to it loops split-horizon names).
 RESOLVED_UPSTREAMS = "/run/systemd/resolve/resolv.conf"
 # A day: resolvers cap TTLs there anyway (unbound's cache-max-ttl is 86400). The program refuses
-# more (components/plan.py DNS_TTL_MAX; tests/test_bounds.py holds the two equal).
+# more (jiji_net/validation.py DNS_TTL_MAX; tests/test_bounds.py holds the two equal).
 MAX_TTL = 86400
 
 
@@ -153,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--stats-socket",
-        help="Unix socket that answers counters as JSON (env JIJI_STATS_SOCKET; default /run/jiji-dns/stats.sock; 'none' disables)",
+        help=f"Unix socket that answers counters as JSON (env JIJI_STATS_SOCKET; default {layout.DNS_STATS_SOCKET}; 'none' disables)",
     )
     return p
 
@@ -192,7 +194,7 @@ def load(argv: Sequence[str] | None = None) -> Config:
     inflight = _int(args.max_inflight or _env(["JIJI_MAX_INFLIGHT"], "1024"), "--max-inflight", 1, 65535)
     max_tcp = _int(args.max_tcp_connections or _env(["JIJI_MAX_TCP"], "256"), "--max-tcp-connections", 1, 65535)
     workers = parse_workers(args.workers or _env(["JIJI_DNS_WORKERS"], "auto") or "auto")
-    stats = args.stats_socket or _env(["JIJI_STATS_SOCKET"], "/run/jiji-dns/stats.sock")
+    stats = args.stats_socket or _env(["JIJI_STATS_SOCKET"], layout.DNS_STATS_SOCKET)
     return Config(
         listen=listen,
         corrosion_api=api,

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from jiji_common.names import label_for, started_order
+
 from . import wire
 
 # Every change to any table takes a new number, so caches derived from a table (the
@@ -68,27 +70,6 @@ def row_reader(columns: Mapping[str, int]) -> Callable[[list[Any]], Container]:
         )
 
     return read
-
-
-def started_order(value: Any) -> tuple[int, float, str]:
-    """Sort key for started_at: numbers (Unix ms) compare as numbers, text (ISO 8601) as text."""
-    if isinstance(value, (int, float)):
-        return (1, float(value), "")
-    if value is None:
-        return (0, 0.0, "")
-    text = str(value)
-    try:
-        return (1, float(text), "")
-    except ValueError:
-        return (2, 0.0, text)
-
-
-def label_for(*parts: str) -> str | None:
-    """One DNS label joined from parts with '-', or None when it cannot be a label."""
-    label = "-".join(parts).lower()
-    if not label or len(label) > 63 or not label.isascii() or "." in label:
-        return None
-    return label
 
 
 # A server group of one name: the single container most groups hold, or several keyed by id

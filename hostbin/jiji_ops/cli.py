@@ -11,6 +11,8 @@ import sys
 import time
 from typing import Any
 
+from jiji_common import layout
+
 from . import dnsview, gc, probe, register, registrar, rejoin, remote, sources, sql, table
 from .corrosion import Corrosion, CorrosionError
 from .members import parse_members
@@ -278,7 +280,7 @@ def cmd_db(args: argparse.Namespace, host: sources.HostConfig, corrosion: Corros
         _emit(args, [dict(zip(columns, r, strict=True)) for r in rows], table.render(columns, rows))
         return 0
     counts = {t: corrosion.query(f"SELECT count(*) FROM {t}")[1][0][0] for t in ("servers", "services", "containers", "cluster_metadata")}
-    db_path = "/var/lib/jiji/corrosion/state.db"
+    db_path = layout.CORROSION_DB
     size = sum(os.path.getsize(p) for p in (db_path, db_path + "-wal") if os.path.exists(p))
     data = {"tables": counts, "database_bytes": size, "database": db_path}
     text = table.render(["table", "rows"], sorted(counts.items())) + f"\n\ndatabase {db_path}: {table.size(size)} (with WAL)"

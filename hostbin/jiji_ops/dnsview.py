@@ -1,11 +1,11 @@
 """`jiji-net dns`: every name jiji-dns serves, its answers, and the rows behind them, with the
-reason each row is or is not answered. Uses the daemon's own ordering rules (jiji_dns.table)."""
+reason each row is or is not answered. Uses the daemon's own ordering rules (jiji_common.names)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from jiji_dns.table import label_for, started_order
+from jiji_common.names import label_for, started_order
 
 ROWS_SQL = (
     "SELECT c.id, c.project, c.service, c.server_id, c.ip, c.health_status, c.started_at, c.instance_id,"

@@ -12,6 +12,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from jiji_common import layout
+
 from . import engine
 from .engine import Container, Malformed
 
@@ -43,7 +45,7 @@ class EngineCLI:
         try:
             out = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout)
         except FileNotFoundError:
-            raise EngineUnavailable(f"{argv[0]}: not installed (container_engine in /etc/jiji/host.json)") from None
+            raise EngineUnavailable(f"{argv[0]}: not installed (container_engine in {layout.HOST_CONFIG})") from None
         except subprocess.TimeoutExpired:
             raise EngineUnavailable(f"`{' '.join(argv[:3])}`: no answer in {self.timeout:.0f} s") from None
         return out.returncode, out.stdout, out.stderr

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from jiji_dns.events import log
+from jiji_common.logline import log
 
 from . import engine, registrations
 from .corrosion import Corrosion, CorrosionError

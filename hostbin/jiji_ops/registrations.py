@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import astuple, dataclass
 
-from jiji_dns.table import label_for
+from jiji_common.names import label_for
 
 from .corrosion import Statement
 from .engine import INSTANCE_LABEL, PROJECT_LABEL, SERVICE_LABEL, Container

@@ -9,9 +9,11 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any
 
-HOST_CONFIG = "/etc/jiji/host.json"
-CORROSION_CLI = ["/usr/local/lib/jiji-net/corrosion", "-c", "/etc/jiji/corrosion/config.toml"]
-DNS_STATS = "/run/jiji-dns/stats.sock"
+from jiji_common import layout
+
+HOST_CONFIG = layout.HOST_CONFIG
+CORROSION_CLI = [layout.CORROSION_BINARY, "-c", layout.CORROSION_CONFIG]
+DNS_STATS = layout.DNS_STATS_SOCKET
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ def local_containers(engine: str) -> set[str] | None:
     return {line.split()[0] for line in out.splitlines() if line.strip()}
 
 
-def wg_config(path: str = "/etc/wireguard/jiji0.conf") -> str:
+def wg_config(path: str = layout.WIREGUARD_CONF) -> str:
     try:
         with open(path) as f:
             return f.read()

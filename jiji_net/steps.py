@@ -28,6 +28,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from jiji_common import layout
+
 from . import render, topology
 from .model import MeshSettings, Server
 from .plan import ServerPlan
@@ -105,24 +107,7 @@ def render_step(kind: str, owner: str, timeout: int, lib: str, **values: object)
     return Step(kind=kind, script=without_comments(script), timeout=timeout)
 
 
-STATE_DIR = "/var/lib/jiji-net"
-# The staging tree upload (artifacts.staging_tree) is a directory of this name copied into STATE_DIR.
-STAGING = f"{STATE_DIR}/staging"
-MESH_TABLE = f"{STAGING}/mesh.tsv"
-SYSTEMD = "/etc/systemd/system"
-# Directories the program creates; the host step removes them last, and only when empty.
-OWN_DIRS = (
-    "/etc/jiji/corrosion/schemas",
-    "/etc/jiji/corrosion",
-    "/etc/jiji",
-    "/usr/local/lib/jiji-net",
-    STAGING,
-    "/var/lib/jiji-net/steps",
-    STATE_DIR,
-    "/var/lib/jiji",
-)
 _ENGINE_TOOLS = {"docker": ("docker",), "podman": ("podman",), "none": ()}
-PODMAN_DROP_IN = "/etc/containers/containers.conf.d/50-jiji-net.conf"
 
 
 def staged_name(name: str, sha256: str) -> str:
@@ -132,7 +117,7 @@ def staged_name(name: str, sha256: str) -> str:
 
 def staged_path(name: str, sha256: str) -> str:
     """Where an upload lands before it is checked and installed."""
-    return f"{STAGING}/{staged_name(name, sha256)}"
+    return f"{layout.STAGING}/{staged_name(name, sha256)}"
 
 
 def library_path(lib_sha256: str) -> str:
@@ -155,7 +140,7 @@ def host_step(owner: str, engine: str) -> Step:
         "awk",
         *_ENGINE_TOOLS[engine],
     )
-    return render_step("host", owner, 60, "", key_path=render.KEY_PATH, tools=tools, own_dirs=OWN_DIRS)
+    return render_step("host", owner, 60, "", key_path=layout.WIREGUARD_KEY, tools=tools, own_dirs=layout.OWN_DIRS)
 
 
 def network_step(owner: str, lib_sha256: str, settings: MeshSettings, plan: ServerPlan) -> Step:
@@ -170,11 +155,11 @@ def network_step(owner: str, lib_sha256: str, settings: MeshSettings, plan: Serv
         subnet=plan.subnet,
         gateway=plan.mesh_address,
         mtu=settings.mtu,
-        script_path=render.NETWORK_SCRIPT,
-        unit_path=f"{SYSTEMD}/jiji-net-network.service",
+        script_path=layout.NETWORK_SCRIPT,
+        unit_path=f"{layout.SYSTEMD_UNITS}/jiji-net-network.service",
         script_text=render.network_script(settings, plan, render.BRIDGE),
         unit_text=render.network_unit(),
-        podman_drop_in=PODMAN_DROP_IN,
+        podman_drop_in=layout.PODMAN_DROP_IN,
         podman_drop_in_text=f'# Managed by jiji-net.\n[containers]\ndns_servers = ["{plan.mesh_address}"]\n',
     )
 
@@ -190,7 +175,7 @@ def wireguard_step(
         server=server.name,
         private_network=topology.private_network_of(server),
         keepalive=settings.keepalive,
-        key_path=render.KEY_PATH,
+        key_path=layout.WIREGUARD_KEY,
         table_sha256=table_sha256,
         header_text=render.wireguard_interface(settings, plan),
     )
@@ -214,11 +199,11 @@ def corrosion_step(
         member="corrosion" if url.endswith(".tar.gz") else "",
         staged=staged_path("corrosion", binary_sha256),
         binary_sha256=binary_sha256,
-        binary_path=render.CORROSION_BINARY,
-        config_path=render.CORROSION_CONFIG,
-        schema_path=render.CORROSION_SCHEMA,
-        unit_path=f"{SYSTEMD}/jiji-corrosion.service",
-        data_dir=render.CORROSION_DIR,
+        binary_path=layout.CORROSION_BINARY,
+        config_path=layout.CORROSION_CONFIG,
+        schema_path=layout.CORROSION_SCHEMA,
+        unit_path=f"{layout.SYSTEMD_UNITS}/jiji-corrosion.service",
+        data_dir=layout.CORROSION_DATA,
         api=f"127.0.0.1:{settings.api_port}",
         ready_timeout=30,
         config_text=render.corrosion_config(settings, plan, seeds),
@@ -237,22 +222,22 @@ def dns_step(
         library_path(lib_sha256),
         dns_staged=staged_path("jiji-dns", dns_sha256),
         dns_sha256=dns_sha256,
-        dns_path=render.DNS_PYZ,
+        dns_path=layout.DNS_PYZ,
         tool_staged=staged_path("jiji-net", tool_sha256),
         tool_sha256=tool_sha256,
-        tool_path=render.TOOL_PATH,
-        host_config_path=render.HOST_CONFIG,
-        unit_path=f"{SYSTEMD}/jiji-dns.service",
+        tool_path=layout.TOOL,
+        host_config_path=layout.HOST_CONFIG,
+        unit_path=f"{layout.SYSTEMD_UNITS}/jiji-dns.service",
         host_config_text=render.host_config(settings, plan),
         unit_text=render.dns_unit(settings, plan),
-        registrar_unit_path=f"{SYSTEMD}/jiji-registrar.service",
+        registrar_unit_path=f"{layout.SYSTEMD_UNITS}/jiji-registrar.service",
         registrar_unit_text=render.registrar_unit(settings) if settings.container_engine != "none" else "",
-        rejoin_unit_path=f"{SYSTEMD}/jiji-rejoin.service",
+        rejoin_unit_path=f"{layout.SYSTEMD_UNITS}/jiji-rejoin.service",
         rejoin_unit_text=render.rejoin_unit(),
     )
 
 
 def registry_step(owner: str, lib_sha256: str, rows_text: str) -> Step:
     return render_step(
-        "registry", owner, 120, library_path(lib_sha256), stamped=False, tool_path=render.TOOL_PATH, rows_text=rows_text
+        "registry", owner, 120, library_path(lib_sha256), stamped=False, tool_path=layout.TOOL, rows_text=rows_text
     )

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
+from jiji_common import layout
 from pulumi_command import remote
 
 from . import artifacts, render, steps, topology
@@ -51,7 +52,7 @@ class Uploads:
     @staticmethod
     def of(steplib: Artifact, dns: Artifact, tool: Artifact, corrosion: Artifact | None) -> Uploads:
         tree = {steps.staged_name(n, a.sha256): a for n, a in (("steplib", steplib), ("jiji-dns", dns), ("jiji-net", tool))}
-        staged = artifacts.staging_tree(steps.STAGING.rsplit("/", 1)[1], tree)
+        staged = artifacts.staging_tree(layout.STAGING.rsplit("/", 1)[1], tree)
         return Uploads(steplib, dns, tool, corrosion, staged)
 
 
@@ -154,9 +155,9 @@ class Server(pulumi.ComponentResource):
         r, settings, plan, spec, uploads = self.remote, self.settings, self.plan, self.spec, self.uploads
         own, lib = self.owner, uploads.steplib.sha256
         # The tree's top directory is `staging`, copied into the state directory.
-        staged_up = r.upload("staged", self, pulumi.FileArchive(uploads.staged.path), steps.STATE_DIR, [self.host])
+        staged_up = r.upload("staged", self, pulumi.FileArchive(uploads.staged.path), layout.STATE_DIR, [self.host])
         table_up = r.upload(
-            "mesh", self, table.apply(lambda t: pulumi.FileAsset(t.path)), steps.MESH_TABLE, [self.host]
+            "mesh", self, table.apply(lambda t: pulumi.FileAsset(t.path)), layout.MESH_TABLE, [self.host]
         )
         network = r.step("network", self, steps.network_step(own("network"), lib, settings, plan), [self.host, staged_up])
         wireguard = r.step(

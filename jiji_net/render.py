@@ -8,13 +8,11 @@ import shlex
 from pathlib import Path
 
 import jinja2
+from jiji_common import layout
 
 from .model import MeshSettings
 from .plan import ServerPlan
 
-KEY_PATH = "/etc/wireguard/jiji0.key"
-CORROSION_DIR = "/var/lib/jiji/corrosion"
-CORROSION_ETC = "/etc/jiji/corrosion"
 # Gossip datagrams must fit inside the WireGuard MTU with room for IP/UDP headers.
 GOSSIP_MAX_MTU = 1232
 # Changes made on the far side of a partition arrive only by Corrosion's periodic sync, whose
@@ -39,13 +37,15 @@ _ENV = jinja2.Environment(
 )
 # Every value that enters a shell script goes through `| sh`.
 _ENV.filters["sh"] = lambda value: shlex.quote(str(value))
+# Paths on the server, as `layout.NAME`, in every template.
+_ENV.globals["layout"] = layout
 
 
 def wireguard_interface(settings: MeshSettings, plan: ServerPlan) -> str:
     """The [Interface] part of jiji0.conf; the server appends the [Peer] sections from the mesh
     table. No secret in it, so it may sit in Pulumi inputs and diffs."""
     return _ENV.get_template("wireguard.conf.j2").render(
-        address=f"{plan.mesh_address}/32", listen_port=settings.wireguard_port, mtu=settings.mtu, key_path=KEY_PATH
+        address=f"{plan.mesh_address}/32", listen_port=settings.wireguard_port, mtu=settings.mtu, key_path=layout.WIREGUARD_KEY
     )
 
 
@@ -68,23 +68,17 @@ def corrosion_config(settings: MeshSettings, plan: ServerPlan, seeds: list[Serve
     """`seeds` are the nodes a starting node first contacts (a few, not all: membership spreads
     by gossip, and a new server then changes no other server's config)."""
     return _ENV.get_template("corrosion.toml.j2").render(
-        db_path=f"{CORROSION_DIR}/state.db",
-        schema_dir=f"{CORROSION_ETC}/schemas",
+        db_path=layout.CORROSION_DB,
+        schema_dir=layout.CORROSION_SCHEMAS,
         gossip_addr=f"{plan.mesh_address}:{settings.gossip_port}",
         bootstrap=[f"{o.mesh_address}:{settings.gossip_port}" for o in sorted(seeds, key=lambda o: o.index)],
         max_mtu=GOSSIP_MAX_MTU,
         max_sync_backoff=SYNC_MAX_BACKOFF,
         api_addr=f"127.0.0.1:{settings.api_port}",
-        admin_path="/run/jiji-corrosion/admin.sock",
+        admin_path=layout.CORROSION_ADMIN_SOCKET,
     )
 
 
-CORROSION_BINARY = "/usr/local/lib/jiji-net/corrosion"
-CORROSION_CONFIG = f"{CORROSION_ETC}/config.toml"
-CORROSION_SCHEMA = f"{CORROSION_ETC}/schemas/jiji.sql"
-NETWORK_SCRIPT = "/usr/local/lib/jiji-net/network.sh"
-DNS_PYZ = "/usr/local/lib/jiji-net/jiji-dns.pyz"
-TOOL_PATH = "/usr/local/bin/jiji-net"
 BRIDGE = "jiji-br0"
 # The engines' own bridges (podman's, CNI's, docker's default and user networks). Their containers
 # get the host-wide DNS setting too (docker's daemon.json `dns`, podman's `dns_servers`; neither
@@ -95,7 +89,7 @@ ENGINE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
 
 
 def corrosion_unit() -> str:
-    return _ENV.get_template("jiji-corrosion.service.j2").render(binary=CORROSION_BINARY, config=CORROSION_CONFIG)
+    return _ENV.get_template("jiji-corrosion.service.j2").render(binary=layout.CORROSION_BINARY, config=layout.CORROSION_CONFIG)
 
 
 def network_script(settings: MeshSettings, plan: ServerPlan, bridge: str) -> str:
@@ -128,13 +122,13 @@ def _dotted(value: int) -> str:
 
 
 def network_unit() -> str:
-    return _ENV.get_template("jiji-net-network.service.j2").render(script=NETWORK_SCRIPT)
+    return _ENV.get_template("jiji-net-network.service.j2").render(script=layout.NETWORK_SCRIPT)
 
 
 def dns_unit(settings: MeshSettings, plan: ServerPlan) -> str:
     """jiji-dns answers on the mesh address, which is also the gateway of the container bridge."""
     return _ENV.get_template("jiji-dns.service.j2").render(
-        install_path=DNS_PYZ,
+        install_path=layout.DNS_PYZ,
         listen=[f"{plan.mesh_address}:{settings.dns_port}"],
         corrosion_api=f"127.0.0.1:{settings.api_port}",
         domain=settings.domain,
@@ -169,9 +163,6 @@ def rejoin_unit() -> str:
 @functools.cache
 def corrosion_schema() -> str:
     return (_HOSTBIN / "corrosion-schema.sql").read_text()
-
-
-HOST_CONFIG = "/etc/jiji/host.json"
 
 
 def host_config(settings: MeshSettings, plan: ServerPlan) -> str:
