@@ -15,10 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from . import toolchain
 
@@ -29,6 +32,8 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m deploy", description=__doc__.split("\n\n")[0])
     p.add_argument("action", choices=(*ACTIONS, "pulumi", "outputs"))
     p.add_argument("--stack", required=True)
+    p.add_argument("--program", type=Path, default=toolchain.REPO,
+                   help="a directory with Pulumi.yaml and __main__.py to run instead of the mesh program (e.g. examples/...)")  # fmt: skip
     p.add_argument("--dir", type=Path, default=toolchain.REPO, help="where the stack's config file is (default: the repository, stacks/)")
     p.add_argument("--backend", help="state backend URL (default: $PULUMI_BACKEND_URL, else file://DIR/.pulumi-state)")
     p.add_argument("--diff", action="store_true", help="show each change as a diff (preview, up)")
@@ -48,7 +53,7 @@ def backend_of(args: argparse.Namespace, where: Path) -> str:
 
 def main(argv: list[str]) -> int:
     args = _args(argv)
-    where = toolchain.project_dir(args.dir)
+    where = toolchain.project_dir(args.dir, args.program)
     provider = toolchain.choose_provider()
     root = toolchain.pulumi_root()
     env = toolchain.cli_env(provider.home, backend_of(args, where))
@@ -68,10 +73,17 @@ def _deploy(args: argparse.Namespace, where: Path, root: Path, provider: toolcha
 
     from jiji_net.program import mesh_program
 
+    program: Any = mesh_program
+    project_name = "jiji-net"
+    if args.program.resolve() != toolchain.REPO:
+        # Another program over the mesh component: its own project, its __main__.py run as is.
+        main_file = str(args.program.resolve() / "__main__.py")
+        program = lambda: runpy.run_path(main_file, run_name="__main__")  # noqa: E731
+        project_name = yaml.safe_load((args.program / "Pulumi.yaml").read_text())["name"]
     stack = auto.create_or_select_stack(
         stack_name=args.stack,
-        project_name="jiji-net",
-        program=mesh_program,
+        project_name=project_name,
+        program=program,
         opts=auto.LocalWorkspaceOptions(
             work_dir=str(where),
             pulumi_home=str(provider.home),

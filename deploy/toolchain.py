@@ -122,17 +122,19 @@ def cli_env(home: Path, backend: str | None = None) -> dict[str, str]:
     return env
 
 
-def project_dir(path: Path) -> Path:
-    """The directory the CLI runs in. Outside the repository it gets the repository's project file
-    (its config schema, the one place settings are typed) with the stack's config beside it."""
+def project_dir(path: Path, program: Path = REPO) -> Path:
+    """The directory the CLI runs in. Outside the program's directory it gets the program's
+    project file (its config schema, the one place settings are typed) with the stack's config
+    beside it."""
     path = path.resolve()
-    if path == REPO:
+    if path == program.resolve():
         return path
-    project = yaml.safe_load((REPO / "Pulumi.yaml").read_text())
+    project = yaml.safe_load((program / "Pulumi.yaml").read_text())
     project.pop("stackConfigDir", None)
     project["runtime"] = "python"
     path.mkdir(parents=True, exist_ok=True)
-    text = "# Written by `python -m deploy` from the repository's Pulumi.yaml; edit that one.\n" + yaml.safe_dump(project, sort_keys=False)
+    source = "the repository's Pulumi.yaml" if program.resolve() == REPO else str(program.resolve() / "Pulumi.yaml")
+    text = f"# Written by `python -m deploy` from {source}; edit that one.\n" + yaml.safe_dump(project, sort_keys=False)
     target = path / "Pulumi.yaml"
     if not target.exists() or target.read_text() != text:
         target.write_text(text)

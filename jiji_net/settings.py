@@ -29,5 +29,5 @@ def load() -> tuple[MeshSettings, list[Server], pulumi.Output[str]]:
     values = stack_values()
     # The key's text is not parse's business: only whether it is set.
     settings, servers = parse({key: ("" if key == "ssh_private_key" else value) for key, value in values.items()})
-    key = pulumi.Config().require_secret("ssh_private_key")
+    key = pulumi.Config(NAMESPACE).require_secret("ssh_private_key")
     return settings, servers, key

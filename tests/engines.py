@@ -37,8 +37,8 @@ class Run:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def make_engine(stack: str) -> RealEngine:
-    engine = RealEngine(stack)
+def make_engine(stack: str, program: Path = REPO) -> RealEngine:
+    engine = RealEngine(stack, program)
     print(f"\nengine path: {engine.path}")
     return engine
 
@@ -47,7 +47,9 @@ class RealEngine:
     """`python -m deploy up|preview|destroy` of the mesh program on a throwaway local-backend stack
     whose project file and config live in a temporary directory (the repository stays clean)."""
 
-    def __init__(self, stack: str) -> None:
+    def __init__(self, stack: str, program: Path = REPO) -> None:
+        """`program`: a directory with Pulumi.yaml and __main__.py over the mesh component
+        (examples/...), run as `python -m deploy --program` runs it; the mesh program by default."""
         self.provider = toolchain.choose_provider()
         root = toolchain.pulumi_root()
         version = subprocess.run([str(root / "bin" / "pulumi"), "version"], capture_output=True, text=True).stdout.strip()
@@ -56,7 +58,8 @@ class RealEngine:
             f" with {self.provider.description}"
         )
         self.stack = stack
-        self.dir = toolchain.project_dir(Path(tempfile.mkdtemp(prefix="jiji-engine-")))
+        self.program = program
+        self.dir = toolchain.project_dir(Path(tempfile.mkdtemp(prefix="jiji-engine-")), program)
         (self.dir / "state").mkdir()
         self.config_file = self.dir / f"Pulumi.{stack}.yaml"
         self.env = {**toolchain.cli_env(self.provider.home, f"file://{self.dir}/state"), "PULUMI_CONFIG_PASSPHRASE": ""}
@@ -74,10 +77,12 @@ class RealEngine:
         """The stack's config file: plain values as given, the SSH key set (encrypted) by the CLI
         whenever it changes."""
         current = (yaml.safe_load(self.config_file.read_text()) if self.config_file.exists() else None) or {}
-        values = {f"jiji-net:{k}": v for k, v in config.items() if k != "ssh_private_key"}
+        # A key with its namespace (another program's own setting) goes in as written.
+        values = {k if ":" in k else f"jiji-net:{k}": v for k, v in config.items() if k != "ssh_private_key"}
         if self._secret is None or self._secret[0] != config["ssh_private_key"]:
             self.config_file.write_text(json.dumps({**current, "config": values}))
-            self.cli("config", "set", "--secret", "ssh_private_key", stdin=config["ssh_private_key"])
+            # Namespaced: in another program's project a bare key would be that project's.
+            self.cli("config", "set", "--secret", "jiji-net:ssh_private_key", stdin=config["ssh_private_key"])
             current = yaml.safe_load(self.config_file.read_text())
             self._secret = (config["ssh_private_key"], current["config"]["jiji-net:ssh_private_key"])
         values["jiji-net:ssh_private_key"] = self._secret[1]
@@ -87,7 +92,7 @@ class RealEngine:
         events = self.dir / "events.jsonl"
         events.unlink(missing_ok=True)
         argv = [sys.executable, "-m", "deploy", action, "--stack", self.stack, "--dir", str(self.dir),
-                "--event-log", str(events), *extra]  # fmt: skip
+                "--event-log", str(events), "--program", str(self.program), *extra]  # fmt: skip
         started = time.monotonic()
         out = subprocess.run(argv, capture_output=True, text=True, env=self.env, cwd=REPO, timeout=1800)
         return out, _actions(events), time.monotonic() - started

@@ -125,16 +125,24 @@ def config_values(config: dict[str, Any]) -> dict[str, str]:
     return {f"jiji-net:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
 
 
-def evaluate(config: dict[str, Any], provider: Provider = fake_provider) -> Evaluation:
-    """Runs the program once with `config` as the stack's config."""
+def evaluate(
+    config: dict[str, Any],
+    provider: Provider = fake_provider,
+    main_file: Path = REPO / "__main__.py",
+    project: str = "jiji-net",
+    own_config: dict[str, str] | None = None,
+) -> Evaluation:
+    """Runs the program once with `config` as the stack's `jiji-net:` config;
+    `main_file` and `project` for another program over the mesh, with `own_config` its own keys (namespaced)."""
     _GRAPH.clear()
     OPTIONS.clear()
     # Earlier asyncio.run() calls in the same process leave no current loop; Pulumi needs one.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     mocks = _Mocks(provider)
-    pulumi.runtime.set_mocks(mocks, project="jiji-net", stack="test", preview=False)
-    pulumi.runtime.set_all_config(config_values(config), secret_keys=["jiji-net:ssh_private_key"])
+    pulumi.runtime.set_mocks(mocks, project=project, stack="test", preview=False)
+    values = {**config_values(config), **(own_config or {})}
+    pulumi.runtime.set_all_config(values, secret_keys=["jiji-net:ssh_private_key"])
     exported: dict[str, Any] = {}
     resolved: dict[str, Any] = {}
     original = pulumi.export
@@ -146,7 +154,7 @@ def evaluate(config: dict[str, Any], provider: Provider = fake_provider) -> Eval
     def program() -> Any:
         pulumi.export = capture  # type: ignore[assignment]
         try:
-            runpy.run_path(str(REPO / "__main__.py"), run_name="__main__")
+            runpy.run_path(str(main_file), run_name="__main__")
         finally:
             pulumi.export = original  # type: ignore[assignment]
         return pulumi.Output.from_input(exported).apply(resolved.update)
