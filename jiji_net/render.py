@@ -139,6 +139,12 @@ def dns_unit(settings: MeshSettings, plan: ServerPlan) -> str:
     )
 
 
+def template_file(name: str, **values: object) -> str:
+    """Any of our templates with exactly `values` (StrictUndefined), in the one environment the
+    program renders with: tests render a unit with values of their own this way."""
+    return _ENV.get_template(name).render(**values)
+
+
 def step_script(kind: str, **values: object) -> str:
     return _ENV.get_template(f"steps/{kind}.sh.j2").render(**values)
 

@@ -6,17 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jinja2
-
+from jiji_net import render
 from tests import harness
 from tests.conftest import Lab
 
-UNIT = harness.REPO / "hostbin" / "jiji-dns.service.j2"
-
 
 def render_unit(**values: object) -> str:
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    return env.from_string(UNIT.read_text()).render(**values)
+    return render.template_file("jiji-dns.service.j2", **values)
 
 
 def test_unit_starts_notifies_and_answers(lab: Lab, workdir: Path) -> None:

@@ -12,15 +12,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import jinja2
 import pytest
-from jiji_common import layout
 from jiji_dns import config as config_mod
 
+from jiji_net import render
 from tests import harness
 from tests.conftest import dig
-
-UNIT = harness.REPO / "hostbin" / "jiji-dns.service.j2"
 
 
 def wire_query(name: str, qid: int) -> bytes:
@@ -164,9 +161,8 @@ def test_auto_workers_is_min_of_cpus_and_4(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_the_unit_needs_no_new_variable_and_raises_the_file_limit() -> None:
     # The variables jiji_net/render.py passes today, and nothing else (StrictUndefined).
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    env.globals["layout"] = layout  # the paths on a server, as render.py gives every template
-    unit = env.from_string(UNIT.read_text()).render(
+    unit = render.template_file(
+        "jiji-dns.service.j2",
         install_path="/usr/local/lib/jiji-net/jiji-dns.pyz",
         listen=["10.210.1.1:53"],
         corrosion_api="127.0.0.1:9220",

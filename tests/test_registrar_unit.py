@@ -9,21 +9,12 @@ from pathlib import Path
 
 import jinja2
 import pytest
-from jiji_common import layout
 
-HOSTBIN = Path(__file__).resolve().parent.parent / "hostbin"
+from jiji_net.render import template_file
 
 
 def render(**values: object) -> str:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(HOSTBIN),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    env.globals["layout"] = layout
-    return env.get_template("jiji-registrar.service.j2").render(**values)
+    return template_file("jiji-registrar.service.j2", **values)
 
 
 def test_renders_the_command_and_ordering() -> None:
