@@ -148,10 +148,15 @@ class Server(pulumi.ComponentResource):
         self.public_key: pulumi.Output[str] = self.host.stdout.apply(lambda out: out.strip().splitlines()[-1])
 
     def join(
-        self, seeds: list[ServerPlan], table: pulumi.Output[Artifact], registry_ready: list[pulumi.Resource]
+        self,
+        seeds: list[ServerPlan],
+        table: pulumi.Output[Artifact],
+        registry_ready: list[pulumi.Resource],
+        gate: pulumi.Resource,
     ) -> None:
         """`table` waits for every live server's public key (it is made from them); it carries no
-        resource dependencies, which would be N per server, N*N in all."""
+        resource dependencies, which would be N per server, N*N in all. `gate` is done once every
+        live server's host step passed."""
         r, settings, plan, spec, uploads = self.remote, self.settings, self.plan, self.spec, self.uploads
         own, lib = self.owner, uploads.steplib.sha256
         # The tree's top directory is `staging`, copied into the state directory.
@@ -159,7 +164,9 @@ class Server(pulumi.ComponentResource):
         table_up = r.upload(
             "mesh", self, table.apply(lambda t: pulumi.FileAsset(t.path)), layout.MESH_TABLE, [self.host]
         )
-        network = r.step("network", self, steps.network_step(own("network"), lib, settings, plan), [self.host, staged_up])
+        network = r.step(
+            "network", self, steps.network_step(own("network"), lib, settings, plan), [self.host, staged_up, gate]
+        )
         wireguard = r.step(
             "wireguard",
             self,
@@ -229,14 +236,24 @@ class Mesh(pulumi.ComponentResource):
         keys = pulumi.Output.all(*[public_keys[n] for n in names]).apply(lambda ks: dict(zip(names, ks, strict=True)))
         table: pulumi.Output[Artifact] = pulumi.Output.from_input(_mesh_table(settings, live, plans, public_keys))  # type: ignore[arg-type]
         live_plans = [plans[s.name] for s in live]
+        # Run through the first live server, as the registry step is. Every host step checks its
+        # server first (a switch of container engine is refused there while the old engine has
+        # containers on jiji); no network step anywhere runs before all of them passed.
+        registrar = self.server_components[live[0].name]
+        gate = registrar.remote.step(
+            "engine-gate",
+            self,
+            steps.engine_gate_step(),
+            [self.server_components[s.name].host for s in live],
+            f"{name}-engine-gate",
+        )
         ready: list[pulumi.Resource] = []
         for s in specs:
             self.server_components[s.name].join(
-                topology.seeds_of(plans[s.name], live_plans), table, ready if not s.gone else []
+                topology.seeds_of(plans[s.name], live_plans), table, ready if not s.gone else [], gate
             )
         # The registry's rows are written once, through the first live server (state keeps them
         # once, not once per server); every server's Corrosion and tool must be up first.
-        registrar = self.server_components[live[0].name]
         rows = keys.apply(lambda k: _registry_rows(settings, live, plans, k))
         registrar.remote.step(
             "registry",

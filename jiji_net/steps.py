@@ -127,7 +127,8 @@ def library_path(lib_sha256: str) -> str:
 
 
 def host_step(owner: str, engine: str) -> Step:
-    """Checks the server, makes its WireGuard key once; stdout is the public key."""
+    """Checks the server (a switch of engine is refused while the old one has containers on
+    jiji), makes its WireGuard key once; stdout is the public key."""
     tools = (
         "wg",
         "wg-quick",
@@ -140,7 +141,17 @@ def host_step(owner: str, engine: str) -> Step:
         "awk",
         *_ENGINE_TOOLS[engine],
     )
-    return render_step("host", owner, 60, "", key_path=layout.WIREGUARD_KEY, tools=tools, own_dirs=layout.OWN_DIRS)
+    return render_step(
+        "host",
+        owner,
+        60,
+        "",
+        key_path=layout.WIREGUARD_KEY,
+        tools=tools,
+        own_dirs=layout.OWN_DIRS,
+        engine=engine,
+        bridge=render.BRIDGE,
+    )
 
 
 def network_step(owner: str, lib_sha256: str, settings: MeshSettings, plan: ServerPlan) -> Step:
@@ -159,7 +170,6 @@ def network_step(owner: str, lib_sha256: str, settings: MeshSettings, plan: Serv
         unit_path=f"{layout.SYSTEMD_UNITS}/jiji-net-network.service",
         script_text=render.network_script(settings, plan, render.BRIDGE),
         unit_text=render.network_unit(),
-        podman_drop_in=layout.PODMAN_DROP_IN,
         podman_drop_in_text=f'# Managed by jiji-net.\n[containers]\ndns_servers = ["{plan.mesh_address}"]\n',
     )
 
@@ -235,6 +245,12 @@ def dns_step(
         rejoin_unit_path=f"{layout.SYSTEMD_UNITS}/jiji-rejoin.service",
         rejoin_unit_text=render.rejoin_unit(),
     )
+
+
+def engine_gate_step() -> Step:
+    """Runs nothing (see templates/steps/engine-gate.sh.j2): a point every host step reaches
+    before any network step starts."""
+    return Step(kind="engine-gate", script=without_comments(render.step_script("engine-gate")), timeout=30)
 
 
 def registry_step(owner: str, lib_sha256: str, rows_text: str) -> Step:

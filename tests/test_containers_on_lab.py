@@ -15,9 +15,9 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import Lab, module_lab
-from tests.engines import make_engine
+from tests.engines import CommandFailed, make_engine
 from tests.harness import wait_until
-from tests.test_mesh_on_lab import SNAPSHOT, assert_unchanged, config
+from tests.test_mesh_on_lab import SNAPSHOT, assert_unchanged, config, ready
 
 pytestmark = pytest.mark.corrosion
 
@@ -146,7 +146,34 @@ def test_podman_containers_found_by_name_across_servers(lab: Lab) -> None:
         wait_until(lambda: api2 not in answers(lab, 1), 15, "lab2's removed container gone after the registrar's start")
         print(f"registrar restarted -> removed container's row gone: {time.monotonic() - started:.2f} s")
 
+        # A switch of engine while lab0's api is on podman's jiji network: refused by lab0's host
+        # step, and no server switched (before the gate, lab1 and lab2 switched and lab0 did not).
+        try:
+            engine.up(config(lab, 3, container_engine="none"))
+            raise AssertionError("a switch away from podman with a container on jiji went through")
+        except CommandFailed as refused:
+            assert "podman still has containers on its network jiji" in str(refused), str(refused)[-3000:]
+            assert not {n for op, n in refused.actions if n.endswith(("-network", "-engine-gate"))}, refused.actions
+        for i in range(3):
+            assert lab.run(i, "cat /var/lib/jiji-net/network-engine").strip() == "podman", f"lab{i} switched"
+            assert lab.run(i, "podman network exists jiji; echo $?").strip() == "0", f"lab{i} lost podman's jiji"
+        assert container_ip(lab, 0) == api0
+
+        # With the container gone the switch goes through everywhere, and back again.
         lab.run(0, "podman rm -f api >/dev/null")
+        engine.up(config(lab, 3, container_engine="none"))
+        for i in range(3):
+            assert lab.run(i, "cat /var/lib/jiji-net/network-engine").strip() == "none"
+            assert lab.run(i, "podman network exists jiji; echo $?").strip() == "1"
+            assert lab.run(i, "ls /etc/containers/containers.conf.d/50-jiji-net.conf 2>&1; true").strip().endswith(
+                "No such file or directory"
+            )
+            assert lab.run(i, "ip -o link show jiji-br0 >/dev/null && echo bridge").strip() == "bridge"
+        engine.up(config(lab, 3, container_engine="podman"))
+        for i in range(3):
+            assert lab.run(i, "podman network inspect jiji --format '{{.NetworkInterface}}'").strip() == "jiji-br0"
+            assert "exit=0" in ready(lab, i), ready(lab, i)
+
         engine.destroy()
         for i in range(3):
             assert lab.run(i, "podman network exists jiji; echo $?").strip() == "1"

@@ -85,12 +85,13 @@ def test_graph_has_literal_types_parents_and_ten_resources_a_server(three: Evalu
     assert {x.typ for x in r.values()} - {"pulumi:pulumi:Stack"} == TYPES
     assert (r["jiji"].typ, r["jiji"].parent_type) == ("jiji:network:Mesh", "pulumi:pulumi:Stack")
     assert (r["lab1"].typ, r["lab1"].parent_type) == ("jiji:network:Server", "jiji:network:Mesh")
-    assert r["jiji-registry"].parent_type == "jiji:network:Mesh"
+    assert r["jiji-registry"].parent_type == r["jiji-engine-gate"].parent_type == "jiji:network:Mesh"
     per_server = [sorted(n.removeprefix(f"lab{i}-") for n in r if n.startswith(f"lab{i}-")) for i in range(3)]
     assert per_server[0] == per_server[1] == per_server[2] == sorted(STEPS + UPLOADS)
     assert all(r[f"lab1-{n}"].parent_type == "jiji:network:Server" for n in STEPS + UPLOADS)
-    # The server's component and its eight steps and uploads; one registry step for the mesh.
-    assert len(r) == 1 + 3 * 9 + 1
+    # The server's component and its eight steps and uploads; the engine gate and the registry
+    # step for the mesh.
+    assert len(r) == 1 + 3 * 9 + 2
 
 
 def test_every_step_is_safe_under_replacement(three: Evaluation) -> None:
@@ -118,6 +119,11 @@ def test_order_follows_what_each_step_needs(three: Evaluation) -> None:
     assert {f"lab{i}-dns" for i in range(3)} <= deps["jiji-registry"]
     assert all("lab1-host" in deps[f"lab1-{n}"] for n in ("network", "staged-upload", "mesh-upload"))
     assert "lab1-staged-upload" in deps["lab1-network"]
+    # No network step before every host step passed (an engine switch is checked there), through
+    # one gate: 2N dependencies, not N*N.
+    assert deps["jiji-engine-gate"] == {f"lab{i}-host" for i in range(3)}
+    assert all("jiji-engine-gate" in deps[f"lab{i}-network"] for i in range(3))
+    assert not any(f"lab{i}-host" in deps[f"lab{j}-network"] for i in range(3) for j in range(3) if i != j)
 
 
 def test_steps_source_one_step_library_and_carry_no_comments(three: Evaluation) -> None:
@@ -134,7 +140,8 @@ def test_steps_source_one_step_library_and_carry_no_comments(three: Evaluation) 
     for name, res in three.commands().items():
         script = res.inputs["stdin"]
         sourced = f"LIB=/var/lib/jiji-net/staging/steplib.{sha[:16]}\n" in script
-        assert sourced == (not name.endswith("-host")), name
+        # The host step runs before any upload (its core is inline); the gate runs nothing.
+        assert sourced == (not name.endswith(("-host", "-engine-gate"))), name
         assert "put_file() {" not in script, name
 
 
@@ -268,7 +275,7 @@ def test_engines_get_their_network_step(binary: Path) -> None:
     assert "--gateway 10.210.0.1" in docker and "trusted_host_interfaces=jiji0" in docker
     assert "ip link add" not in embedded(docker, "$SCRIPT")
     podman = evaluate(lab_config(binary, container_engine="podman")).commands()["lab0-network"].inputs["stdin"]
-    assert "containers.conf.d/50-jiji-net.conf" in podman
+    assert 'dns_servers = ["10.210.0.1"]' in podman and 'put_file "$PODMAN_DROP_IN"' in podman
     # With an engine, the registrar runs beside jiji-dns; with none there is nothing to register.
     assert (
         "jiji-registrar.service"

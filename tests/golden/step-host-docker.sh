@@ -40,6 +40,34 @@ main() {
 STAMP=$STATE/steps/$STEP
 KEY=/etc/wireguard/jiji0.key
 OWN_DIRS='/etc/jiji/corrosion/schemas /etc/jiji/corrosion /etc/jiji /usr/local/lib/jiji-net /var/lib/jiji-net/staging /var/lib/jiji-net/steps /var/lib/jiji-net /var/lib/jiji'
+ENGINE=docker
+BRIDGE=jiji-br0
+ENGINE_RECORD=$STATE/network-engine
+DOCKER_SAVED=$STATE/docker-daemon.before.json
+FORWARD_SAVED=$STATE/ip_forward.before
+PODMAN_DROP_IN=/etc/containers/containers.conf.d/50-jiji-net.conf
+previous_engine() {
+    if [ -f "$ENGINE_RECORD" ]; then cat "$ENGINE_RECORD"
+    elif [ -e "$DOCKER_SAVED" ]; then echo docker
+    elif [ -e "$PODMAN_DROP_IN" ]; then echo podman
+    elif [ -e "$FORWARD_SAVED" ] && ip link show "$1" >/dev/null 2>&1; then echo none
+    fi
+}
+engine_idle() {
+    case "$1" in
+    docker) command -v docker >/dev/null 2>&1 || return 0
+        [ -z "$(docker ps -aq --filter network=jiji 2>/dev/null)" ] ;;
+    podman) command -v podman >/dev/null 2>&1 || return 0
+        [ -z "$(podman ps -aq --filter network=jiji 2>/dev/null)" ] ;;
+    *) return 0 ;;
+    esac
+}
+refuse_busy_switch() {
+    previous=$(previous_engine "$2")
+    if [ -n "$previous" ] && [ "$previous" != "$1" ] && ! engine_idle "$previous"; then
+        fail "container_engine changes from $previous to $1, but $previous still has containers on its network jiji ($previous ps -a --filter network=jiji); stop and remove them, then run pulumi up again (nothing was changed on any server)"
+    fi
+}
 preflight() {
     missing=""
     for tool in wg wg-quick ip iptables python3 systemctl sha256sum timeout awk docker; do
@@ -62,6 +90,7 @@ preflight() {
             fail "sshd's sftp subsystem $sftp is not installed (Debian: apt-get install openssh-sftp-server)"
         fi
     fi
+    refuse_busy_switch "$ENGINE" "$BRIDGE"
 }
 apply() {
     mkdir -p "$STAGING"

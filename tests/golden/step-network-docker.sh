@@ -14,19 +14,8 @@ fi
 STAMP=$STATE/steps/$STEP
 SCRIPT=/usr/local/lib/jiji-net/network.sh
 UNIT=/etc/systemd/system/jiji-net-network.service
-FORWARD_SAVED=$STATE/ip_forward.before
 BRIDGE=jiji-br0
 ENGINE=docker
-ENGINE_RECORD=$STATE/network-engine
-DOCKER_SAVED=$STATE/docker-daemon.before.json
-PODMAN_DROP_IN=/etc/containers/containers.conf.d/50-jiji-net.conf
-previous_engine() {
-    if [ -f "$ENGINE_RECORD" ]; then cat "$ENGINE_RECORD"
-    elif [ -e "$DOCKER_SAVED" ]; then echo docker
-    elif [ -e "$PODMAN_DROP_IN" ]; then echo podman
-    elif [ -e "$FORWARD_SAVED" ] && ip link show "$BRIDGE" >/dev/null 2>&1; then echo none
-    fi
-}
 engine_gone() {
     case "$1" in
     docker) docker_gone "$DOCKER_SAVED" ;;
@@ -34,12 +23,7 @@ engine_gone() {
     none) ip link del "$BRIDGE" 2>/dev/null || true ;;
     esac
 }
-preflight() {
-    previous=$(previous_engine)
-    if [ -n "$previous" ] && [ "$previous" != "$ENGINE" ] && ! engine_idle "$previous"; then
-        fail "container_engine changes from $previous to $ENGINE, but $previous still has containers on its network jiji ($previous ps -a --filter network=jiji); stop and remove them, then run pulumi up again (nothing was changed)"
-    fi
-}
+preflight() { refuse_busy_switch "$ENGINE" "$BRIDGE"; }
 docker_network() {
     if docker network inspect jiji >/dev/null 2>&1; then
         have=$(docker network inspect jiji --format '{{range .IPAM.Config}}{{.Subnet}} {{.Gateway}}{{end}} {{index .Options "com.docker.network.driver.mtu"}}')
@@ -54,7 +38,7 @@ docker_network() {
 }
 apply() {
     mkdir -p "$STATE"
-    previous=$(previous_engine)
+    previous=$(previous_engine "$BRIDGE")
     if [ -n "$previous" ] && [ "$previous" != "$ENGINE" ]; then
         say "container_engine $previous -> $ENGINE: removing what was set up for $previous"
         engine_gone "$previous"

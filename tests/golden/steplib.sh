@@ -285,6 +285,24 @@ podman_gone() {
     fi
 }
 
+# What the network step set up for a container engine, and whether a switch away from it is safe.
+# The host step has this inline (it runs before anything is uploaded) and refuses a switch there,
+# on every server before any network step runs anywhere; the network step has it from the library.
+ENGINE_RECORD=$STATE/network-engine
+DOCKER_SAVED=$STATE/docker-daemon.before.json
+FORWARD_SAVED=$STATE/ip_forward.before
+PODMAN_DROP_IN=/etc/containers/containers.conf.d/50-jiji-net.conf
+
+# previous_engine BRIDGE: the engine the network step last set up (servers set up before the
+# record was kept are read from the pieces it made).
+previous_engine() {
+    if [ -f "$ENGINE_RECORD" ]; then cat "$ENGINE_RECORD"
+    elif [ -e "$DOCKER_SAVED" ]; then echo docker
+    elif [ -e "$PODMAN_DROP_IN" ]; then echo podman
+    elif [ -e "$FORWARD_SAVED" ] && ip link show "$1" >/dev/null 2>&1; then echo none
+    fi
+}
+
 # engine_idle ENGINE: true when no container of ENGINE is on its `jiji` network (or it has none).
 engine_idle() {
     case "$1" in
@@ -294,4 +312,14 @@ engine_idle() {
         [ -z "$(podman ps -aq --filter network=jiji 2>/dev/null)" ] ;;
     *) return 0 ;;
     esac
+}
+
+# refuse_busy_switch ENGINE BRIDGE: a switch of engine is refused while containers still use the
+# old engine's network: removing it would cut them off, and nothing here may stop someone's
+# containers.
+refuse_busy_switch() {
+    previous=$(previous_engine "$2")
+    if [ -n "$previous" ] && [ "$previous" != "$1" ] && ! engine_idle "$previous"; then
+        fail "container_engine changes from $previous to $1, but $previous still has containers on its network jiji ($previous ps -a --filter network=jiji); stop and remove them, then run pulumi up again (nothing was changed on any server)"
+    fi
 }
