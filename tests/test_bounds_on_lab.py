@@ -53,6 +53,18 @@ def mesh_address(settings: dict[str, Any], i: int) -> str:
     return str(plan.subnet_of(model, i)[1])
 
 
+CAP_NET_BIND_SERVICE = 1 << 10
+
+
+def dns_identity(lab: Lab, i: int) -> tuple[bool, int]:
+    """Whether jiji-dns's main process runs as root (any uid of 0), and its effective capabilities."""
+    pid = lab.run(i, "systemctl show -p MainPID --value jiji-dns").strip()
+    status = dict(
+        line.split(":", 1) for line in lab.run(i, f"cat /proc/{pid}/status").splitlines() if ":" in line
+    )
+    return "0" in status["Uid"].split(), int(status["CapEff"].strip(), 16)
+
+
 @pytest.mark.parametrize("settings", [SMALLEST, LARGEST], ids=["smallest", "largest"])
 def test_the_extremes_the_program_accepts_deploy_and_run(lab: Lab, settings: dict[str, Any]) -> None:
     engine = make_engine("bounds")
@@ -68,6 +80,7 @@ def test_the_extremes_the_program_accepts_deploy_and_run(lab: Lab, settings: dic
         assert answer[1] == str(settings["dns_ttl"]), answer
         for i in range(2):
             assert "exit=0" in ready(lab, i), ready(lab, i)
+            assert dns_identity(lab, i) == (False, CAP_NET_BIND_SERVICE), "jiji-dns runs as root or with more"
             assert "198.18.0.200" in lab.run(i, f"dig +short +time=1 +tries=2 @{mesh[i]} www.lab.test")
         # Over the mesh, at the configured MTU: lab0 asks lab1's jiji-dns.
         assert "198.18.0.200" in lab.run(0, f"dig +short +time=1 +tries=2 @{mesh[1]} www.lab.test")
