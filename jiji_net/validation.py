@@ -34,69 +34,35 @@ class ConfigError(ValueError):
 
 
 HOST_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
-
-
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-
-
 _LABEL_CHAR = re.compile(r"[a-z0-9-]")
-
-
 # POSIX's portable user name characters, not starting with '-' or a digit (those read as options
 # and uids), at most 32 characters (the Linux utmp limit).
 _USER = re.compile(r"[A-Za-z_][A-Za-z0-9._-]{0,31}")
-
-
 _IPV4_CHARS = re.compile(r"[0-9.]+")
-
-
 # ipaddress also takes an IPv6 zone (`%` and anything after it): only plain hex, ':' and '.'.
 _IPV6_CHARS = re.compile(r"[0-9A-Fa-f:.]+")
-
-
 _PORT = re.compile(r"[0-9]{1,5}")
-
-
 _PREFIX = re.compile(r"[0-9]{1,3}")
-
-
 _PLAIN_CIDR = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}/[0-9]{1,2}")
-
-
 # URL characters that mean nothing to a shell or a config parser. Quotes, `$`, backquotes, `;`,
 # `&`, `?`, `*`, brackets, `#`, whitespace and control characters are refused, not escaped.
 _URL_CHAR = re.compile(r"[A-Za-z0-9._~:/%+,=-]")
-
-
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
-
-
 # jiji-dns refuses a --ttl above a day (hostbin/jiji_dns/config.py): a larger one here would pass
 # `pulumi preview` and leave the server without DNS. tests/test_bounds.py holds the two equal.
 DNS_TTL_MAX = 86400
-
-
 _PORT_KEYS = ("wireguard_port", "gossip_port", "api_port", "dns_port")
-
-
 _CIDR_EXAMPLE = "'10.210.0.0/16'"
-
-
 _URL_FIX = (
     "write a plain http(s) URL of the release archive, e.g."
     " 'https://example.com/corrosion-x86_64-unknown-linux-gnu.tar.gz' (mirror the file if its URL needs a query)"
 )
-
-
 _ENDPOINT_FIX = (
     "write ip, ip:port or [ipv6]:port, e.g. '203.0.113.10' or '203.0.113.10:51820'"
     " (hostnames are not accepted: WireGuard would resolve them once, at start; use the address)"
 )
-
-
 # The settings a stack may hold (Pulumi.yaml declares the same; tests/test_settings.py holds the
 # two equal). Anything else under `jiji-net:` is refused: a mistyped key would otherwise deploy
 # with the default behind the operator's back.
