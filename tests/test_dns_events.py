@@ -23,7 +23,7 @@ from jiji_dns import table as table_mod
 from jiji_dns.events import Counters
 from jiji_dns.hints import ChangeHints
 from jiji_dns.main import run_worker
-from jiji_dns.responder import Responder
+from jiji_dns.owner import TableOwner
 from jiji_dns.server import bind_all
 from jiji_dns.subscriber import Subscriber
 from jiji_dns.table import COLUMNS
@@ -105,22 +105,23 @@ class RoutedCorrosion:
 
 
 def follow(
-    node: RoutedCorrosion, until: Callable[[Responder, Counters], bool], timeout: float = 5.0, interval: str = "10"
-) -> tuple[Responder, Counters, float]:
-    """Run subscriber + hints against `node` until `until` holds; (responder, counters, seconds)."""
+    node: RoutedCorrosion, until: Callable[[TableOwner, Counters], bool], timeout: float = 5.0, interval: str = "10"
+) -> tuple[TableOwner, Counters, float]:
+    """Run subscriber + hints against `node` until `until` holds; (tables, counters, seconds)."""
 
-    async def main() -> tuple[Responder, Counters, float]:
+    async def main() -> tuple[TableOwner, Counters, float]:
         server = await asyncio.start_server(node.handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         cfg = config_mod.load(
             ["--listen", "127.0.0.1:5353", "--corrosion-api", f"127.0.0.1:{port}", "--reconnect-interval", interval]
         )
-        responder, counters = Responder("jiji", 60, 5), Counters()
-        hints = ChangeHints(cfg, responder, counters)
-        sub = Subscriber(cfg, responder, counters, on_connected=hints.request_reconcile)
+        counters = Counters()
+        tables = TableOwner("jiji", 60, counters)
+        hints = ChangeHints(cfg, tables, counters)
+        sub = Subscriber(cfg, tables, counters, on_connected=hints.request_reconcile)
         tasks = [asyncio.ensure_future(t) for t in (sub.run(), hints.listen_loop(), hints.refresh_loop())]
         started = time.monotonic()
-        while time.monotonic() - started < timeout and not until(responder, counters):
+        while time.monotonic() - started < timeout and not until(tables, counters):
             for t in tasks:
                 if t.done():
                     raise AssertionError(f"a task ended: {t.exception()!r}")
@@ -131,7 +132,7 @@ def follow(
         for t in tasks:
             t.cancel()
         server.close()
-        return responder, counters, elapsed
+        return tables, counters, elapsed
 
     return asyncio.run(main())
 
@@ -160,10 +161,10 @@ def test_a_malformed_event_is_followed_by_a_correct_table_within_5_s(case: str) 
     fixed = snapshot(row("a", "10.210.0.2"), row("b", "10.210.0.3"), change_id=9)
     node = RoutedCorrosion([MALFORMED[case], fixed])
     node.hold = 10
-    responder, counters, elapsed = follow(
+    tables, counters, elapsed = follow(
         node, lambda r, c: r.ready and r.table.names() == WANT and c.last_change_id == 9
     )
-    assert responder.table.names() == WANT and counters.last_change_id == 9, case
+    assert tables.table.names() == WANT and counters.last_change_id == 9, case
     assert elapsed < 5
     assert counters.bad_events == 1 and counters.resyncs == 1
 
@@ -194,8 +195,8 @@ def test_a_snapshot_over_the_row_cap_is_refused_and_logged(
 ) -> None:
     monkeypatch.setattr(table_mod, "MAX_ROWS", 100)
     big = snapshot(*(row(f"c{i}", f"10.210.0.{i % 250 + 2}", f"s{i}") for i in range(150)))
-    responder, counters, _ = follow(RoutedCorrosion([big]), lambda r, c: c.bad_events >= 1, timeout=3)
-    assert not responder.ready and len(responder.table.containers) == 0
+    tables, counters, _ = follow(RoutedCorrosion([big]), lambda r, c: c.bad_events >= 1, timeout=3)
+    assert not tables.ready and len(tables.table.containers) == 0
     assert "row cap" in capsys.readouterr().out
 
 
@@ -207,8 +208,8 @@ def test_live_inserts_past_the_row_cap_are_refused_and_logged(
     events += [{"change": ["insert", 20 + i, row(f"n{i}", "10.210.1.2", f"n{i}"), 2 + i]} for i in range(5)]
     node = RoutedCorrosion([events])
     node.hold = 10
-    responder, counters, _ = follow(node, lambda r, c: c.last_change_id == 6)
-    assert len(responder.table.containers) == 10 and counters.rows_refused == 5
+    tables, counters, _ = follow(node, lambda r, c: c.last_change_id == 6)
+    assert len(tables.table.containers) == 10 and counters.rows_refused == 5
     assert "event=row_cap" in capsys.readouterr().out
 
 
@@ -216,11 +217,11 @@ def test_bad_ips_and_huge_cells_are_logged(capsys: pytest.CaptureFixture[str]) -
     events = snapshot(row("a", "10.210.0.2"), row("b", "not-an-ip"), row("c" * 300, "10.210.0.4"))
     node = RoutedCorrosion([events])
     node.hold = 10
-    responder, _, _ = follow(node, lambda r, c: r.ready)
+    tables, _, _ = follow(node, lambda r, c: r.ready)
     out = capsys.readouterr().out
     assert "event=bad_ip id=b ip=not-an-ip" in out and "event=row_refused" in out
-    assert responder.table.names() == {"shop-api.jiji": ["10.210.0.2", "not-an-ip"]}
-    assert set(responder.table.containers) == {"a", "b"}
+    assert tables.table.names() == {"shop-api.jiji": ["10.210.0.2", "not-an-ip"]}
+    assert set(tables.table.containers) == {"a", "b"}
 
 
 def test_reconcile_runs_when_the_node_has_no_v1_updates() -> None:
@@ -233,12 +234,12 @@ def test_reconcile_runs_when_the_node_has_no_v1_updates() -> None:
     )
     node.hold = 0.3  # the first stream ends (a disconnect), the resumed one stays open
 
-    def resumed_and_fixed(r: Responder, c: Counters) -> bool:
+    def resumed_and_fixed(r: TableOwner, c: Counters) -> bool:
         resumed = any(q.startswith("GET /v1/subscriptions/sub-1?from=4") for q in node.requests)
         return resumed and r.table.names() == {"shop-api.jiji": ["10.210.0.2"]}
 
-    responder, counters, _ = follow(node, resumed_and_fixed)
-    assert resumed_and_fixed(responder, counters)
+    tables, counters, _ = follow(node, resumed_and_fixed)
+    assert resumed_and_fixed(tables, counters)
     assert counters.reconciled >= 1 and counters.resyncs == 0
 
 
@@ -293,6 +294,6 @@ def test_a_snapshot_that_stalls_is_given_up_and_retried(monkeypatch: pytest.Monk
     node = RoutedCorrosion([[{"columns": COLS}], GOOD])
     node.hold = 30
     # Given up after 0.5 s of silence, not after the stream's 30 s: 10 s lies between the two.
-    responder, counters, _ = follow(node, lambda r, c: r.ready and r.table.names() == WANT, timeout=10)
-    assert responder.table.names() == WANT
+    tables, counters, _ = follow(node, lambda r, c: r.ready and r.table.names() == WANT, timeout=10)
+    assert tables.table.names() == WANT
     assert counters.reconnects == 1

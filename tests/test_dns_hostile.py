@@ -20,6 +20,7 @@ import pytest
 from jiji_dns import config as config_mod
 from jiji_dns.events import Counters
 from jiji_dns.forwarder import Forwarder
+from jiji_dns.owner import TableOwner
 from jiji_dns.responder import Responder
 from jiji_dns.server import TCP_WRITE_BUFFER, TCP_WRITE_TIMEOUT, DNSServer, bind_all
 
@@ -251,14 +252,14 @@ def test_an_exception_in_a_packet_costs_one_servfail_and_a_rate_limited_line(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     class Broken(Responder):
-        def answer(self, data: bytes, recursion: bool, udp: bool) -> bytes | None:  # type: ignore[override]
+        def answer(self, data: bytes, recursion: bool) -> bytes | None:  # type: ignore[override]
             raise RuntimeError("boom")
 
     async def main() -> list[bytes]:
         port = harness.free_dns_port()
         cfg = config_mod.load(["--listen", f"127.0.0.1:{port}", "--upstream", "127.0.0.1:9", "--workers", "1"])
         counters = Counters()
-        server = DNSServer(cfg, Broken("jiji", 60, 5), Forwarder(cfg.upstreams, 1, 8, counters), counters, 8)
+        server = DNSServer(cfg, Broken(TableOwner("jiji", 60, counters), 5), Forwarder(cfg.upstreams, 1, 8, counters), counters, 8)
         server.start(bind_all(cfg.listen))
         loop = asyncio.get_running_loop()
         replies = []
@@ -278,11 +279,11 @@ def test_an_exception_in_a_packet_costs_one_servfail_and_a_rate_limited_line(
 
 
 def test_the_negative_cache_is_bounded_in_bytes() -> None:
-    r = Responder("jiji", 60, 5)
-    r.ready = True
+    r = Responder(TableOwner("jiji", 60, Counters()), 5)
+    r.tables.replace([])
     tail = b"\x3c" + b"b" * 60 + b"\x3c" + b"c" * 60 + b"\x04jiji\x00\x00\x01\x00\x01"
     for i in range(40000):
-        reply = r.answer(header(i & 0xFFFF) + b"\x3c" + b"%060d" % i + tail, False, True)
+        reply = r.answer(header(i & 0xFFFF) + b"\x3c" + b"%060d" % i + tail, False)
         assert isinstance(reply, bytes) and reply[3] & 0x0F == 3
     # Cleared once over its 2 MiB bound: one key more at most. (Written as `<= 2 << 20 + 300`,
     # this compared with 2 << 320 and could not fail.)

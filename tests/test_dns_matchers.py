@@ -24,7 +24,7 @@ import pytest
 from jiji_dns import config as config_mod
 from jiji_dns import subscriber as subscriber_mod
 from jiji_dns.events import Counters
-from jiji_dns.responder import Responder
+from jiji_dns.owner import TableOwner
 from jiji_dns.subscriber import Subscriber, tagged_sql
 from jiji_dns.table import COLUMNS
 
@@ -135,10 +135,10 @@ def base_of(text: str) -> str:
     return re.sub(r" /\* jiji-dns [0-9a-f]+ \*/$", "", text)
 
 
-def follow(node: MatcherNode, timeout: float, interval_ms: int = 10) -> tuple[Responder, Counters, float]:
+def follow(node: MatcherNode, timeout: float, interval_ms: int = 10) -> tuple[TableOwner, Counters, float]:
     """One subscriber (as a worker runs it) against `node` until ready or `timeout`."""
 
-    async def main() -> tuple[Responder, Counters, float]:
+    async def main() -> tuple[TableOwner, Counters, float]:
         server = await asyncio.start_server(node.handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         cfg = config_mod.load(
@@ -151,17 +151,18 @@ def follow(node: MatcherNode, timeout: float, interval_ms: int = 10) -> tuple[Re
                 str(interval_ms),
             ]
         )
-        responder, counters = Responder("jiji", 60, 5), Counters()
-        sub = Subscriber(cfg, responder, counters)
+        counters = Counters()
+        tables = TableOwner("jiji", 60, counters)
+        sub = Subscriber(cfg, tables, counters)
         task = asyncio.ensure_future(sub.run())
         started = time.monotonic()
-        while time.monotonic() - started < timeout and not responder.ready and not task.done():
+        while time.monotonic() - started < timeout and not tables.ready and not task.done():
             await asyncio.sleep(0.01)
         elapsed = time.monotonic() - started
         sub.stop()
         task.cancel()
         server.close()
-        return responder, counters, elapsed
+        return tables, counters, elapsed
 
     return asyncio.run(main())
 
@@ -177,8 +178,8 @@ ONE_STALL = IDLE + 0.01 + 1.0 + 1.0
 def test_a_matcher_that_sent_nothing_is_never_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(subscriber_mod, "SNAPSHOT_IDLE", IDLE)
     node = MatcherNode(silent=lambda text, nth: nth == 0)  # the first matcher made stays silent
-    responder, counters, elapsed = follow(node, timeout=ONE_STALL + 3)
-    assert responder.ready and responder.table.names() == WANT, f"not ready; {len(node.posts)} subscriptions sent"
+    tables, counters, elapsed = follow(node, timeout=ONE_STALL + 3)
+    assert tables.ready and tables.table.names() == WANT, f"not ready; {len(node.posts)} subscriptions sent"
     assert elapsed < ONE_STALL
     silent = [t for t, (_, s) in node.matchers.items() if s]
     assert len(silent) == 1 and node.posts.count(silent[0]) == 1, "the silent matcher's text was sent again"
@@ -189,8 +190,8 @@ def test_a_matcher_that_sent_nothing_is_never_asked_again(monkeypatch: pytest.Mo
 def test_several_silent_matchers_in_a_row_are_each_left_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(subscriber_mod, "SNAPSHOT_IDLE", IDLE)
     node = MatcherNode(silent=lambda text, nth: nth < 3)
-    responder, counters, elapsed = follow(node, timeout=3 * ONE_STALL + 3)
-    assert responder.ready, f"not ready; {len(node.posts)} subscriptions sent, {len(set(node.posts))} texts"
+    tables, counters, elapsed = follow(node, timeout=3 * ONE_STALL + 3)
+    assert tables.ready, f"not ready; {len(node.posts)} subscriptions sent, {len(set(node.posts))} texts"
     assert elapsed < 3 * ONE_STALL
     assert len(node.posts) == len(set(node.posts)) == 4
     assert counters.subscriptions_abandoned == 3
@@ -217,8 +218,8 @@ def test_a_stream_that_breaks_before_its_snapshot_also_changes_matcher(monkeypat
         yield from plain(request_line, body)
 
     monkeypatch.setattr(node, "respond", respond)
-    responder, counters, elapsed = follow(node, timeout=ONE_STALL + 3)
-    assert responder.ready, f"not ready; subscriptions sent: {len(node.posts)}"
+    tables, counters, elapsed = follow(node, timeout=ONE_STALL + 3)
+    assert tables.ready, f"not ready; subscriptions sent: {len(node.posts)}"
     assert elapsed < ONE_STALL
     assert node.posts[0] in failed and node.posts.count(node.posts[0]) == 1
     assert counters.subscriptions_abandoned == 1
@@ -252,8 +253,8 @@ def test_a_snapshot_cut_while_arriving_is_asked_again_of_the_same_matcher(monkey
     cut = [_chunk({"columns": list(COLUMNS)}) + _chunk({"row": [1, ROWS[0]]}) + b"0\r\n\r\n"]
     monkeypatch.setattr(node, "respond", scripted_first_post(node, cut))
     # Deadline: the reconnect delay (10 ms + up to 1 s of jitter) and an instant snapshot, +1 s.
-    responder, counters, elapsed = follow(node, timeout=5)
-    assert responder.ready and responder.table.names() == WANT
+    tables, counters, elapsed = follow(node, timeout=5)
+    assert tables.ready and tables.table.names() == WANT
     assert elapsed < 0.01 + 1.0 + 1.0
     assert len(node.posts) == 2 and node.posts[0] == node.posts[1], "a working matcher was abandoned"
     assert counters.subscriptions_abandoned == 0
@@ -266,8 +267,8 @@ def test_a_matcher_that_goes_silent_after_some_rows_is_abandoned(monkeypatch: py
     node = MatcherNode()
     stalled = [_chunk({"columns": list(COLUMNS)}) + _chunk({"row": [1, ROWS[0]]}), None]
     monkeypatch.setattr(node, "respond", scripted_first_post(node, stalled))
-    responder, counters, elapsed = follow(node, timeout=ONE_STALL + 3)
-    assert responder.ready and responder.table.names() == WANT
+    tables, counters, elapsed = follow(node, timeout=ONE_STALL + 3)
+    assert tables.ready and tables.table.names() == WANT
     assert elapsed < ONE_STALL
     assert len(node.posts) == 2 and node.posts[0] != node.posts[1], "the silent matcher was asked again"
     assert counters.subscriptions_abandoned == 1
@@ -281,17 +282,18 @@ def test_a_reconnect_after_a_snapshot_keeps_the_same_matcher() -> None:
         server = await asyncio.start_server(node.handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         cfg = config_mod.load(["--listen", "127.0.0.1:5353", "--corrosion-api", f"127.0.0.1:{port}"])
-        responder, counters = Responder("jiji", 60, 5), Counters()
-        sub = Subscriber(cfg, responder, counters)
+        counters = Counters()
+        tables = TableOwner("jiji", 60, counters)
+        sub = Subscriber(cfg, tables, counters)
         for _ in range(2):
             task = asyncio.ensure_future(sub._subscribe())
             deadline = time.monotonic() + 5
-            while not responder.ready and time.monotonic() < deadline:
+            while not tables.ready and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-            assert responder.ready
-            responder.ready = False
+            assert tables.ready
+            tables.ready = False
         server.close()
         return node.posts
 

@@ -13,7 +13,9 @@ from typing import Any
 
 from jiji_dns import config as config_mod
 from jiji_dns.events import Counters
-from jiji_dns.responder import Responder
+from jiji_dns.hints import ChangeHints
+from jiji_dns.owner import TableOwner
+from jiji_dns.rows import RowReader
 from jiji_dns.subscriber import Subscriber
 from jiji_dns.table import COLUMNS
 
@@ -51,8 +53,8 @@ class ScriptedCorrosion:
 
 def run_subscriber(
     scripts: list[tuple[int, list[dict[str, Any]]]], until: Any
-) -> tuple[Responder, Counters, list[str]]:
-    async def main() -> tuple[Responder, Counters, list[str]]:
+) -> tuple[TableOwner, Counters, list[str]]:
+    async def main() -> tuple[TableOwner, Counters, list[str]]:
         fake = ScriptedCorrosion(scripts)
         server = await asyncio.start_server(fake.handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
@@ -68,17 +70,18 @@ def run_subscriber(
                 "127.0.0.1:9",
             ]
         )
-        responder, counters = Responder("jiji", 60, 5), Counters()
-        sub = Subscriber(cfg, responder, counters)
+        counters = Counters()
+        tables = TableOwner("jiji", 60, counters)
+        sub = Subscriber(cfg, tables, counters)
         task = asyncio.ensure_future(sub.run())
         for _ in range(300):
-            if until(responder, counters, fake):
+            if until(tables, counters, fake):
                 break
             await asyncio.sleep(0.01)
         sub.stop()
         task.cancel()
         server.close()
-        return responder, counters, fake.requests
+        return tables, counters, fake.requests
 
     return asyncio.run(main())
 
@@ -93,7 +96,7 @@ def test_v1_resume_with_a_gap_throws_the_cache_away() -> None:
     ]
     resumed_with_gap = [{"change": ["delete", 1, row("a", "10.210.0.2"), 20]}]
     fresh = [{"columns": COLS}, {"row": [2, row("b", "10.210.0.3")]}, {"eoq": {"time": 0.1, "change_id": 30}}]
-    responder, counters, requests = run_subscriber(
+    tables, counters, requests = run_subscriber(
         [(200, first), (200, resumed_with_gap), (200, fresh)],
         lambda r, c, f: len(f.requests) == 3 and c.last_change_id == 30,
     )
@@ -101,7 +104,7 @@ def test_v1_resume_with_a_gap_throws_the_cache_away() -> None:
     assert requests[1] == "GET /v1/subscriptions/sub-1?from=8 HTTP/1.1"
     assert requests[2].startswith("POST /v1/subscriptions ")
     assert counters.resyncs == 1
-    assert responder.table.names() == {"shop-api.jiji": ["10.210.0.3"]}  # 'c' was dropped with the old cache
+    assert tables.table.names() == {"shop-api.jiji": ["10.210.0.3"]}  # 'c' was dropped with the old cache
 
 
 def test_v1_contiguous_resume_keeps_the_cache() -> None:
@@ -110,21 +113,21 @@ def test_v1_contiguous_resume_keeps_the_cache() -> None:
         {"change": ["insert", 2, row("b", "10.210.0.3"), 5]},
         {"change": ["delete", 1, row("a", "10.210.0.2"), 6]},
     ]
-    responder, counters, requests = run_subscriber(
+    tables, counters, requests = run_subscriber(
         [(200, first), (200, resumed)], lambda r, c, f: c.last_change_id == 6
     )
     assert counters.resyncs == 0
     assert requests[1].endswith("?from=4 HTTP/1.1")
-    assert responder.table.names() == {"shop-api.jiji": ["10.210.0.3"]}
+    assert tables.table.names() == {"shop-api.jiji": ["10.210.0.3"]}
 
 
 def test_vanished_subscription_resubscribes_from_scratch() -> None:
     first = [{"columns": COLS}, {"row": [1, row("a", "10.210.0.2")]}, {"eoq": {"time": 0.1, "change_id": 4}}]
     fresh = [{"columns": COLS}, {"eoq": {"time": 0.1, "change_id": 1}}]
-    responder, counters, requests = run_subscriber(
+    tables, counters, requests = run_subscriber(
         [(200, first), (404, []), (200, fresh)], lambda r, c, f: len(f.requests) == 3 and c.last_change_id == 1
     )
-    assert counters.resyncs == 1 and responder.table.names() == {}
+    assert counters.resyncs == 1 and tables.table.names() == {}
 
 
 def test_v0_shapes_without_change_ids() -> None:
@@ -135,15 +138,75 @@ def test_v0_shapes_without_change_ids() -> None:
         {"change": ["insert", 2, row("b", "10.210.0.3")]},
         {"change": ["update", 2, row("b", "10.210.0.9")]},
     ]
-    responder, counters, _ = run_subscriber(
+    tables, counters, _ = run_subscriber(
         [(200, events)], lambda r, c, f: r.table.names().get("shop-api.jiji") == ["10.210.0.2", "10.210.0.9"]
     )
-    assert responder.ready
-    assert responder.table.names() == {"shop-api.jiji": ["10.210.0.2", "10.210.0.9"]}
+    assert tables.ready
+    assert tables.table.names() == {"shop-api.jiji": ["10.210.0.2", "10.210.0.9"]}
     assert counters.last_change_id is None
 
 
 def test_rows_are_served_only_once_the_snapshot_is_complete() -> None:
     partial = [{"columns": COLS}, {"row": [1, row("a", "10.210.0.2")]}]  # stream ends before eoq
-    responder, counters, _ = run_subscriber([(200, partial)], lambda r, c, f: c.reconnects >= 1)
-    assert not responder.ready and responder.table.names() == {}
+    tables, counters, _ = run_subscriber([(200, partial)], lambda r, c, f: c.reconnects >= 1)
+    assert not tables.ready and tables.table.names() == {}
+
+
+def test_a_bug_in_a_row_handler_ends_the_subscriber_instead_of_reconnecting(monkeypatch: Any) -> None:
+    """Only a broken stream is a reason to reconnect: a KeyError of ours must surface (the
+    daemon then exits with event=fatal), not be retried for ever as if the node had hung up."""
+
+    def buggy(self: Any, body: Any) -> None:
+        raise KeyError("a bug in the row handler")
+
+    monkeypatch.setattr(RowReader, "row", buggy)
+    events = [{"columns": COLS}, {"row": [1, row("a", "10.210.0.2")]}, {"eoq": {"time": 0.1, "change_id": 1}}]
+
+    async def main() -> tuple[BaseException | None, Counters]:
+        fake = ScriptedCorrosion([(200, events)] * 3)
+        server = await asyncio.start_server(fake.handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        cfg = config_mod.load(
+            ["--listen", "127.0.0.1:5353", "--corrosion-api", f"127.0.0.1:{port}", "--reconnect-interval", "10"]
+        )
+        counters = Counters()
+        sub = Subscriber(cfg, TableOwner("jiji", 60, counters), counters)
+        task = asyncio.ensure_future(sub.run())
+        await asyncio.wait({task}, timeout=3)
+        sub.stop()
+        task.cancel()
+        server.close()
+        return (task.exception() if task.done() and not task.cancelled() else None), counters
+
+    error, counters = asyncio.run(main())
+    assert isinstance(error, KeyError), error
+    assert counters.reconnects == 0 and counters.resyncs == 0
+
+
+def test_a_bug_in_a_row_handler_ends_the_reconciler_instead_of_retrying(monkeypatch: Any) -> None:
+    def buggy(self: Any, body: Any) -> None:
+        raise KeyError("a bug in the row handler")
+
+    monkeypatch.setattr(RowReader, "row", buggy)
+    events = [{"columns": COLS}, {"row": [1, row("a", "10.210.0.2")]}, {"eoq": {"time": 0.1}}]
+
+    async def main() -> BaseException | None:
+        fake = ScriptedCorrosion([(200, events)] * 3)
+        server = await asyncio.start_server(fake.handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        cfg = config_mod.load(
+            ["--listen", "127.0.0.1:5353", "--corrosion-api", f"127.0.0.1:{port}", "--reconnect-interval", "10"]
+        )
+        counters = Counters()
+        tables = TableOwner("jiji", 60, counters)
+        tables.replace([])
+        hints = ChangeHints(cfg, tables, counters)
+        hints.request_reconcile()
+        task = asyncio.ensure_future(hints.refresh_loop())
+        await asyncio.wait({task}, timeout=3)
+        hints.stop()
+        task.cancel()
+        server.close()
+        return task.exception() if task.done() and not task.cancelled() else None
+
+    assert isinstance(asyncio.run(main()), KeyError)

@@ -91,3 +91,14 @@ def test_names_that_cannot_be_labels_are_skipped() -> None:
     t.upsert(c("a", "s1", "10.210.0.2", service="x" * 70))
     t.upsert(c("b", "s1", "10.210.0.3", service="dotted.name"))
     assert t.names() == {}
+
+
+def test_one_walker_splits_and_bounds_every_name() -> None:
+    labels: list[int] = []
+    assert wire.walk_name(b"\x03api\x04jiji\x00", 0, labels) == 10 and labels == [0, 4]
+    longest = b"\x3f" + b"a" * 63  # 64 bytes a label: 3 of them and a 62-byte one make 255 with the root
+    assert wire.walk_name(longest * 3 + b"\x3d" + b"b" * 61 + b"\x00", 0) == 255
+    assert wire.walk_name(longest * 3 + b"\x3e" + b"b" * 62 + b"\x00", 0) == wire.NAME_TOO_LONG
+    assert wire.walk_name(b"\x40" + b"a" * 64 + b"\x00", 0) == wire.NAME_TOO_LONG
+    assert wire.walk_name(b"\x03api\xc0\x0c", 0) == wire.NAME_POINTER
+    assert wire.walk_name(b"\x03api\x04ji", 0) == wire.NAME_CUT

@@ -19,20 +19,30 @@ from __future__ import annotations
 import asyncio
 import json
 
-from . import httpstream, rows
+from . import httpstream
 from .config import Config, reconnect_delay
 from .events import Counters, log
-from .responder import Responder
+from .owner import TableOwner
 from .rows import MAX_CELL, BadEvent, RowReader
 from .table import Container
 
 BATCH = 256  # container ids re-read per query
+# A read is retried after a broken stream or a broken event; any other error is a bug and ends
+# the task (the daemon exits: event=fatal).
+RETRIED = (*httpstream.STREAM_ERRORS, BadEvent)
+
+
+def _event(line: bytes) -> object:
+    try:
+        return json.loads(line)
+    except ValueError:
+        raise BadEvent(f"the node sent a line that is not JSON: {line[:200]!r}") from None
 
 
 class ChangeHints:
-    def __init__(self, config: Config, responder: Responder, counters: Counters) -> None:
+    def __init__(self, config: Config, tables: TableOwner, counters: Counters) -> None:
         self.config = config
-        self.responder = responder
+        self.tables = tables
         self.counters = counters
         self._pending: set[str] = set()
         self._reconcile_requested = False
@@ -62,7 +72,7 @@ class ChangeHints:
                 if await self._listen():
                     await asyncio.sleep(self.config.reconnect_max)
                     continue
-            except httpstream.STREAM_ERRORS as e:
+            except RETRIED as e:
                 failures = 1 if self._streamed else failures + 1
                 log("hints_error", error=f"{type(e).__name__}: {e}", attempt=failures)
             await asyncio.sleep(reconnect_delay(self.config, failures))
@@ -82,14 +92,14 @@ class ChangeHints:
             self._streamed = True
             log("hints_open")
             async for line in resp.lines():
-                event = json.loads(line)
+                event = _event(line)
                 notify = event.get("notify") if isinstance(event, dict) else None
                 if isinstance(notify, list) and len(notify) >= 2 and isinstance(notify[1], list) and notify[1]:
                     key = notify[1][0]
                     if isinstance(key, (str, int)) and len(str(key)) <= MAX_CELL:
                         self._pending.add(str(key))
                         self._wake.set()
-                        if len(self._pending) > self.responder.table.max_rows:
+                        if len(self._pending) > self.tables.max_rows:
                             # More notified than the table may hold: a full re-read is cheaper.
                             self._pending.clear()
                             self.request_reconcile()
@@ -105,25 +115,25 @@ class ChangeHints:
         while not self._stopping:
             await self._wake.wait()
             self._wake.clear()
-            if self._reconcile_requested and self.responder.ready:
+            if self._reconcile_requested and self.tables.ready:
                 self._reconcile_requested = False
                 try:
                     await self._reconcile()
                     failures = 0
-                except httpstream.STREAM_ERRORS as e:
+                except RETRIED as e:
                     failures += 1
                     log("reconcile_error", error=f"{type(e).__name__}: {e}", attempt=failures)
                     self._reconcile_requested = True
                     await asyncio.sleep(reconnect_delay(self.config, failures))
                     self._wake.set()
             while self._pending and not self._stopping:
-                if not self.responder.ready:
+                if not self.tables.ready:
                     self._pending.clear()  # the first snapshot will carry these rows
                     break
                 batch = [self._pending.pop() for _ in range(min(BATCH, len(self._pending)))]
                 try:
                     await self._refresh(batch)
-                except httpstream.STREAM_ERRORS as e:
+                except RETRIED as e:
                     log("hints_refresh_error", error=f"{type(e).__name__}: {e}", containers=len(batch))
 
     async def _read(self, sql: str, params: list[str]) -> dict[str, Container]:
@@ -136,7 +146,7 @@ class ChangeHints:
             if resp.status != 200:
                 raise httpstream.HTTPError(resp.status, await resp.text())
             async for line in resp.lines():
-                event = json.loads(line)
+                event = _event(line)
                 if not isinstance(event, dict):
                     raise BadEvent(f"query answered a non-object line {line[:200]!r}")
                 if "columns" in event:
@@ -147,8 +157,8 @@ class ChangeHints:
                     c = read_row.row(event["row"])
                     if c is not None:
                         found[c.id] = c
-                        if len(found) > self.responder.table.max_rows:
-                            raise BadEvent(f"query answered more than {self.responder.table.max_rows} rows (row cap)")
+                        if len(found) > self.tables.max_rows:
+                            raise BadEvent(f"query answered more than {self.tables.max_rows} rows (row cap)")
                 elif "error" in event:
                     raise ConnectionError(f"corrosion error: {str(event['error'])[:200]}")
                 elif "eoq" in event:
@@ -158,31 +168,27 @@ class ChangeHints:
         return found
 
     async def _refresh(self, ids: list[str]) -> None:
-        table = self.responder.table
+        snapshots = self.tables.snapshots
         found = await self._read(f"{self.config.subscription_sql} AND c.id IN ({', '.join('?' for _ in ids)})", ids)
-        if table is not self.responder.table:
-            return  # a resync swapped the table meanwhile; its snapshot is newer than this read
-        for cid in ids:
-            if cid in found:
-                rows.upsert(table, found[cid], self.counters)
-            else:
-                table.delete(cid)
+        if snapshots != self.tables.snapshots:
+            return  # a resync replaced the table meanwhile; its snapshot is newer than this read
+        self.tables.apply([(cid, found.get(cid)) for cid in ids])
         self._refreshed_since_reconcile.update(ids)
         self.counters.hints_applied += len(ids)
 
     async def _reconcile(self) -> None:
-        table = self.responder.table
+        snapshots = self.tables.snapshots
         self._refreshed_since_reconcile = set()
         truth = await self._read(self.config.subscription_sql, [])
-        if table is not self.responder.table:
+        if snapshots != self.tables.snapshots:
             self._reconcile_requested = True  # read again against the new table
             return
+        # Only the difference is applied, not a replace: a table already equal to the truth (the
+        # usual case) is left untouched, negative cache included.
         skip = self._refreshed_since_reconcile
-        stale = [cid for cid in table.containers if cid not in truth and cid not in skip]
-        changed = [c for cid, c in truth.items() if cid not in skip and table.containers.get(cid) != c]
-        for cid in stale:
-            table.delete(cid)
-        for c in changed:
-            rows.upsert(table, c, self.counters)
+        served = self.tables.table.containers
+        stale = [cid for cid in served if cid not in truth and cid not in skip]
+        changed = [c for cid, c in truth.items() if cid not in skip and served.get(cid) != c]
+        self.tables.apply([*((cid, None) for cid in stale), *((c.id, c) for c in changed)])
         self.counters.reconciled += len(stale) + len(changed)
         log("reconciled", containers=len(truth), removed=len(stale), updated=len(changed))

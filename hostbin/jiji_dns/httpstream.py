@@ -30,12 +30,25 @@ class HTTPError(Exception):
         self.status = status
 
 
-class LineTooLong(ValueError):
+class BadStream(Exception):
+    """The node sent something that is not HTTP as we read it: the stream is refused."""
+
+
+class LineTooLong(BadStream):
     """A body line (or a header) longer than the limit: the stream is refused."""
 
 
-# What a broken or refused stream raises; callers reconnect after any of these.
-STREAM_ERRORS = (TimeoutError, OSError, ConnectionError, asyncio.IncompleteReadError, HTTPError, ValueError, KeyError)
+# What a broken, cut or refused stream raises; callers reconnect after these and only these.
+# Anything else (a TypeError, a KeyError) is a bug of ours and must end the task, not be retried.
+# OSError covers ConnectionError and the socket's own errors.
+STREAM_ERRORS = (TimeoutError, OSError, asyncio.IncompleteReadError, HTTPError, BadStream)
+
+
+def _hex_size(line: bytes) -> int:
+    try:
+        return int(line.split(b";")[0].strip() or b"0", 16)
+    except ValueError:
+        raise BadStream(f"bad chunk size line {line[:50]!r}") from None
 
 
 async def _head_line(reader: asyncio.StreamReader, timeout: float | None) -> bytes:
@@ -67,7 +80,7 @@ class Response:
                 size_line = await _head_line(reader, None)  # a live stream may be quiet for hours
                 if not size_line:
                     raise ConnectionError("stream closed mid-chunk")
-                size = int(size_line.split(b";")[0].strip() or b"0", 16)
+                size = _hex_size(size_line)
                 if size == 0:
                     return
                 while size:
@@ -79,6 +92,8 @@ class Response:
                 await reader.readexactly(2)
         length_text = self.headers.get("content-length")
         if length_text is not None:
+            if not (length_text.isascii() and length_text.isdigit()):
+                raise BadStream(f"bad Content-Length {length_text[:50]!r}")
             remaining = int(length_text)
             while remaining > 0:
                 data = await reader.read(min(remaining, READ_SIZE))

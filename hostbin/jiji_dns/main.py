@@ -24,6 +24,7 @@ from . import config as config_mod
 from .events import Counters, log, log_limited, warn
 from .forwarder import Forwarder
 from .hints import ChangeHints
+from .owner import TableOwner
 from .responder import Responder
 from .sdnotify import notify
 from .server import BindError, DNSServer, Listeners, bind_all, fd_limits, probe_free, serve_stats
@@ -43,7 +44,8 @@ async def run_worker(cfg: config_mod.Config, listeners: Listeners, on_serving: C
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_loop_errors)
     counters = Counters()
-    responder = Responder(cfg.domain, cfg.ttl, cfg.negative_ttl)
+    tables = TableOwner(cfg.domain, cfg.ttl, counters)
+    responder = Responder(tables, cfg.negative_ttl)
     limits = fd_limits(cfg.max_tcp, cfg.max_inflight)
     if (limits.tcp_connections, limits.inflight) != (cfg.max_tcp, cfg.max_inflight):
         log("limits_lowered", reason="open-file limit", tcp_connections=limits.tcp_connections, inflight=limits.inflight)
@@ -52,7 +54,7 @@ async def run_worker(cfg: config_mod.Config, listeners: Listeners, on_serving: C
     server.start(listeners)
 
     def stats() -> dict[str, Any]:
-        out = counters.snapshot(len(responder.table.containers), len(responder.table.existing) - 1, responder.ready)
+        out = counters.snapshot(len(tables.table.containers), len(tables.table.existing) - 1, tables.ready)
         out.update(
             answers=server.answers_by_rcode(),
             forwards_inflight=forwarder.inflight,
@@ -64,8 +66,8 @@ async def run_worker(cfg: config_mod.Config, listeners: Listeners, on_serving: C
         return out
 
     stats_server = await serve_stats(cfg.stats_socket, stats) if cfg.stats_socket else None
-    hints = ChangeHints(cfg, responder, counters)
-    subscriber = Subscriber(cfg, responder, counters, on_connected=hints.request_reconcile)
+    hints = ChangeHints(cfg, tables, counters)
+    subscriber = Subscriber(cfg, tables, counters, on_connected=hints.request_reconcile)
     critical: dict[asyncio.Future[Any], str] = {
         asyncio.ensure_future(subscriber.run()): "subscriber",
         asyncio.ensure_future(hints.listen_loop()): "update notifications",

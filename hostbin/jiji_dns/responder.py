@@ -4,7 +4,8 @@ The fast path handles what real clients send (one question, optional EDNS OPT, o
 it walks the question's labels, looks the lower-cased question up in the table's pre-encoded
 answers and concatenates bytes. Everything else goes through dnslib once (`_slow`) to be either
 answered with an error code or normalised into a plain query and sent back through the fast path,
-so there is one set of answering rules.
+so there is one set of answering rules. Replies are whole: fitting one into a UDP datagram is the
+UDP transport's job (udpsize.py); TCP sends them as they are.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dnslib import QTYPE, DNSRecord  # type: ignore[import-untyped]
 
 from . import wire
 from .events import log_limited
-from .table import ServiceTable
+from .owner import TableOwner
 
 
 class _Forward:
@@ -45,29 +46,19 @@ _COUNTS_SOA_AUTHORITY = (wire.counts(1, 0, 1, 0), wire.counts(1, 0, 1, 1))
 _COUNTS_SOA_ANSWER = (wire.counts(1, 1, 0, 0), wire.counts(1, 1, 0, 1))
 
 
-def _udp_limit(data: bytes, end: int, edns: int) -> int:
-    """Largest UDP reply the client accepts: 512 without EDNS, else its payload size, capped by ours."""
-    if not edns:
-        return wire.PLAIN_UDP_LIMIT
-    payload = data[end + 3] << 8 | data[end + 4]
-    return min(max(payload, wire.PLAIN_UDP_LIMIT), wire.EDNS_PAYLOAD)
-
-
-def _flags(rd: int, ra: bool, rcode: int, authoritative: bool = True, tc: bool = False) -> bytes:
-    hi = 0x80 | (0x04 if authoritative else 0) | (0x02 if tc else 0) | rd
+def _flags(rd: int, ra: bool, rcode: int, authoritative: bool = True) -> bytes:
+    hi = 0x80 | (0x04 if authoritative else 0) | rd
     return bytes([hi, (0x80 if ra else 0) | rcode])
 
 
 class Responder:
-    """Answers for one domain from a ServiceTable that the subscriber swaps and updates."""
+    """Answers for one domain from the table `tables` serves (it never changes the table)."""
 
-    def __init__(self, domain: str, ttl: int, negative_ttl: int) -> None:
-        self.table = ServiceTable(domain, ttl)
+    def __init__(self, tables: TableOwner, negative_ttl: int) -> None:
+        self.tables = tables
         self.negative_ttl = negative_ttl
-        # False until the first full snapshot: answers in the domain are SERVFAIL meanwhile.
-        self.ready = False
         self.serial = 1
-        self._zone = self.table.domain_wire
+        self._zone = tables.table.domain_wire
         self._zone_len = len(self._zone)
         self._soa_by_offset: dict[int, bytes] = {}
         self._opt = (wire.opt_record(False), wire.opt_record(True))
@@ -77,44 +68,37 @@ class Responder:
         self._negative_bytes = 0
         self._negative_generation = 0
 
-    def answer(self, data: bytes, recursion: bool, udp: bool) -> bytes | _Forward | None:
-        """The reply to `data`, FORWARD, or None when the packet deserves no reply at all."""
+    def answer(self, data: bytes, recursion: bool) -> bytes | _Forward | None:
+        """The whole reply to `data`, FORWARD, or None when the packet deserves no reply at all."""
         n = len(data)
         if n < 17 or data[2] & 0xFA or data[4:10] != b"\x00\x01\x00\x00\x00\x00" or data[10]:
-            return self._slow(data, recursion, udp)
-        i = 12
-        try:
-            length = data[i]
-            while length:
-                if length > 63:
-                    return self._slow(data, recursion, udp)
-                i += length + 1
-                if i > 266:  # the name's wire form (i - 11 bytes with its root) is over 255 bytes
-                    return self.error_reply(data, wire.RCODE_FORMERR, recursion)
-                length = data[i]
-        except IndexError:
-            return self._slow(data, recursion, udp)
-        end = i + 5
+            return self._slow(data, recursion)
+        name_end = wire.walk_name(data, wire.HEADER_LEN)
+        if name_end < 0:
+            if name_end == wire.NAME_TOO_LONG:
+                return self.error_reply(data, wire.RCODE_FORMERR, recursion)
+            return self._slow(data, recursion)  # compressed or cut short: dnslib decides
+        end = name_end + 4
         if data[11] == 0:
             if end != n:
-                return self._slow(data, recursion, udp)
+                return self._slow(data, recursion)
             edns = 0
         elif data[11] == 1:
             # One OPT record: root owner, type 41, payload, ext-rcode, version, flags, rdlen.
             opt = data[end:]
             if len(opt) < 11 or opt[:3] != b"\x00\x00\x29" or opt[6] or len(opt) != 11 + (opt[9] << 8 | opt[10]):
-                return self._slow(data, recursion, udp)
+                return self._slow(data, recursion)
             edns = 1 + (opt[7] >> 7)  # 1 without DO, 2 with DO
         else:
-            return self._slow(data, recursion, udp)
+            return self._slow(data, recursion)
         question = data[12:end]
         # Lower-casing the type and class bytes too is safe: no key we store has a byte in A-Z.
         lowered = question.lower()
-        hit = self.table.answers.get(lowered)
+        table = self.tables.table
+        hit = table.answers.get(lowered)
         if hit is None:
-            # Negative answers (question + SOA + OPT) always fit 512 bytes: no limit check.
             negative = self._negative.get(lowered)
-            if negative is not None and self._negative_generation == self.table.generation:
+            if negative is not None and self._negative_generation == table.generation:
                 return (
                     data[:2]
                     + negative[0][(data[2] & 1) | (2 if recursion else 0)]
@@ -123,9 +107,9 @@ class Responder:
                     + negative[1]
                     + (self._opt[edns - 1] if edns else b"")
                 )
-            return self._miss(data, question, lowered, edns, recursion, udp)
+            return self._miss(data, question, lowered, edns, recursion)
         if edns:
-            reply = (
+            return (
                 data[:2]
                 + _OK_FLAGS[(data[2] & 1) | (2 if recursion else 0)]
                 + hit[1]
@@ -133,38 +117,30 @@ class Responder:
                 + hit[2]
                 + self._opt[edns - 1]
             )
-        else:
-            reply = data[:2] + _OK_FLAGS[(data[2] & 1) | (2 if recursion else 0)] + hit[0] + question + hit[2]
-        # Every reply fits 512 bytes except large answer sets: only those pay for the limit check.
-        if udp and len(reply) > wire.PLAIN_UDP_LIMIT and len(reply) > _udp_limit(data, end, edns):
-            return self._truncated(data, question, edns, recursion)
-        return reply
+        return data[:2] + _OK_FLAGS[(data[2] & 1) | (2 if recursion else 0)] + hit[0] + question + hit[2]
 
     # ---- names without a pre-encoded answer ------------------------------------------------
-    def _miss(
-        self, data: bytes, question: bytes, lowered: bytes, edns: int, recursion: bool, udp: bool
-    ) -> bytes | _Forward:
+    def _miss(self, data: bytes, question: bytes, lowered: bytes, edns: int, recursion: bool) -> bytes | _Forward:
         qname = lowered[:-4]
         zone_start = len(qname) - self._zone_len
         if zone_start < 0 or not qname.endswith(self._zone):
             return FORWARD if recursion else self._error(data, question, wire.RCODE_REFUSED, edns, recursion)
         if zone_start:
             # The zone must start at a label boundary ("xjiji." is not in "jiji.").
-            i = 0
-            while i < zone_start:
-                i += qname[i] + 1
-            if i != zone_start:
+            labels: list[int] = []
+            wire.walk_name(qname, 0, labels)
+            if zone_start not in labels:
                 return FORWARD if recursion else self._error(data, question, wire.RCODE_REFUSED, edns, recursion)
-        if not self.ready:
+        if not self.tables.ready:
             return self._error(data, question, wire.RCODE_SERVFAIL, edns, recursion)
         if not (question.endswith(b"\x00\x01") or question.endswith(b"\x00\xff")):
             return self._error(data, question, wire.RCODE_REFUSED, edns, recursion)
         soa = self._soa(12 + zone_start)
         flag_index = (data[2] & 1) | (2 if recursion else 0)
         qtype = question[-4:-2]
-        if qname in self.table.existing:
+        if qname in self.tables.table.existing:
             if qtype == b"\x00\xff" and zone_start:
-                return self._any(data, question, qname, edns, recursion, udp, soa)
+                return self._any(data, question, qname, edns, recursion, soa)
             if not zone_start and qtype in (b"\x00\x06", b"\x00\xff"):
                 head = _AUTH_FLAGS[0][flag_index] + _COUNTS_SOA_ANSWER[edns > 0]
                 return data[:2] + head + question + soa + (self._opt[edns - 1] if edns else b"")
@@ -182,7 +158,7 @@ class Responder:
         )
 
     def _remember_negative(self, lowered: bytes, flags: tuple[bytes, ...], soa: bytes) -> None:
-        if self._negative_generation != self.table.generation:
+        if self._negative_generation != self.tables.table.generation:
             self._clear_negative()
         elif len(self._negative) >= NEGATIVE_ENTRIES or self._negative_bytes >= NEGATIVE_BYTES:
             # A flood of distinct missing names: start over rather than grow (logged, rate-limited).
@@ -194,13 +170,11 @@ class Responder:
     def _clear_negative(self) -> None:
         self._negative.clear()
         self._negative_bytes = 0
-        self._negative_generation = self.table.generation
+        self._negative_generation = self.tables.table.generation
 
-    def _any(
-        self, data: bytes, question: bytes, qname: bytes, edns: int, recursion: bool, udp: bool, soa: bytes
-    ) -> bytes:
+    def _any(self, data: bytes, question: bytes, qname: bytes, edns: int, recursion: bool, soa: bytes) -> bytes:
         """ANY for a service name: its A and AAAA records (RFC 8482 allows less; clients expect these)."""
-        answers = self.table.answers
+        answers = self.tables.table.answers
         entries = [answers.get(qname + qtype + b"\x00\x01") for qtype in (b"\x00\x01", b"\x00\x1c")]
         found = [e for e in entries if e is not None]
         if not found:  # an existing name always has records; guard against a concurrent removal
@@ -209,10 +183,7 @@ class Responder:
         count = sum(int.from_bytes(e[0][2:4], "big") for e in found)
         flags = _OK_FLAGS[(data[2] & 1) | (2 if recursion else 0)]
         reply = data[:2] + flags + wire.counts(1, count, 0, 1 if edns else 0) + question
-        reply += b"".join(e[2] for e in found) + (self._opt[edns - 1] if edns else b"")
-        if udp and len(reply) > _udp_limit(data, 12 + len(question), edns):
-            return self._truncated(data, question, edns, recursion)
-        return reply
+        return reply + b"".join(e[2] for e in found) + (self._opt[edns - 1] if edns else b"")
 
     def _soa(self, zone_offset: int) -> bytes:
         soa = self._soa_by_offset.get(zone_offset)
@@ -220,11 +191,6 @@ class Responder:
             soa = wire.soa_record(zone_offset, self.negative_ttl, self.serial, self.negative_ttl)
             self._soa_by_offset[zone_offset] = soa
         return soa
-
-    def _truncated(self, data: bytes, question: bytes, edns: int, recursion: bool) -> bytes:
-        ar = 1 if edns else 0
-        opt = self._opt[edns - 1] if edns else b""
-        return data[:2] + _flags(data[2] & 1, recursion, 0, tc=True) + wire.counts(1, 0, 0, ar) + question + opt
 
     def _error(self, data: bytes, question: bytes, rcode: int, edns: int, recursion: bool) -> bytes:
         ar = 1 if edns else 0
@@ -259,13 +225,14 @@ class Responder:
         return reply
 
     # ---- everything unusual, once through dnslib (parsing only) ------------------------------
-    def _slow(self, data: bytes, recursion: bool, udp: bool) -> bytes | _Forward | None:
+    def _slow(self, data: bytes, recursion: bool) -> bytes | _Forward | None:
         if len(data) < wire.HEADER_LEN or data[2] & 0x80:
             return None  # not even a header, or a response: answering could start a loop
         if (data[2] >> 3) & 0x0F:
             # Header only: an UPDATE's or NOTIFY's sections mean something else than a query's.
             return self._header_only(data, wire.RCODE_NOTIMP, recursion)
-        if _has_bad_name(data):
+        # dnslib would accept some names over the limits while parsing and fail later.
+        if wire.walk_name(data, wire.HEADER_LEN) == wire.NAME_TOO_LONG:
             return self.error_reply(data, wire.RCODE_FORMERR, recursion)
         try:
             query = DNSRecord.parse(data)
@@ -277,14 +244,16 @@ class Responder:
         if len(opts) > 1:
             return self.error_reply(data, wire.RCODE_FORMERR, recursion)
         question = query.questions[0]
-        labels = question.qname.label
-        if any(not 0 < len(label) <= 63 for label in labels) or sum(len(x) + 1 for x in labels) > 254:
+        # The name as dnslib decompressed it, walked like any other: an empty label, a long one or
+        # a long name stops the walk short of its end.
+        name = b"".join(bytes([len(label)]) + label for label in question.qname.label) + b"\x00"
+        if wire.walk_name(name, 0) != len(name):
             return self.error_reply(data, wire.RCODE_FORMERR, recursion)
         if opts and (opts[0].ttl >> 16) & 0xFF != 0:
             return self.error_reply(data, 0, recursion, ext_rcode=wire.EXT_RCODE_BADVERS)
         normal = bytearray(data[:2])
         normal += bytes([data[2] & 0x01, 0]) + wire.counts(1, 0, 0, len(opts))
-        normal += b"".join(bytes([len(label)]) + label for label in labels) + b"\x00"
+        normal += name
         normal += struct.pack(">HH", question.qtype, question.qclass)
         if opts:
             payload = opts[0].rclass
@@ -294,27 +263,9 @@ class Responder:
         if normal_bytes == data:
             # The fast path already refused exactly this packet: it would refuse it again.
             return self.error_reply(data, wire.RCODE_FORMERR, recursion)
-        return self.answer(normal_bytes, recursion, udp)
+        return self.answer(normal_bytes, recursion)
 
     @staticmethod
     def _header_only(data: bytes, rcode: int, recursion: bool) -> bytes:
         hi = 0x80 | (data[2] & 0x79)  # keep opcode and RD, set QR
         return data[:2] + bytes([hi, (0x80 if recursion else 0) | rcode]) + wire.counts(0, 0, 0, 0)
-
-
-def _has_bad_name(data: bytes) -> bool:
-    """True when a plain (uncompressed) question name breaks the limits: a label over 63 bytes
-    (0x40-0xBF are no label lengths) or a name over 255. dnslib would accept some of these
-    while parsing and fail later."""
-    i = wire.HEADER_LEN
-    n = len(data)
-    while i < n:
-        length = data[i]
-        if length == 0 or length >= 0xC0:
-            return False
-        if length > wire.MAX_LABEL:
-            return True
-        i += length + 1
-        if i - wire.HEADER_LEN >= wire.MAX_NAME_WIRE:
-            return True
-    return False

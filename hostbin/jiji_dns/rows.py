@@ -11,8 +11,8 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from .events import Counters, log_limited
-from .table import COLUMNS, Container, ServiceTable, row_reader
+from .events import log_limited
+from .table import COLUMNS, Container, row_reader
 
 # Longest text cell kept (an id, a name part, an address); a DNS label is at most 63 anyway.
 MAX_CELL = 255
@@ -82,10 +82,3 @@ def change(reader: RowReader | None, body: Any) -> tuple[str, str, Container | N
         raise BadEvent(f"change id is not a number: {str(change_id)[:50]}")
     c = reader.values(body[2])
     return body[0], c.id, reader.acceptable(c), change_id
-
-
-def upsert(table: ServiceTable, c: Container, counters: Counters) -> None:
-    """table.upsert, with a full table logged (rate-limited) and counted instead of grown."""
-    if not table.upsert(c):
-        counters.rows_refused += 1
-        log_limited("row_cap", limit=table.max_rows, id=c.id[:64])

@@ -18,6 +18,8 @@ from .config import Config, Endpoint
 from .events import RCODE_NAMES, Counters, log, log_limited
 from .forwarder import Forwarder
 from .responder import FORWARD, Responder
+from .udpsize import fit_udp
+from .wire import PLAIN_UDP_LIMIT
 
 
 class BindError(Exception):
@@ -202,7 +204,10 @@ class DNSServer:
                 if recursion is None:
                     recursion = self.recursion_allowed(addr[0])
                 try:
-                    reply = answer(data, recursion, True)
+                    reply = answer(data, recursion)
+                    # Only UDP has a size limit; TCP sends the same reply whole.
+                    if type(reply) is bytes and len(reply) > PLAIN_UDP_LIMIT:
+                        reply = fit_udp(data, reply)
                 except Exception as e:  # one bad packet must cost one SERVFAIL, not the loop
                     reply = self._contained(data, recursion, e)
                 if reply.__class__ is bytes:
@@ -304,7 +309,7 @@ class DNSServer:
 
     async def _tcp_reply(self, data: bytes, recursion: bool) -> bytes | None:
         try:
-            reply = self.responder.answer(data, recursion, False)
+            reply = self.responder.answer(data, recursion)
             if reply is FORWARD:
                 reply = None
                 if self.forwarder.acquire():

@@ -1,9 +1,9 @@
-"""Keeps the responder's table equal to Corrosion's healthy containers, across disconnects.
+"""Keeps the served table equal to Corrosion's healthy containers, across disconnects.
 
 Protocol (Corrosion NDJSON, v1 and the older v0 shape): `columns`, `row` per current result
 row, `eoq`, then live `change` events `[type, rowid, values, change_id]` (v0: no change_id).
-A new subscription's rows are collected into a fresh table that replaces the served one only at
-`eoq`, so a resync never serves a half-loaded table. After a disconnect we resume with
+A new subscription's rows are collected and replace the served table only at `eoq`
+(TableOwner.replace), so a resync never serves a half-loaded table. After a disconnect we resume with
 `?from=<last change id>`; if the subscription is gone or the first change after resuming is not
 exactly last+1 (the node keeps only recent changes and silently skips ahead), the table is
 rebuilt from a fresh snapshot so rows deleted meanwhile stop being served.
@@ -31,9 +31,9 @@ from . import httpstream
 from . import rows as rows_mod
 from .config import Config, reconnect_delay
 from .events import Counters, log, log_limited
-from .responder import Responder
+from .owner import TableOwner
 from .rows import BadEvent, RowReader
-from .table import Container, ServiceTable
+from .table import Container
 
 # Seconds a new subscription may stay silent before its snapshot is complete.
 SNAPSHOT_IDLE = 10.0
@@ -87,12 +87,12 @@ class Subscriber:
     def __init__(
         self,
         config: Config,
-        responder: Responder,
+        tables: TableOwner,
         counters: Counters,
         on_connected: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
-        self.responder = responder
+        self.tables = tables
         self.counters = counters
         # Called after every snapshot and every resume: the caller re-reads the truth (hints.py).
         self.on_connected = on_connected
@@ -224,9 +224,8 @@ class Subscriber:
             resp.close()
 
     async def _consume(self, resp: httpstream.Response, fresh: bool) -> None:
-        pending: ServiceTable | None = None
-        if fresh:
-            pending = ServiceTable(self.responder.table.domain, self.responder.table.ttl)
+        # Until `eoq`, changes of a fresh subscription are kept aside with its rows (rows win).
+        pending: dict[str, Container] | None = {} if fresh else None
         loop = asyncio.get_running_loop()
         # A snapshot must keep moving: silence for SNAPSHOT_IDLE before `eoq` is a disconnect
         # (TimeoutError) and abandons the matcher (see tagged_sql); a live stream may be quiet
@@ -237,7 +236,7 @@ class Subscriber:
     async def _events(
         self,
         resp: httpstream.Response,
-        pending: ServiceTable | None,
+        pending: dict[str, Container] | None,
         fresh: bool,
         watchdog: asyncio.Timeout,
         loop: asyncio.AbstractEventLoop,
@@ -265,14 +264,14 @@ class Subscriber:
                 self._snapshot_rows += 1
                 if c is not None:
                     rows.append(c)
-                    if len(rows) > pending.max_rows:
-                        raise BadEvent(f"the snapshot has more than {pending.max_rows} rows (row cap)")
+                    if len(rows) + len(pending) > self.tables.max_rows:
+                        raise BadEvent(f"the snapshot has more than {self.tables.max_rows} rows (row cap)")
             elif kind == "columns":
                 self._reader = RowReader(body)
             elif kind == "eoq":
                 if pending is None:
                     continue
-                self._load(pending, rows, body)
+                self._load([*pending.values(), *rows], body)
                 rows = []
                 pending = None
                 watchdog.reschedule(None)
@@ -288,23 +287,21 @@ class Subscriber:
                 log_limited("subscription_unknown_event", kind=str(kind)[:50])
         raise ConnectionError("subscription stream ended")
 
-    def _load(self, pending: ServiceTable, rows: list[Container], eoq: Any) -> None:
+    def _load(self, rows: list[Container], eoq: Any) -> None:
         """The snapshot is complete: serve it."""
         change_id = eoq.get("change_id") if isinstance(eoq, dict) else None
         if change_id is not None and (not isinstance(change_id, int) or isinstance(change_id, bool)):
             raise BadEvent(f"eoq change id is not a number: {str(change_id)[:50]}")
         started = time.perf_counter()
-        pending.load(rows)
-        self.responder.table = pending
-        self.responder.ready = True
+        self.tables.replace(rows)
         self._snapshot_done = True
         self.last_change_id = change_id
         self.counters.last_change_id = self.last_change_id
         self.counters.subscription_state = "live"
         log(
             "snapshot_loaded",
-            containers=len(self.responder.table.containers),
-            names=len(self.responder.table.names()),
+            containers=len(self.tables.table.containers),
+            names=len(self.tables.table.names()),
             load_ms=f"{(time.perf_counter() - started) * 1000:.1f}",
             since_request_ms=f"{(time.perf_counter() - self._opened_at) * 1000:.1f}",
             change_id=self.last_change_id,
@@ -312,15 +309,20 @@ class Subscriber:
         if self.on_connected:
             self.on_connected()
 
-    def _apply_change(self, body: Any, pending: ServiceTable | None) -> None:
+    def _apply_change(self, body: Any, pending: dict[str, Container] | None) -> None:
         kind, container_id, container, change_id = rows_mod.change(self._reader, body)
         if change_id is not None and self.last_change_id is not None and change_id != self.last_change_id + 1:
             raise ResyncNeeded(f"change id gap: expected {self.last_change_id + 1}, got {change_id}")
-        table = pending if pending is not None else self.responder.table
-        if kind == "delete" or container is None:
-            table.delete(container_id)  # an unusable row counts as gone
+        if kind == "delete":
+            container = None  # an unusable row counts as gone, too
+        if pending is None:
+            self.tables.apply([(container_id, container)])
+        elif container is None:
+            pending.pop(container_id, None)
         else:
-            rows_mod.upsert(table, container, self.counters)
+            pending[container_id] = container
+            if len(pending) > self.tables.max_rows:
+                raise BadEvent(f"the snapshot has more than {self.tables.max_rows} rows (row cap)")
         if change_id is not None:
             self.last_change_id = change_id
             self.counters.last_change_id = change_id

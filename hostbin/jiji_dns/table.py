@@ -237,10 +237,8 @@ class ServiceTable:
         """Every answered name with its addresses (for operators and tests)."""
         out = {}
         for wire_name, groups in self._names.items():
-            labels = []
-            i = 0
-            while wire_name[i]:
-                labels.append(wire_name[i + 1 : i + 1 + wire_name[i]].decode())
-                i += 1 + wire_name[i]
-            out[".".join(labels)] = [_winner(groups[s]).ip for s in sorted(groups)]
+            starts: list[int] = []
+            wire.walk_name(wire_name, 0, starts)
+            text = ".".join(wire_name[i + 1 : i + 1 + wire_name[i]].decode() for i in starts)
+            out[text] = [_winner(groups[s]).ip for s in sorted(groups)]
         return out

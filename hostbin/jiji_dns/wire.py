@@ -93,24 +93,44 @@ MAX_NAME_WIRE = 255  # RFC 1035 2.3.4: a name's wire form, root label included
 MAX_LABEL = 63
 
 
+# walk_name's verdicts on a name that is not plain or not within the limits.
+NAME_POINTER = -1  # a compression pointer: only dnslib follows those
+NAME_CUT = -2  # the data ends inside the name
+NAME_TOO_LONG = -3  # a label over 63 bytes or a name over 255: FORMERR
+
+
+def walk_name(data: bytes, start: int, labels: list[int] | None = None) -> int:
+    """The one walk over a wire name's labels (queries, replies, the table's names): the offset
+    just past the plain name at `start` (root label included), or a NAME_* verdict. With
+    `labels`, the offset of each label's length byte is appended to it, so callers can split the
+    name (at the zone, into text) without walking it again."""
+    i = start
+    try:  # on the hot path: an IndexError at the end is cheaper than a bound check per label
+        length = data[i]
+        while length:
+            if length > MAX_LABEL:
+                # 0x40-0xBF are no label lengths at all; 0xC0 and up start a pointer.
+                return NAME_POINTER if length >= 0xC0 else NAME_TOO_LONG
+            if labels is not None:
+                labels.append(i)
+            i += length + 1
+            if i - start >= MAX_NAME_WIRE:
+                return NAME_TOO_LONG
+            length = data[i]
+    except IndexError:
+        return NAME_CUT
+    return i + 1
+
+
 def question_end(data: bytes) -> int | None:
     """End offset of the first question when it is plain (no compression) and within the name
     limits, else None. The one question an error reply may echo without re-encoding it."""
     if len(data) < HEADER_LEN or not (data[4] or data[5]):
         return None
-    i = HEADER_LEN
-    n = len(data)
-    while i < n:
-        length = data[i]
-        if length == 0:
-            end = i + 5
-            return end if i + 1 - HEADER_LEN <= MAX_NAME_WIRE and end <= n else None
-        if length > MAX_LABEL:
-            return None
-        i += length + 1
-        if i - HEADER_LEN >= MAX_NAME_WIRE:
-            return None
-    return None
+    name_end = walk_name(data, HEADER_LEN)
+    if name_end < 0 or name_end + 4 > len(data):
+        return None
+    return name_end + 4
 
 
 def edns_of(data: bytes, end: int) -> int:
