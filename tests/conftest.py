@@ -28,6 +28,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    _print_lab_lines(terminalreporter)
     left_out = terminalreporter.stats.get("skipped", []) + terminalreporter.stats.get("xfailed", [])
     if left_out:
         terminalreporter.section("did not run, so the run fails", red=True, bold=True)
@@ -193,3 +194,27 @@ def module_lab(hosts: int, containers: bool = False) -> Iterator[Lab]:
 def lab() -> Iterator[Lab]:
     # Per module, not per session: tests/test_lab.py brings the same lab up and down itself.
     yield from module_lab(3)
+
+
+# What the lab tests print (the engine and provider that ran, heal times, latencies) is captured
+# by pytest and shown only for failures; CI keeps only what is printed, so the lines of passing
+# lab tests are printed again at the end of the run.
+_LAB_LINES: list[tuple[str, str]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    is_lab = "_on_lab" in report.nodeid or "test_lab.py" in report.nodeid
+    if report.when == "call" and report.passed and is_lab:
+        lines = [line for line in report.capstdout.splitlines() if line.strip()]
+        if lines:
+            _LAB_LINES.append((report.nodeid, "\n".join(lines)))
+
+
+def _print_lab_lines(terminalreporter: Any) -> None:
+    if not _LAB_LINES:
+        return
+    terminalreporter.section("what the lab tests printed")
+    for nodeid, text in _LAB_LINES:
+        terminalreporter.write_line(f"{nodeid}:")
+        for line in text.splitlines():
+            terminalreporter.write_line(f"    {line}")
