@@ -34,6 +34,9 @@ DATA_DIR = "/var/lib/jiji"
 CORROSION_DATA = f"{DATA_DIR}/corrosion"
 CORROSION_DB = f"{CORROSION_DATA}/state.db"
 
+# The peers handed to `wg syncconf`, with the private key: a mktemp template in /run (tmpfs).
+WIREGUARD_SYNC_TEMP = "/run/jiji0.sync.XXXXXX"
+
 # Sockets of the running services.
 CORROSION_ADMIN_SOCKET = "/run/jiji-corrosion/admin.sock"
 DNS_STATS_SOCKET = "/run/jiji-dns/stats.sock"
