@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import shlex
 from pathlib import Path
@@ -109,6 +110,26 @@ def network_script(settings: MeshSettings, plan: ServerPlan, bridge: str) -> str
         container_host_ports=list(settings.container_host_ports),
         engine_bridges=list(ENGINE_BRIDGES) if settings.container_engine != "none" else [],
     )
+
+
+def podman_network(settings: MeshSettings, plan: ServerPlan, bridge: str) -> str:
+    """The `jiji` network as podman's netavark backend keeps it (its file), for the one case where
+    `podman network create` refuses it (see the network step). The id is derived from the subnet,
+    so a server always writes the same bytes."""
+    network = {
+        "name": "jiji",
+        "id": hashlib.sha256(f"jiji-net podman network jiji {plan.subnet}".encode()).hexdigest(),
+        "driver": "bridge",
+        "network_interface": bridge,
+        "created": "2026-01-01T00:00:00Z",
+        "subnets": [{"subnet": plan.subnet, "gateway": plan.mesh_address}],
+        "ipv6_enabled": False,
+        "internal": False,
+        "dns_enabled": False,
+        "options": {"mtu": str(settings.mtu)},
+        "ipam_options": {"driver": "host-local"},
+    }
+    return json.dumps(network, indent=5) + "\n"
 
 
 def mesh_address_match(settings: MeshSettings) -> str:

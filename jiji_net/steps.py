@@ -171,6 +171,7 @@ def network_step(owner: str, lib_sha256: str, settings: MeshSettings, plan: Serv
         script_text=render.network_script(settings, plan, render.BRIDGE),
         unit_text=render.network_unit(),
         podman_drop_in_text=f'# Managed by jiji-net.\n[containers]\ndns_servers = ["{plan.mesh_address}"]\n',
+        podman_network_text=render.podman_network(settings, plan, render.BRIDGE),
     )
 
 

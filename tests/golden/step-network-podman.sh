@@ -24,6 +24,37 @@ engine_gone() {
     esac
 }
 preflight() { refuse_busy_switch "$ENGINE" "$BRIDGE"; }
+podman_network_file() {
+    others=$(ip -o -4 addr show to 10.210.1.0/24 | awk -v bridge="$BRIDGE" '$2 != "jiji0" && $2 != bridge {print $2, $4}')
+    [ -z "$others" ] || fail "podman refused subnet 10.210.1.0/24: this server uses it on $others; free it, then run pulumi up again"
+    backend=$(podman info --format '{{.Host.NetworkBackend}}')
+    [ "$backend" = netavark ] || fail "podman refused subnet 10.210.1.0/24 (held by jiji0) and its network backend is $backend, not netavark, whose network files this step writes"
+    put_file /etc/containers/networks/jiji.json 644 <<'__JIJI_EOF__'
+{
+     "name": "jiji",
+     "id": "7c6252f832546aef927f96a300fd21cac902b14582543966f88aaf8a17d2cffd",
+     "driver": "bridge",
+     "network_interface": "jiji-br0",
+     "created": "2026-01-01T00:00:00Z",
+     "subnets": [
+          {
+               "subnet": "10.210.1.0/24",
+               "gateway": "10.210.1.1"
+          }
+     ],
+     "ipv6_enabled": false,
+     "internal": false,
+     "dns_enabled": false,
+     "options": {
+          "mtu": "1420"
+     },
+     "ipam_options": {
+          "driver": "host-local"
+     }
+}
+__JIJI_EOF__
+    podman network exists jiji || fail "podman does not read the network file /etc/containers/networks/jiji.json"
+}
 podman_network() {
     if podman network exists jiji; then
         have=$(podman network inspect jiji --format '{{range .Subnets}}{{.Subnet}} {{.Gateway}}{{end}} {{index .Options "mtu"}} {{.NetworkInterface}}')
@@ -34,8 +65,13 @@ podman_network() {
     fi
     named=""
     if podman network create --help | grep -q -- --interface-name; then named=yes; fi
-    podman network create --driver bridge --subnet 10.210.1.0/24 --gateway 10.210.1.1 \
-        ${named:+--interface-name "$BRIDGE"} --disable-dns --opt mtu=1420 jiji >/dev/null
+    if ! refused=$(podman network create --driver bridge --subnet 10.210.1.0/24 --gateway 10.210.1.1 \
+        ${named:+--interface-name "$BRIDGE"} --disable-dns --opt mtu=1420 jiji 2>&1 >/dev/null); then
+        case "$refused" in
+        *"already used on the host"*) podman_network_file; return 0 ;;
+        *) fail "podman network create jiji failed: $refused" ;;
+        esac
+    fi
     [ -z "$named" ] || return 0
     file=/etc/containers/networks/jiji.json
     [ -f "$file" ] || fail "podman made network jiji but $file is not there; this podman keeps networks elsewhere"
