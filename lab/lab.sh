@@ -112,6 +112,7 @@ HOSTS
 lab_podman() {
     local root=$1 applet
     mkdir -p "$root/etc/containers" "$root/opt/jiji-lab-image/bin" "$root/opt/jiji-lab-image/www"
+    install -d -m 1777 "$root/opt/jiji-lab-image/tmp"
     printf '[containers]\ncgroups = "disabled"\ndefault_sysctls = []\n' >"$root/etc/containers/containers.conf"
     printf '[storage]\ndriver = "vfs"\nrunroot = "/run/containers/storage"\ngraphroot = "/var/lib/containers/storage"\n' \
         >"$root/etc/containers/storage.conf"
