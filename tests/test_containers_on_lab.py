@@ -200,6 +200,12 @@ PROBE_LOOP = (
     " && [ ! -e /tmp/stop ]; do nc -w 1 {address} {port} </dev/null >/dev/null 2>&1 & usleep 10000; i=$((i + 1));"
     " done; echo sent=$i"
 )
+# One ping a 0.2 s to lab1 over the mesh (Debian's busybox-static has no pkill to stop a long one).
+PING_LOOP = (
+    "sent=0; got=0; end=$(($(date +%s) + {seconds})); while [ $(date +%s) -lt $end ] && [ ! -e /tmp/stop ]; do"
+    " if ping -c 1 -W 1 {address} >/dev/null 2>&1; then got=$((got + 1)); fi; sent=$((sent + 1)); usleep 200000;"
+    " done; echo ping_sent=$sent ping_received=$got"
+)
 DNS_LOOP = (
     "ok=0; bad=0; end=$(($(date +%s) + {seconds})); while [ $((ok + bad)) -lt {count} ] && [ $(date +%s) -lt $end ]"
     " && [ ! -e /tmp/stop ]; do if nslookup www.lab.test {address} >/dev/null 2>&1; then ok=$((ok + 1));"
@@ -234,11 +240,11 @@ def restarts_under_load(lab: Lab) -> dict[str, int]:
     seconds, count = 240, 200_000
     probe = PROBE_LOOP.format(seconds=seconds, count=count, address=MESH[0], port=PROBE_PORT)
     dns = DNS_LOOP.format(seconds=seconds, count=count, address=MESH[0])
+    ping = PING_LOOP.format(seconds=seconds, address=MESH[1])
     lab.run(
         0,
         f"podman run -d --name load --network jiji --cap-add NET_RAW {IMAGE} sh -c"
-        f" '( {probe} ) > /tmp/probe.out & ( {dns} ) > /tmp/dns.out &"
-        f" ping -q -i 0.2 -w {seconds} {MESH[1]} > /tmp/ping.out; wait'",
+        f" '( {probe} ) > /tmp/probe.out & ( {dns} ) > /tmp/dns.out & ( {ping} ) > /tmp/ping.out & wait'",
     )
     try:
         time.sleep(2)
@@ -249,7 +255,7 @@ def restarts_under_load(lab: Lab) -> dict[str, int]:
         )
         took = time.monotonic() - started
         time.sleep(2)
-        lab.run(0, "podman exec load touch /tmp/stop; podman exec load pkill ping; true", check=False)
+        lab.run(0, "podman exec load touch /tmp/stop")
         wait_until(lambda: "exited" in lab.run(0, "podman inspect load --format '{{.State.Status}}'"), 30, "load ends")
         out = lab.run(
             0,
@@ -258,15 +264,8 @@ def restarts_under_load(lab: Lab) -> dict[str, int]:
     finally:
         lab.run(0, "podman rm -f load >/dev/null 2>&1; true", check=False)
     numbers = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", out)}
-    ping = re.search(r"(\d+) packets transmitted, (\d+) packets received", out)
-    assert ping and numbers.get("sent", 0) > 0 and numbers.get("dns_ok", 0) > 0, out
-    return {
-        **numbers,
-        "leaked": leaks(lab) - baseline,
-        "ping_sent": int(ping[1]),
-        "ping_received": int(ping[2]),
-        "seconds": int(took),
-    }
+    assert all(numbers.get(k, 0) > 0 for k in ("sent", "dns_ok", "ping_sent")), out
+    return {**numbers, "leaked": leaks(lab) - baseline, "seconds": int(took)}
 
 
 def test_the_firewall_holds_through_network_unit_restarts(lab: Lab) -> None:
