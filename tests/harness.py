@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import random
 import resource
 import shutil
 import signal
@@ -37,26 +38,53 @@ def corrosion_binary() -> Path:
     return toolchain.cache_dir() / "corrosion" / f"klukai-{toolchain.versions()['KLUKAI_VERSION']}" / "bin" / "corrosion"
 
 
+# Ports handed out by this process, never handed out twice.
+_HANDED_OUT: set[int] = set()
+
+
+def _below_ephemeral() -> range:
+    """Ports the kernel never picks for an implicit bind (a client socket, a forwarder's upstream
+    socket): a port from its ephemeral range, free when we looked, could be taken by one of those
+    before our server binds it (seen: dnsmasq "Address already in use" in `make bench-dns`)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(10000, max(low, 10001))
+
+
+def _bindable(port: int, kinds: tuple[int, ...]) -> bool:
+    sockets = []
+    try:
+        for kind in kinds:
+            s = socket.socket(socket.AF_INET, kind)
+            sockets.append(s)
+            s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _free(kinds: tuple[int, ...]) -> int:
+    span = _below_ephemeral()
+    for _ in range(1000):
+        port = random.choice(span)
+        if port not in _HANDED_OUT and _bindable(port, kinds):
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError(f"no loopback port free in {span.start}-{span.stop - 1} in 1000 tries")
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return _free((kind,))
 
 
 def free_dns_port() -> int:
-    """A loopback port free for both UDP and TCP at once: jiji-dns binds both, and a port free
-    for one only is a race lost now and then in a long run."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no loopback port free for both UDP and TCP in 100 tries")
+    """A loopback port free for both UDP and TCP at once: jiji-dns binds both."""
+    return _free((socket.SOCK_DGRAM, socket.SOCK_STREAM))
 
 
 def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
