@@ -3,8 +3,9 @@
 Per server: its component, the `host` step (checks, WireGuard key), two uploads (the staging
 tree: the step library and the two zipapps, one directory archive; the mesh table; a third, the
 Corrosion binary, unless servers download it) and the `network`, `wireguard`, `corrosion` and
-`dns` steps: 8 or 9. Per mesh: the `registry` step. Each step is
-a `command:remote:Command` whose stdin is its script (see steps.py).
+`dns` steps: 8 or 9. Per mesh: the `registry` step and the engine gate, which runs nothing: it
+waits for every host step, and every network step waits for it. Each step is a
+`command:remote:Command` whose stdin is its script (see steps.py).
 
 What the engine may do to these resources is part of their design:
 - every Command is `delete_before_replace`: a `--replace` removes, then applies again, and
