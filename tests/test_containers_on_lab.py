@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import Lab, module_lab
 from tests.engines import CommandFailed, make_engine
 from tests.harness import wait_until
-from tests.test_mesh_on_lab import SNAPSHOT, assert_unchanged, config, ready
+from tests.test_mesh_on_lab import REPLICATED, SNAPSHOT, assert_unchanged, config, ready
 
 pytestmark = pytest.mark.corrosion
 
@@ -179,7 +179,7 @@ def test_podman_containers_found_by_name_across_servers(lab: Lab) -> None:
         engine.up(config(lab, 3, container_engine="podman"))
         for i in range(3):
             assert lab.run(i, "podman network inspect jiji --format '{{.NetworkInterface}}'").strip() == "jiji-br0"
-            assert "exit=0" in ready(lab, i), ready(lab, i)
+            wait_until(lambda i=i: "exit=0" in ready(lab, i), REPLICATED, f"lab{i} ready after the switches")
 
         engine.destroy()
         for i in range(3):
