@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 from jiji_ops import dnsview, gc, register, rejoin, remote, sql, table
 from jiji_ops.members import parse_members
 from jiji_ops.report import Facts, checks, status
-from jiji_ops.wg import STALE_AFTER, names_from_config, parse_dump
+from jiji_ops.wg import STALE_AFTER, Interface, names_from_config, parse_dump
 
 RECORDED = Path(__file__).parent / "recorded"
 HOSTBIN = Path(__file__).parent.parent / "hostbin"
@@ -47,6 +48,11 @@ def test_peer_names_come_from_the_rendered_config() -> None:
     conf = (Path(__file__).parent / "golden" / "web1-jiji0.conf").read_text()
     names = names_from_config(conf)
     assert sorted(names.values()) == ["web0", "web2"] and all(k.startswith("PUBKEY") for k in names)
+
+
+def never_handshaken() -> Interface:
+    wg = parse_dump(DUMP)
+    return dataclasses.replace(wg, peers=tuple(dataclasses.replace(p, latest_handshake=0) for p in wg.peers))
 
 
 def facts(**changes: object) -> Facts:
@@ -85,6 +91,12 @@ def test_a_healthy_server_passes_every_check() -> None:
     ("changes", "failing", "detail"),
     [
         ({"now": NOW + STALE_AFTER}, "wireguard", "no handshake in 180 s with: lab1, lab2"),
+        # Never handshaken (a fresh interface): said so, not "in 180 s".
+        (
+            {"wireguard": never_handshaken()},
+            "wireguard",
+            "no handshake yet with: lab1, lab2",
+        ),
         ({"wireguard": "Unable to access interface: No such device"}, "wireguard", "jiji0 is down"),
         (
             {

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .members import Member
-from .wg import Interface, Peer
+from .wg import STALE_AFTER, Interface, Peer
 
 
 @dataclass
@@ -58,10 +58,15 @@ def checks(f: Facts) -> list[Check]:
         def name(p: Peer) -> str:
             return f.peer_names.get(p.public_key, p.public_key[:8])
 
-        old = sorted(name(p) for p in f.wireguard.peers if p.stale(f.now))
+        # A peer never handshaken with is told apart from one whose last handshake is old: right
+        # after an up (or a reboot) the first is a matter of seconds, the second is a broken path.
+        never = sorted(name(p) for p in f.wireguard.peers if p.latest_handshake == 0)
+        old = sorted(name(p) for p in f.wireguard.peers if p.latest_handshake != 0 and p.stale(f.now))
         silent = sorted(name(p) for p in f.wireguard.peers if not p.stale(f.now) and _silent(f, p.public_key))
-        problems = ([f"no handshake in 180 s with: {', '.join(old)}"] if old else []) + (
-            [f"no answer over jiji0 from: {', '.join(silent)}"] if silent else []
+        problems = (
+            ([f"no handshake yet with: {', '.join(never)}"] if never else [])
+            + ([f"no handshake in {STALE_AFTER} s with: {', '.join(old)}"] if old else [])
+            + ([f"no answer over jiji0 from: {', '.join(silent)}"] if silent else [])
         )
         if problems:
             out.append(Check("wireguard", False, "; ".join(problems)))
