@@ -129,7 +129,12 @@ def parse(values: Mapping[str, str]) -> tuple[MeshSettings, list[Server]]:
         problems.extend(err.problems)
     if problems:
         raise ConfigError(problems)
-    return MeshSettings(**vars(draft)), [Server(**vars(s)) for s in servers]
+    try:
+        return MeshSettings(**vars(draft)), [Server(**vars(s)) for s in servers]
+    except TypeError as e:
+        # validate checks every type the model holds; should one slip through, it is still
+        # refused as configuration, naming the field, not a traceback.
+        raise ConfigError([f"{e}; write a value of that type"]) from None
 
 
 def _integer_text(text: str | None, default: int) -> object:
@@ -448,7 +453,10 @@ def _check_server(
                 " the underlay and the overlay must not overlap: give the server's underlay address"
             )
     if s.gone is True:
-        # Nobody contacts a gone server: it needs no address and no host key.
+        # Nobody contacts a gone server: it needs no address and no host key, but one it has is
+        # still a value of the model.
+        if s.host_key is not None and not isinstance(s.host_key, str):
+            problems.append(f"{where}.host_key: {s.host_key!r} is not a string; write the key as text, or leave it out")
         return
     if s.endpoint is None and s.private_address is None:
         problems.append(f"{where}: neither endpoint nor private_address is set; peers need one to reach it")

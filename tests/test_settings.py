@@ -585,3 +585,10 @@ def test_the_settings_are_those_pulumi_yaml_declares() -> None:
 def test_the_model_never_holds_a_value_of_another_type(make: Any) -> None:
     with pytest.raises(TypeError):
         make()
+
+
+def test_a_gone_servers_host_key_is_still_a_string() -> None:
+    # Found in review: validation skipped a gone server's host key, and the model refused the
+    # number with a TypeError, a traceback instead of a sentence.
+    text = refused(with_changes({"server": {"gone": True, "host_key": 5}}))
+    assert "servers[lab0].host_key: 5 is not a string" in text
