@@ -15,6 +15,9 @@ NAMESPACE = "jiji-net"
 def stack_values() -> dict[str, str]:
     """Every key the stack sets in our namespace, without the namespace (the engine also passes
     Pulumi.yaml's defaults). Values as Pulumi holds them: text, JSON for lists and objects."""
+    # pulumi.Config reads one key at a time and cannot list them; the SDK keeps the whole map in
+    # pulumi.runtime.config (set by the language host, the Automation API's inline run, or mocks).
+    # The SDK is pinned (pyproject.toml); tests/test_settings.py fails if this stops seeing keys.
     every = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
     prefix = f"{NAMESPACE}:"
     # Keys may come as `jiji-net:key` or, from older SDK paths, `jiji-net:config:key`.
