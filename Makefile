@@ -55,7 +55,7 @@ bench-dns:
 
 lint:
 	$(VENV)/bin/ruff check hostbin tests bench jiji_net deploy command_provider __main__.py
-	$(VENV)/bin/mypy hostbin/jiji_common hostbin/jiji_dns hostbin/jiji_ops jiji_net deploy command_provider
+	$(VENV)/bin/mypy hostbin/jiji_common hostbin/jiji_dns hostbin/jiji_ops hostbin/jiji_step jiji_net deploy command_provider
 	$(VENV)/bin/python -m tests.shellcheck
 
 ## bench-lab: real `pulumi up` on 3, 8 and 16 lab hosts: cold, no-op, one server added, destroy
@@ -72,4 +72,4 @@ bench-program:
 ## tool: build/jiji-net.pyz, the host tool's operator side (`python3 build/jiji-net.pyz -H all status`)
 tool:
 	bash lab/toolchain.sh packages venv
-	$(VENV)/bin/python hostbin/build_zipapp.py --tool build/jiji-net.pyz
+	$(VENV)/bin/python -m jiji_net.zipapps tool build/jiji-net.pyz

@@ -494,7 +494,7 @@ def main() -> int:
 
 def run_parts(a: argparse.Namespace, work: Path) -> None:
     pyz = work / "jiji-dns.pyz"
-    subprocess.run([sys.executable, str(harness.REPO / "hostbin" / "build_zipapp.py"), str(pyz)], check=True)
+    subprocess.run([sys.executable, "-m", "jiji_net.zipapps", "dns", str(pyz)], check=True)
     if a.only in (None, "qps", "latency"):
         node = harness.CorrosionNode(work / "corrosion")
         try:

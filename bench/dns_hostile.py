@@ -76,7 +76,7 @@ def bench_fuzz(packets: int) -> None:
 def bench_memory(work: Path, names: int) -> None:
     print("\n== daemon memory: resident size (VmRSS, peak VmHWM) against the same daemon once ready")
     pyz = work / "jiji-dns.pyz"
-    subprocess.run([sys.executable, str(harness.REPO / "hostbin" / "build_zipapp.py"), str(pyz)], check=True)
+    subprocess.run([sys.executable, "-m", "jiji_net.zipapps", "dns", str(pyz)], check=True)
     node = harness.CorrosionNode(work / "corrosion")
     try:
         for what, run in (("huge TCP names", lambda d: huge_names(d, names)), ("non-reading TCP clients", non_readers)):

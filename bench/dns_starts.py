@@ -267,7 +267,7 @@ def main() -> int:
     try:
         pyz = a.pyz or work / "jiji-dns.pyz"
         if a.pyz is None:
-            subprocess.run([sys.executable, str(harness.REPO / "hostbin" / "build_zipapp.py"), str(pyz)], check=True)
+            subprocess.run([sys.executable, "-m", "jiji_net.zipapps", "dns", str(pyz)], check=True)
         small = build_template(work, 3000)
         sets = [Set(f"3000 rows, {w} worker(s)", w, 3000, False, a.starts) for w in map(int, a.workers.split(","))]
         big = Set(f"64768 rows, {a.big_workers} workers", a.big_workers, 64768, False, a.big_starts)

@@ -9,14 +9,25 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from jiji_common.digest import sha256_file
+
+from . import zipapps
 from .validation import ConfigError
 
-REPO = Path(__file__).resolve().parent.parent
-BUILD_DIR = REPO / "build"
+
+def _build_dir() -> Path:
+    """Where built files go: build/ of the checkout the package runs from (an editable install),
+    else, for an installed wheel, the user's cache directory."""
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "hostbin" / "jiji_common").is_dir():
+        return checkout / "build"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jiji-net" / "build"
+
+
+BUILD_DIR = _build_dir()
 
 
 @dataclass(frozen=True)
@@ -25,30 +36,17 @@ class Artifact:
     sha256: str
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def zipapps() -> tuple[Artifact, Artifact]:
-    """(jiji-dns.pyz, jiji-net.pyz), written to build/ only when their bytes changed."""
-    sys.path.insert(0, str(REPO / "hostbin"))
-    try:
-        import build_zipapp
-    finally:
-        sys.path.pop(0)
-    out = []
-    for tool, filename in ((False, "jiji-dns.pyz"), (True, "jiji-net.pyz")):
-        data = build_zipapp.build(tool)
-        path = BUILD_DIR / filename
+def built_zipapps() -> dict[str, Artifact]:
+    """Each of zipapps.KINDS built, written to the build directory only when its bytes changed."""
+    out = {}
+    for kind in zipapps.KINDS:
+        data = zipapps.build(kind)
+        path = BUILD_DIR / zipapps.FILE_NAMES[kind]
         if not path.exists() or path.read_bytes() != data:
-            BUILD_DIR.mkdir(exist_ok=True)
+            BUILD_DIR.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
-        out.append(Artifact(str(path), hashlib.sha256(data).hexdigest()))
-    return out[0], out[1]
+        out[kind] = Artifact(str(path), hashlib.sha256(data).hexdigest())
+    return out
 
 
 def local_binary(path: str) -> Artifact:
@@ -57,7 +55,7 @@ def local_binary(path: str) -> Artifact:
         raise ConfigError(
             [f"corrosion_local_path: {path} is not a file; build it (lab/toolchain.sh corrosion) or fix the path"]
         )
-    return Artifact(str(p.resolve()), _sha256_file(p))
+    return Artifact(str(p.resolve()), sha256_file(p))
 
 
 def stack_file(stack: str, name: str, text: str) -> Artifact:

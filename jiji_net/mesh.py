@@ -1,7 +1,7 @@
 """The mesh as ComponentResources: thin wiring of plan, render and steps into remote resources.
 
 Per server: its component, the `host` step (checks, WireGuard key), two uploads (the staging
-tree: the step library and the two zipapps, one directory archive; the mesh table; a third, the
+tree: the step library, its helper and the two zipapps, one directory archive; the mesh table; a third, the
 Corrosion binary, unless servers download it) and the `network`, `wireguard`, `corrosion` and
 `dns` steps: 8 or 9. Per mesh: the `registry` step and the engine gate, which runs nothing: it
 waits for every host step, and every network step waits for it. Each step is a
@@ -40,21 +40,28 @@ from .plan import ServerPlan, configured_endpoint, plan_addresses
 @dataclass(frozen=True)
 class Uploads:
     """Local files servers get. `corrosion` is None when servers download the pinned release;
-    `steplib` is the shell library the steps source. `staged` is the tree that carries the step
-    library and the two zipapps in one upload (artifacts.staging_tree); the binary and the mesh
-    table travel alone, since they change for other reasons (a release; a peer)."""
+    `steplib` is the shell library the steps source and `helper` the zipapp it runs for what is
+    more than shell. `staged` is the tree that carries both and the two zipapps in one upload
+    (artifacts.staging_tree); the binary and the mesh table travel alone, since they change for
+    other reasons (a release; a peer).
+
+    The helper is not a `jiji-net` subcommand: the network and corrosion steps run before the dns
+    step installs the tool, and a library keyed on the tool's hash would re-run every step of
+    every server on any change to the tool."""
 
     steplib: Artifact
+    helper: Artifact
     dns: Artifact
     tool: Artifact
     corrosion: Artifact | None
     staged: Artifact
 
     @staticmethod
-    def of(steplib: Artifact, dns: Artifact, tool: Artifact, corrosion: Artifact | None) -> Uploads:
+    def of(steplib: Artifact, helper: Artifact, dns: Artifact, tool: Artifact, corrosion: Artifact | None) -> Uploads:
         tree = {steps.staged_name(n, a.sha256): a for n, a in (("steplib", steplib), ("jiji-dns", dns), ("jiji-net", tool))}
+        tree[steps.helper_name(helper.sha256)] = helper
         staged = artifacts.staging_tree(layout.STAGING.rsplit("/", 1)[1], tree)
-        return Uploads(steplib, dns, tool, corrosion, staged)
+        return Uploads(steplib, helper, dns, tool, corrosion, staged)
 
 
 class _Remote:
@@ -274,12 +281,14 @@ class Mesh(pulumi.ComponentResource):
 
 def _built_uploads(settings: MeshSettings) -> Uploads:
     """The files servers get, built from this checkout (the zipapps) or taken from the settings."""
-    dns_pyz, tool_pyz = artifacts.zipapps()
+    built = artifacts.built_zipapps()
     local = settings.corrosion.local_path
+    helper = built["step"]
     return Uploads.of(
-        steplib=artifacts.built_file("steplib.sh", render.step_library()),
-        dns=dns_pyz,
-        tool=tool_pyz,
+        steplib=artifacts.built_file("steplib.sh", render.step_library(steps.helper_path(helper.sha256))),
+        helper=helper,
+        dns=built["dns"],
+        tool=built["tool"],
         corrosion=artifacts.local_binary(local) if local else None,
     )
 

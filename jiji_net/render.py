@@ -170,9 +170,10 @@ def step_script(kind: str, **values: object) -> str:
     return _ENV.get_template(f"steps/{kind}.sh.j2").render(**values)
 
 
-def step_library() -> str:
-    """The shell functions the steps source: the same on every server (no values in it)."""
-    return _ENV.get_template("steps/_lib.sh.j2").render()
+def step_library(helper: str) -> str:
+    """The shell functions the steps source: the same on every server. `helper` is where the step
+    helper they run is staged (steps.helper_path), so the library's hash changes with it."""
+    return _ENV.get_template("steps/_lib.sh.j2").render(helper=helper)
 
 
 def registrar_unit(settings: MeshSettings) -> str:

@@ -126,6 +126,16 @@ def library_path(lib_sha256: str) -> str:
     return staged_path("steplib", lib_sha256)
 
 
+def helper_name(helper_sha256: str) -> str:
+    """The step helper's staged name: `steplib.*` too, so the host step's remove (also one stored
+    by an older version of it) keeps it as long as the libraries that run it."""
+    return f"{staged_name('steplib', helper_sha256)}.pyz"
+
+
+def helper_path(helper_sha256: str) -> str:
+    return f"{layout.STAGING}/{helper_name(helper_sha256)}"
+
+
 def host_step(owner: str, engine: str) -> Step:
     """Checks the server (a switch of engine is refused while the old one has containers on
     jiji), makes its WireGuard key once; stdout is the public key."""

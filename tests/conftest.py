@@ -46,7 +46,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def pyz(workdir: Path) -> Path:
     out = workdir / "jiji-dns.pyz"
     subprocess.run(
-        [sys.executable, str(harness.REPO / "hostbin" / "build_zipapp.py"), str(out)],
+        [sys.executable, "-m", "jiji_net.zipapps", "dns", str(out)],
         check=True,
         stdout=subprocess.DEVNULL,
     )
@@ -58,7 +58,7 @@ def tool(workdir: Path) -> Path:
     """jiji-net.pyz, the host tool, built once for every test that runs it."""
     out = workdir / "jiji-net.pyz"
     subprocess.run(
-        [sys.executable, str(harness.REPO / "hostbin" / "build_zipapp.py"), "--tool", str(out)],
+        [sys.executable, "-m", "jiji_net.zipapps", "tool", str(out)],
         check=True,
         stdout=subprocess.DEVNULL,
     )

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from jiji_net import render
-from tests import harness
 from tests.conftest import Lab
 
 
@@ -18,7 +17,7 @@ def render_unit(**values: object) -> str:
 def test_unit_starts_notifies_and_answers(lab: Lab, workdir: Path) -> None:
     pyz = workdir / "host-jiji-dns.pyz"
     subprocess.run(
-        [sys.executable, str(harness.REPO / "hostbin" / "build_zipapp.py"), str(pyz)],
+        [sys.executable, "-m", "jiji_net.zipapps", "dns", str(pyz)],
         check=True,
         stdout=subprocess.DEVNULL,
     )

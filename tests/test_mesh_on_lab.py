@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from jiji_common import layout
 
-from jiji_net import render, steps
+from jiji_net import render, steps, zipapps
 from jiji_net.model import MeshSettings, Server
 from jiji_net.plan import plan_addresses
 from tests.conftest import Lab, module_lab
@@ -498,7 +498,9 @@ ExecStart=/bin/sh -c 'echo start >> /tmp/docker-starts'
 """
 
 
-STEPLIB = render.step_library()
+HELPER = zipapps.build("step")
+HELPER_SHA256 = hashlib.sha256(HELPER).hexdigest()
+STEPLIB = render.step_library(steps.helper_path(HELPER_SHA256))
 STEPLIB_SHA256 = hashlib.sha256(STEPLIB.encode()).hexdigest()
 
 
@@ -509,9 +511,10 @@ def network_step(engine: str) -> steps.Step:
 
 
 def run_step(lab: Lab, i: int, step: steps.Step, action: str = "apply") -> str:
-    """Runs `step` as its resource would, after the step library upload it sources."""
+    """Runs `step` as its resource would, after the uploads of the step library and its helper."""
     path = steps.library_path(STEPLIB_SHA256)
     lab.run(i, f"mkdir -p {layout.STAGING} && cat > {path}", stdin=STEPLIB)
+    lab.run(i, f"cat > {steps.helper_path(HELPER_SHA256)}", stdin=HELPER)
     return lab.run(i, f"sh -s -- {action}", stdin=step.script)
 
 

@@ -132,11 +132,15 @@ def test_steps_source_one_step_library_and_carry_no_comments(three: Evaluation) 
     assert len(trees) == 1 and all(r.inputs["remotePath"] == "/var/lib/jiji-net" for n, r in three.resources.items() if n.endswith("-staged-upload"))
     (tree,) = trees
     assert Path(tree).name == "staging"
-    # The tree holds the library and both zipapps under their content-keyed staging names.
-    libs = sorted(Path(tree).glob("steplib.*"))
-    assert len(libs) == 1 and sorted(f.name.split(".")[0] for f in Path(tree).iterdir()) == ["jiji-dns", "jiji-net", "steplib"]
+    # The tree holds the library, its helper and both zipapps under their content-keyed staging
+    # names; the library names the helper it runs, by its hash.
+    libs = sorted(Path(tree).glob("steplib.*[!z]"))
+    (helper,) = Path(tree).glob("steplib.*.pyz")
+    assert len(libs) == 1 and sorted(f.name.split(".")[0] for f in Path(tree).iterdir()) == ["jiji-dns", "jiji-net", "steplib", "steplib"]
     sha = hashlib.sha256(libs[0].read_bytes()).hexdigest()
     assert libs[0].name == f"steplib.{sha[:16]}"
+    assert helper.name == f"steplib.{hashlib.sha256(helper.read_bytes()).hexdigest()[:16]}.pyz"
+    assert f"STEP_HELPER=/var/lib/jiji-net/staging/{helper.name}\n" in libs[0].read_text()
     for name, res in three.commands().items():
         script = res.inputs["stdin"]
         sourced = f"LIB=/var/lib/jiji-net/staging/steplib.{sha[:16]}\n" in script

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from jiji_net import render, steps, topology
+from jiji_net import render, steps, topology, zipapps
 from jiji_net.model import CorrosionSource, MeshSettings, Server
 from jiji_net.plan import plan_addresses
 from tests.test_plan import golden
@@ -192,8 +192,10 @@ def test_a_download_that_does_not_match_its_pin_is_deleted_and_fetched_again(tmp
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    helper = tmp_path / "jiji-step.pyz"
+    helper.write_bytes(zipapps.build("step"))
     lib = tmp_path / "lib.sh"
-    lib.write_text(render.step_library())
+    lib.write_text(render.step_library(str(helper)))
     staged = tmp_path / "staging" / "corrosion.tgz"
     release = b"the pinned release"
     pin = hashlib.sha256(release).hexdigest()

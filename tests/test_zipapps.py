@@ -1,26 +1,39 @@
-"""The two host zipapps: what each carries, so a change restarts only what runs it."""
+"""The host zipapps: what each carries, so a change restarts only what runs it."""
 
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
-import build_zipapp
+from jiji_net import zipapps
 
 
-def packages_in(tool: bool) -> set[str]:
-    data = build_zipapp.build(tool)
-    archive = zipfile.ZipFile(io.BytesIO(data[len(build_zipapp.SHEBANG) :]))
+def packages_in(kind: str) -> set[str]:
+    data = zipapps.build(kind)
+    archive = zipfile.ZipFile(io.BytesIO(data[len(zipapps.SHEBANG) :]))
     return {name.split("/", 1)[0] for name in archive.namelist() if "/" in name}
 
 
-def test_the_tool_carries_no_daemon_code_and_the_daemon_no_tool_code() -> None:
+def test_each_zipapp_carries_only_what_it_runs() -> None:
     # Before: the tool carried jiji_dns for three helpers, so a daemon-only change gave
     # jiji-net.pyz new bytes and restarted the registrar and the rejoin watch on every server.
-    assert packages_in(tool=True) == {"jiji_ops", "jiji_common"}
-    assert packages_in(tool=False) == {"jiji_dns", "jiji_common", "dnslib"}
+    assert packages_in("tool") == {"jiji_ops", "jiji_common"}
+    assert packages_in("dns") == {"jiji_dns", "jiji_common", "dnslib"}
+    assert packages_in("step") == {"jiji_step", "jiji_common"}
 
 
 def test_builds_are_byte_for_byte_the_same() -> None:
-    assert build_zipapp.build(tool=True) == build_zipapp.build(tool=True)
-    assert build_zipapp.build(tool=False) == build_zipapp.build(tool=False)
+    for kind in zipapps.KINDS:
+        assert zipapps.build(kind) == zipapps.build(kind)
+
+
+def test_each_zipapp_runs_with_only_the_standard_library(tmp_path: Path) -> None:
+    # -I: no site-packages and no PYTHONPATH, as on a server.
+    for kind in zipapps.KINDS:
+        path = tmp_path / zipapps.FILE_NAMES[kind]
+        assert zipapps.main(["zipapps", kind, str(path)]) == 0
+        out = subprocess.run([sys.executable, "-I", str(path), "--help"], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0 and "usage:" in out.stdout, (kind, out.stderr)

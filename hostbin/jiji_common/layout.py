@@ -1,6 +1,6 @@
 """Where everything lives on a server: the one place that says so. The program renders these
 paths into steps and units (templates read them as `layout.NAME`), the host tool and the daemon
-read them at run time. Plain constants, standard library only: it ships inside both zipapps."""
+read them at run time. Plain constants, standard library only: it ships inside every zipapp."""
 
 # What the program installs and runs.
 LIB_DIR = "/usr/local/lib/jiji-net"
@@ -23,6 +23,11 @@ WIREGUARD_KEY = "/etc/wireguard/jiji0.key"
 PODMAN_DROP_IN = "/etc/containers/containers.conf.d/50-jiji-net.conf"
 PODMAN_NETWORK = "/etc/containers/networks/jiji.json"
 DOCKER_DAEMON_JSON = "/etc/docker/daemon.json"
+
+# The system's resolver configuration, where jiji-dns finds its upstreams; systemd-resolved's
+# stub file points at itself, its real upstreams are in the second.
+RESOLV_CONF = "/etc/resolv.conf"
+RESOLVED_UPSTREAMS = "/run/systemd/resolve/resolv.conf"
 
 # State: the steps' stamps and staged uploads, and the registry's data.
 STATE_DIR = "/var/lib/jiji-net"

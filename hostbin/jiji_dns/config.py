@@ -14,7 +14,7 @@ from jiji_common import layout
 FALLBACK_UPSTREAMS = ("8.8.8.8", "1.1.1.1")
 # Where systemd-resolved writes the upstreams it really uses; /etc/resolv.conf then names only its
 # stub on 127.0.0.53, which we skip (it may be us, and forwarding to it loops split-horizon names).
-RESOLVED_UPSTREAMS = "/run/systemd/resolve/resolv.conf"
+RESOLVED_UPSTREAMS = layout.RESOLVED_UPSTREAMS
 # A day: resolvers cap TTLs there anyway (unbound's cache-max-ttl is 86400). The program refuses
 # more (jiji_net/validation.py DNS_TTL_MAX; tests/test_bounds.py holds the two equal).
 MAX_TTL = 86400
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl", help="TTL of answers in seconds (env JIJI_DNS_TTL; default 60)")
     p.add_argument("--negative-ttl", help="SOA minimum for negative answers (env JIJI_DNS_NEGATIVE_TTL; default 5)")
     p.add_argument("--upstream", help="comma-separated upstream resolvers (env JIJI_UPSTREAMS; default: resolv.conf)")
-    p.add_argument("--resolv-conf", default="/etc/resolv.conf", help="where to read upstreams when none are given")
+    p.add_argument("--resolv-conf", default=layout.RESOLV_CONF, help="where to read upstreams when none are given")
     p.add_argument("--upstream-timeout", help="seconds per upstream (env JIJI_UPSTREAM_TIMEOUT; default 5)")
     p.add_argument(
         "--recursion-from",

@@ -75,16 +75,7 @@ podman_network() {
     [ -z "$named" ] || return 0
     file=/etc/containers/networks/jiji.json
     [ -f "$file" ] || fail "podman made network jiji but $file is not there; this podman keeps networks elsewhere"
-    python3 - "$file" "$BRIDGE" <<'__JIJI_PY__'
-import json, os, sys
-path, bridge = sys.argv[1], sys.argv[2]
-with open(path) as f:
-    network = json.load(f)
-network["network_interface"] = bridge
-with open(path + ".jiji-new", "w") as f:
-    json.dump(network, f, indent=5)
-os.replace(path + ".jiji-new", path)
-__JIJI_PY__
+    helper podman-interface "$file" "$BRIDGE" || exit 1
 }
 apply() {
     mkdir -p "$STATE"

@@ -116,28 +116,20 @@ unit_gone() {
 
 # The helpers of single steps: the same on every server, so they live here, not in the steps.
 
+# helper COMMAND ARG...: what is more than shell, in the step helper uploaded beside this library
+# (hostbin/jiji_step, where its tests reach it). Like the libraries, every version stays until the
+# host step is removed.
+STEP_HELPER=/var/lib/jiji-net/staging/steplib.eeeeeeeeeeeeeeee.pyz
+helper() {
+    [ -r "$STEP_HELPER" ] || fail "$STEP_HELPER is missing; upload it again (pulumi up --replace on the staged-upload of this server, see pulumi stack --show-urns), then run pulumi up"
+    python3 "$STEP_HELPER" "$@"
+}
+
 # download URL FILE SHA256: the pinned release, fetched once. A file there with other content (an
 # interrupted fetch) is fetched again; a fetch that does not match is deleted before the step
 # fails, so the next run starts clean instead of failing on it for good.
 download() {
-    if [ -s "$2" ] && has_sha "$2" "$3"; then return 0; fi
-    rm -f "$2"
-    mkdir -p "$(dirname "$2")"
-    python3 - "$1" "$2.part" <<'PY'
-import sys, urllib.request
-try:
-    with urllib.request.urlopen(sys.argv[1], timeout=60) as response, open(sys.argv[2], "wb") as out:
-        while block := response.read(1 << 20):
-            out.write(block)
-except (OSError, ValueError) as e:
-    sys.exit(f"jiji-net: downloading {sys.argv[1]} failed: {e}; check the URL and that this server reaches it, then run pulumi up again")
-PY
-    if ! has_sha "$2.part" "$3"; then
-        got=$(sha256sum "$2.part" | cut -c1-64)
-        rm -f "$2.part"
-        fail "$1 has SHA-256 $got, not the pinned $3 (nothing was installed; the file is deleted): the release at that URL changed or the pin is wrong; fix corrosion_url or corrosion_sha256, then run pulumi up again"
-    fi
-    mv -f "$2.part" "$2"
+    helper download "$1" "$2" "$3" || exit 1
 }
 
 # The bootstrap list matters only when a node starts: a config that differs only there (a server
@@ -146,13 +138,7 @@ without_bootstrap() { grep -v '^bootstrap = ' "$1" 2>/dev/null || true; }
 
 # api_answers HOST:PORT: true when Corrosion's API there answers a query.
 api_answers() {
-    python3 - "$1" <<'PY' 2>/dev/null
-import json, sys, urllib.request
-request = urllib.request.Request(
-    f"http://{sys.argv[1]}/v1/queries", data=json.dumps("SELECT 1").encode(), headers={"content-type": "application/json"}
-)
-urllib.request.urlopen(request, timeout=2).read()
-PY
+    helper api-answers "$1"
 }
 
 # wireguard_peers SELF NETWORK KEEPALIVE TABLE: the [Peer] sections of jiji0.conf for server SELF.
@@ -204,34 +190,7 @@ wireguard_sync() {
 # found saved once in SAVED for docker_gone.
 docker_dns() {
     mkdir -p "$STATE"
-    result=$(python3 - "$1" "$2" <<'PY'
-import json, os, sys
-path, saved, want = "/etc/docker/daemon.json", sys.argv[1], [sys.argv[2]]
-try:
-    with open(path) as f:
-        text = f.read()
-except FileNotFoundError:
-    text = None
-try:
-    # An empty file is how some installs leave it; dockerd reads it as no settings, so do we.
-    config = json.loads(text) if text is not None and text.strip() else {}
-except ValueError as e:
-    sys.exit(f"jiji-net: {path} is not valid JSON ({e}); fix it, then run pulumi up again")
-if not isinstance(config, dict):
-    sys.exit(f"jiji-net: {path} holds {type(config).__name__}, not a JSON object of settings; fix it, then run pulumi up again")
-if not os.path.exists(saved):
-    with open(saved, "w") as f:
-        json.dump({"existed": text is not None, "text": text}, f)
-if config.get("dns") != want:
-    config["dns"] = want
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".jiji-new", "w") as f:
-        json.dump(config, f, indent=2)
-        f.write("\n")
-    os.replace(path + ".jiji-new", path)
-    print("changed")
-PY
-)
+    result=$(helper docker-dns "$1" "$2") || exit 1
     # dockerd reads "dns" only when it starts.
     if [ "$result" = changed ]; then docker_restart restart; fi
 }
@@ -246,27 +205,7 @@ docker_restart() {
 # docker_gone SAVED: the `jiji` network removed, daemon.json put back as docker_dns found it.
 docker_gone() {
     docker network rm jiji >/dev/null 2>&1 || true
-    [ -e "$1" ] || return 0
-    result=$(python3 - "$1" <<'PY'
-import json, os, sys
-path = "/etc/docker/daemon.json"
-with open(sys.argv[1]) as f:
-    before = json.load(f)
-if not before["existed"]:
-    os.remove(path) if os.path.exists(path) else None
-    print("changed")
-else:
-    with open(path) as f:
-        now = f.read()
-    if now != before["text"]:
-        with open(path + ".jiji-new", "w") as f:
-            f.write(before["text"])
-        os.replace(path + ".jiji-new", path)
-        # dockerd refuses to start on an empty file (moby#41268): put back as found, not restarted.
-        print("changed" if before["text"].strip() else "changed-empty")
-PY
-)
-    rm -f "$1"
+    result=$(helper docker-restore "$1") || exit 1
     # A docker that was not running is not started just to read the file it will read anyway.
     case "$result" in
     changed) docker_restart try-restart ;;
