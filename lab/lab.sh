@@ -7,7 +7,7 @@
 #   lab/lab.sh ssh I CMD  run CMD on host I
 #   lab/lab.sh stop I / start I   power host I off (its disk kept) / boot it again
 #   lab/lab.sh reset I    host I as a new machine (its disk thrown away)
-#   lab/lab.sh image I    the local container image localhost/jiji-lab:1 in host I's podman
+#   lab/lab.sh image I [podman|docker]  the local container image localhost/jiji-lab:1 in host I's engine
 #   lab/lab.sh cut I [hosts|hosts:J,K|inbound|all]  drop host I's underlay traffic with the other
 #                         hosts (hosts), with hosts J,K only, only what they send it (inbound: a
 #                         one-way cut), or with everything, this machine's SSH included (all);
@@ -21,7 +21,7 @@ set -euo pipefail
 LAB=$JIJI_STATE/lab
 BRIDGE=jiji-lab0
 UNDERLAY_PREFIX=198.18.0
-ROOTFS_PACKAGES=systemd,systemd-sysv,dbus,openssh-server,wireguard-tools,wireguard-go,iproute2,iputils-ping,python3,dnsutils,ca-certificates,iptables,sqlite3,podman,netavark,aardvark-dns,crun,conmon,busybox-static
+ROOTFS_PACKAGES=systemd,systemd-sysv,dbus,openssh-server,wireguard-tools,wireguard-go,iproute2,iputils-ping,python3,dnsutils,ca-certificates,iptables,sqlite3,podman,netavark,aardvark-dns,crun,conmon,busybox-static,docker.io
 ROOTFS=$JIJI_CACHE/rootfs/$DEBIAN_SUITE-$(printf '%s' "$ROOTFS_PACKAGES" | sha256sum | cut -c1-12)
 KEY=$LAB/id_ed25519
 
@@ -52,6 +52,8 @@ build_rootfs() {
     rm -f "$ROOTFS.tmp/etc/machine-id" "$ROOTFS.tmp/var/lib/dbus/machine-id" "$ROOTFS.tmp"/etc/ssh/ssh_host_*
     : >"$ROOTFS.tmp/etc/machine-id"
     chroot "$ROOTFS.tmp" systemctl enable ssh >/dev/null 2>&1 || true
+    # Docker is installed on every host but runs only where a test starts it.
+    chroot "$ROOTFS.tmp" systemctl disable docker.service docker.socket containerd.service >/dev/null 2>&1 || true
     chroot "$ROOTFS.tmp" apt-get clean
     touch "$ROOTFS.tmp/.complete"
     mv "$ROOTFS.tmp" "$ROOTFS"
@@ -123,11 +125,26 @@ lab_podman() {
     done
 }
 
-# image I: the lab image localhost/jiji-lab:1 in host I's podman (an HTTP server on 8080 serving
-# /www; `wget -qO- http://127.0.0.1:8080/` is its health check).
+# Docker inside an nspawn host: runc cannot make cgroups on the read-only hierarchies, so the
+# default runtime is crun with its cgroup manager disabled, as podman's is. It is given on
+# dockerd's command line (Debian's unit reads DOCKER_OPTS from /etc/default/docker), so
+# /etc/docker/daemon.json stays the user's, which is what the mesh edits. Its other need, a
+# writable /proc/sys/net (crun sets net.ipv4.ip_unprivileged_port_start), is met by start_host.
+lab_docker() {
+    local root=$1
+    printf '#!/bin/sh\nexec /usr/bin/crun --cgroup-manager=disabled "$@"\n' >"$root/usr/local/bin/crun-nocg"
+    chmod 755 "$root/usr/local/bin/crun-nocg"
+    printf 'DOCKER_OPTS="--add-runtime crun-nocg=/usr/local/bin/crun-nocg --default-runtime crun-nocg"\n' >"$root/etc/default/docker"
+}
+
+# image I [ENGINE]: the lab image localhost/jiji-lab:1 in host I's podman or docker (an HTTP
+# server on 8080 serving /www; `wget -qO- http://127.0.0.1:8080/` is its health check).
 lab_image() {
-    lab_ssh "$1" 'podman image exists localhost/jiji-lab:1 || { hostname >/opt/jiji-lab-image/www/index.html &&
-        tar -C /opt/jiji-lab-image -c . | podman import -q --change "CMD [\"/bin/httpd\",\"-f\",\"-p\",\"8080\",\"-h\",\"/www\"]" - localhost/jiji-lab:1 >/dev/null; }'
+    local engine=${2:-podman}
+    case "$engine" in podman | docker) ;; *) die "image: engine '$engine' is neither podman nor docker" "use podman or docker" ;; esac
+    # docker import has no -q; its output (the image id) is dropped.
+    lab_ssh "$1" "$engine image inspect localhost/jiji-lab:1 >/dev/null 2>&1 || { hostname >/opt/jiji-lab-image/www/index.html &&
+        tar -C /opt/jiji-lab-image -c . | $engine import --change 'CMD [\"/bin/httpd\",\"-f\",\"-p\",\"8080\",\"-h\",\"/www\"]' - localhost/jiji-lab:1 >/dev/null; }"
 }
 
 # demo: a labelled service `web` of project `demo` (the lab image's HTTP server, health-checked)
@@ -180,6 +197,7 @@ prepare_host() {
         install -m 600 "$KEY.pub" "$root/root/.ssh/authorized_keys"
         printf 'nameserver %s\n' "$RESOLVER_IP" >"$root/etc/resolv.conf"
         lab_podman "$root"
+        lab_docker "$root"
     fi
 }
 
@@ -196,9 +214,14 @@ start_host() {
     prepare_host "$i"
     # Containers inside a host need every capability and the keyring/bpf syscalls; only a lab
     # brought up with JIJI_LAB_CONTAINERS=1 gets them (the mesh and fault tests run as before).
-    local -a HOST_CAPS=(--capability=CAP_NET_ADMIN)
-    if [ -f "$LAB/containers" ]; then HOST_CAPS=(--capability=all --system-call-filter='@keyring bpf'); fi
-    systemd-nspawn --quiet --register=no --keep-unit --resolv-conf=off --timezone=off -D "$dir/root" -M "lab$i" \
+    local -a HOST_CAPS=(--capability=CAP_NET_ADMIN) VFS=()
+    # Their runtimes also write sysctls of the host's own network namespace (docker's crun sets
+    # net.ipv4.ip_unprivileged_port_start): /proc/sys/net writable, the rest of /proc/sys not.
+    if [ -f "$LAB/containers" ]; then
+        HOST_CAPS=(--capability=all --system-call-filter='@keyring bpf')
+        VFS=(SYSTEMD_NSPAWN_API_VFS_WRITABLE=network)
+    fi
+    env "${VFS[@]}" systemd-nspawn --quiet --register=no --keep-unit --resolv-conf=off --timezone=off -D "$dir/root" -M "lab$i" \
         --network-namespace-path="/run/netns/$ns" "${HOST_CAPS[@]}" -b >"$dir/console.log" 2>&1 &
     echo $! >"$dir/nspawn.pid"
 }
@@ -383,7 +406,7 @@ case "${1:-}" in
     status) status ;;
     ssh) shift; lab_ssh "$@" ;;
     rootfs) check_prereqs; build_rootfs ;;
-    image) lab_image "$2" ;;
+    image) lab_image "$2" "${3:-podman}" ;;
     stop) stop_host "$2" ;;
     start) start_host "$2"; ready_host "$2" ;;
     reset) reset_host "$2" ;;
@@ -391,5 +414,5 @@ case "${1:-}" in
     heal) heal_host "$2" ;;
     stack-config) stack_config "$2" "${3:-none}" ;;
     demo) demo ;;
-    *) die "usage: lab/lab.sh up [N] | down | status | ssh I CMD | image I | stop I | start I | reset I | cut I [hosts|hosts:J,K|inbound|all] | heal I | stack-config FILE [ENGINE] | demo" "pick one of those" ;;
+    *) die "usage: lab/lab.sh up [N] | down | status | ssh I CMD | image I [podman|docker] | stop I | start I | reset I | cut I [hosts|hosts:J,K|inbound|all] | heal I | stack-config FILE [ENGINE] | demo" "pick one of those" ;;
 esac

@@ -1,12 +1,15 @@
-"""Real containers on three lab hosts: podman from Debian's packages, the lab's local busybox image
-(`lab/lab.sh image I`), the program with `container_engine: podman`, through the real Pulumi engine
+"""Real containers on three lab hosts: podman and docker from Debian's packages (docker with crun
+as its runtime, lab/lab.sh lab_docker says why), the lab's local busybox image (`lab/lab.sh image
+I ENGINE`), the program with that `container_engine`, through the real Pulumi engine
 (tests/engines.py; the test prints which CLI and provider ran). The registrar on each
 server puts its containers in the registry; clients in containers on other servers find them by
 name, reach them with their own addresses, and stop finding them when they stop or turn unhealthy.
+Switches of engine in every direction leave nothing of the old one.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import statistics
 import subprocess
@@ -36,21 +39,59 @@ HOST_AS_FOUND = SNAPSHOT.replace("-path /etc/ssh \\)", "-path /etc/ssh -o -path 
     "{ iptables -S; iptables -t nat -S; } | grep -Ev 'NETAVARK_FORWARD|NETAVARK-HOSTPORT'",
 )
 assert HOST_AS_FOUND.count("NETAVARK") == 2 and "/var/lib/containers" in HOST_AS_FOUND
+# With docker running: its storage too, and its own chains are there before the deploy.
+DOCKER_AS_FOUND = HOST_AS_FOUND.replace(
+    "-o -path /var/lib/containers", "-o -path /var/lib/containers -o -path /var/lib/docker -o -path /var/lib/containerd"
+)
+assert "/var/lib/docker " in DOCKER_AS_FOUND
+# /etc/docker/daemon.json as each host has it before the deploy: absent, empty, with other keys.
+DAEMON_JSON = {0: None, 1: "", 2: '{\n  "log-level": "warn"\n}\n'}
 
 
-def api(lab: Lab, i: int, health: str = "wget -qO- http://127.0.0.1:8080/") -> str:
+def api(lab: Lab, i: int, health: str = "wget -qO- http://127.0.0.1:8080/", e: str = "podman") -> str:
     """An `api` container of project myapp on host i's jiji network, with a health check every second."""
-    lab.run(i, "podman rm -f api >/dev/null 2>&1 || true")
+    lab.run(i, f"{e} rm -f api >/dev/null 2>&1 || true")
     return lab.run(
         i,
-        f"podman run -d --name api --network jiji --label jiji.project=myapp --label jiji.service=api"
+        f"{e} run -d --name api --network jiji --label jiji.project=myapp --label jiji.service=api"
         f" --health-cmd '{health}' --health-interval 1s --health-retries 1 --health-timeout 1s"
         f" {IMAGE} /bin/httpd -f -v -p 8080 -h /www",
     ).strip()
 
 
-def container_ip(lab: Lab, i: int) -> str:
-    return lab.run(i, "podman inspect api --format '{{.NetworkSettings.Networks.jiji.IPAddress}}'").strip()
+def container_ip(lab: Lab, i: int, e: str = "podman") -> str:
+    return lab.run(i, f"{e} inspect api --format '{{{{.NetworkSettings.Networks.jiji.IPAddress}}}}'").strip()
+
+
+def bridge_of(lab: Lab, i: int, e: str) -> str:
+    """The bridge of engine e's `jiji` network on host i."""
+    field = "{{.NetworkInterface}}" if e == "podman" else '{{index .Options "com.docker.network.bridge.name"}}'
+    return lab.run(i, f"{e} network inspect jiji --format '{field}'").strip()
+
+
+def has_network(lab: Lab, i: int, e: str) -> bool:
+    return lab.run(i, f"{e} network inspect jiji >/dev/null 2>&1; echo $?").strip() == "0"
+
+
+def with_docker(lab: Lab) -> None:
+    """Docker running on every host, each with its daemon.json as DAEMON_JSON says, and the lab
+    image. dockerd refuses to start with an empty file (moby#41268), so that host's file is
+    emptied once dockerd runs."""
+    for i, text in DAEMON_JSON.items():
+        lab.run(i, "rm -f /etc/docker/daemon.json")
+        if text:
+            lab.run(i, "mkdir -p /etc/docker && cat > /etc/docker/daemon.json", stdin=text)
+        lab.run(i, "systemctl reset-failed docker 2>/dev/null; systemctl start docker")
+        runtime = lab.run(i, "docker info --format '{{.DefaultRuntime}}'").strip()
+        assert runtime == "crun-nocg", f"lab{i}'s dockerd runs {runtime}"
+        if text == "":
+            lab.run(i, "mkdir -p /etc/docker && : > /etc/docker/daemon.json")
+        subprocess.run(["bash", str(lab.script), "image", str(i), "docker"], check=True, capture_output=True, timeout=120)
+
+
+def daemon_json(lab: Lab, i: int) -> str | None:
+    out = lab.run(i, "cat /etc/docker/daemon.json 2>/dev/null || echo ABSENT")
+    return None if out == "ABSENT\n" else out
 
 
 def answers(lab: Lab, i: int) -> list[str]:
@@ -91,6 +132,73 @@ def lab() -> Iterator[Lab]:
         next(labs, None)  # the lab goes down
 
 
+def found_by_name(lab: Lab, e: str) -> str:
+    """The checks of a deploy with engine e: containers on lab0 and lab2 found by name from lab1,
+    reached with their own addresses, gone from DNS when killed or unhealthy (20 rounds, p50 and
+    p99 printed), and reconciled after the registrar was down. Returns lab0's api's address (the
+    container is left there, unhealthy)."""
+    for i in range(3):
+        assert bridge_of(lab, i, e) == "jiji-br0"
+
+    # An api container on lab0 and on lab2; DNS on lab1 answers both.
+    api(lab, 0, e=e), api(lab, 2, e=e)
+    api0, api2 = container_ip(lab, 0, e), container_ip(lab, 2, e)
+    assert api0.startswith("10.210.0.") and api2.startswith("10.210.2."), (api0, api2)
+    both = sorted([api0, api2])
+    wait_until(lambda: answers(lab, 1) == both, 15, f"lab1 answers {NAME} with {both}")
+
+    # A client container on lab1 reaches the service by name, and lab0 sees its own address.
+    client = f"{e} run --rm --network jiji --ip {CLIENT_IP} {IMAGE}"
+    page = lab.run(1, f"{client} wget -qO- http://{NAME}:8080/").strip()
+    assert page in ("lab0", "lab2"), page
+    assert lab.run(1, f"{client} wget -qO- http://{api0}:8080/").strip() == "lab0"
+    log = lab.run(0, f"{e} logs api 2>&1")
+    assert f"{CLIENT_IP}]" in log, f"lab0's api did not see the client's own address:\n{log[-2000:]}"
+    # The client resolves through jiji-dns: its resolver is its server's mesh address (with
+    # docker, the embedded resolver, which forwards to the daemon's `dns`: that address).
+    if e == "podman":
+        assert f"nameserver {MESH[1]}" in lab.run(1, f"{client} cat /etc/resolv.conf")
+    else:
+        assert "nameserver 127.0.0.11" in lab.run(1, f"{client} cat /etc/resolv.conf")
+        assert json.loads(lab.run(1, "cat /etc/docker/daemon.json"))["dns"] == [MESH[1]]
+
+    # Restarting the network unit (the firewall refilled) detaches nothing: lab0's api still serves.
+    lab.run(0, "systemctl restart jiji-net-network")
+    assert container_ip(lab, 0, e) == api0
+    assert lab.run(1, f"{client} wget -qO- http://{api0}:8080/").strip() == "lab0"
+
+    # A container on the engine's default network keeps DNS: forwarded names resolve, through jiji-dns.
+    other = lab.run(1, f"{e} run --rm {IMAGE} nslookup www.lab.test", check=False)
+    assert "198.18.0.200" in other, f"a container off the jiji network lost DNS:\n{other}"
+
+    # Stopping lab0's container takes its address out of lab1's answers; starting it puts it back.
+    latencies = []
+    for _ in range(ROUNDS):
+        latencies.append(seconds_until_gone(lab, 0, f"{e} kill api", 1, api0))
+        lab.run(0, f"{e} start api >/dev/null")
+        api0 = container_ip(lab, 0, e)  # a restarted container may get a new address
+        wait_until(lambda a=api0: a in answers(lab, 1), 20, f"lab0's api back in lab1's answers at {api0}")
+    latencies.sort()
+    p50, p99 = statistics.median(latencies), latencies[-1]  # 20 rounds: p99 is the largest
+    print(f"{e}: container stopped -> gone from another server's DNS, {ROUNDS} rounds: p50 {p50:.3f} s, p99 {p99:.3f} s")
+    assert p99 <= 2.0, latencies
+
+    # A failing health check does the same.
+    unhealthy = seconds_until_gone(lab, 0, f"{e} exec api rm /www/index.html", 1, api0)
+    print(f"{e}: health check failing -> gone from another server's DNS: {unhealthy:.2f} s")
+    assert lab.run(0, f"{e} inspect api --format '{{{{.State.Health.Status}}}}'").strip() == "unhealthy"
+
+    # The registrar down while lab2's container is removed: its next start reconciles the row away.
+    lab.run(2, f"systemctl stop jiji-registrar && {e} rm -f api >/dev/null")
+    time.sleep(1)
+    assert api2 in answers(lab, 1), "the row went before the registrar was back (nothing reconciled)"
+    started = time.monotonic()
+    lab.run(2, "systemctl start jiji-registrar")
+    wait_until(lambda: api2 not in answers(lab, 1), 15, "lab2's removed container gone after the registrar's start")
+    print(f"{e}: registrar restarted -> removed container's row gone: {time.monotonic() - started:.2f} s")
+    return api0
+
+
 def test_podman_containers_found_by_name_across_servers(lab: Lab) -> None:
     for i in range(3):
         lab.run(i, "podman --version")  # the engine is installed, as a user's server would have it
@@ -98,60 +206,7 @@ def test_podman_containers_found_by_name_across_servers(lab: Lab) -> None:
     engine = make_engine("containers")
     try:
         engine.up(config(lab, 3, container_engine="podman"))
-        for i in range(3):
-            assert lab.run(i, "podman network inspect jiji --format '{{.NetworkInterface}}'").strip() == "jiji-br0"
-
-        # An api container on lab0 and on lab2; DNS on lab1 answers both.
-        api(lab, 0), api(lab, 2)
-        api0, api2 = container_ip(lab, 0), container_ip(lab, 2)
-        assert api0.startswith("10.210.0.") and api2.startswith("10.210.2."), (api0, api2)
-        both = sorted([api0, api2])
-        wait_until(lambda: answers(lab, 1) == both, 15, f"lab1 answers {NAME} with {both}")
-
-        # A client container on lab1 reaches the service by name, and lab0 sees its own address.
-        client = f"podman run --rm --network jiji --ip {CLIENT_IP} {IMAGE}"
-        page = lab.run(1, f"{client} wget -qO- http://{NAME}:8080/").strip()
-        assert page in ("lab0", "lab2"), page
-        assert lab.run(1, f"{client} wget -qO- http://{api0}:8080/").strip() == "lab0"
-        log = lab.run(0, "podman logs api 2>&1")
-        assert f"{CLIENT_IP}]" in log, f"lab0's api did not see the client's own address:\n{log[-2000:]}"
-        # The client resolves through jiji-dns: its resolver is its server's mesh address.
-        assert f"nameserver {MESH[1]}" in lab.run(1, f"{client} cat /etc/resolv.conf")
-
-        # Restarting the network unit (the firewall refilled) detaches nothing: lab0's api still serves.
-        lab.run(0, "systemctl restart jiji-net-network")
-        assert container_ip(lab, 0) == api0
-        assert lab.run(1, f"{client} wget -qO- http://{api0}:8080/").strip() == "lab0"
-
-        # A container on podman's default network keeps DNS: forwarded names resolve, through jiji-dns.
-        other = lab.run(1, f"podman run --rm {IMAGE} nslookup www.lab.test", check=False)
-        assert "198.18.0.200" in other, f"a container off the jiji network lost DNS:\n{other}"
-
-        # Stopping lab0's container takes its address out of lab1's answers; starting it puts it back.
-        latencies = []
-        for _ in range(ROUNDS):
-            latencies.append(seconds_until_gone(lab, 0, "podman kill api", 1, api0))
-            lab.run(0, "podman start api >/dev/null")
-            api0 = container_ip(lab, 0)  # podman gives a restarted container a new address
-            wait_until(lambda a=api0: a in answers(lab, 1), 20, f"lab0's api back in lab1's answers at {api0}")
-        latencies.sort()
-        p50, p99 = statistics.median(latencies), latencies[-1]  # 20 rounds: p99 is the largest
-        print(f"container stopped -> gone from another server's DNS, {ROUNDS} rounds: p50 {p50:.3f} s, p99 {p99:.3f} s")
-        assert p99 <= 2.0, latencies
-
-        # A failing health check does the same.
-        unhealthy = seconds_until_gone(lab, 0, "podman exec api rm /www/index.html", 1, api0)
-        print(f"health check failing -> gone from another server's DNS: {unhealthy:.2f} s")
-        assert lab.run(0, "podman inspect api --format '{{.State.Health.Status}}'").strip() == "unhealthy"
-
-        # The registrar down while lab2's container is removed: its next start reconciles the row away.
-        lab.run(2, "systemctl stop jiji-registrar && podman rm -f api >/dev/null")
-        time.sleep(1)
-        assert api2 in answers(lab, 1), "the row went before the registrar was back (nothing reconciled)"
-        started = time.monotonic()
-        lab.run(2, "systemctl start jiji-registrar")
-        wait_until(lambda: api2 not in answers(lab, 1), 15, "lab2's removed container gone after the registrar's start")
-        print(f"registrar restarted -> removed container's row gone: {time.monotonic() - started:.2f} s")
+        api0 = found_by_name(lab, "podman")
 
         # A switch of engine while lab0's api is on podman's jiji network: refused by lab0's host
         # step, and no server switched (before the gate, lab1 and lab2 switched and lab0 did not).
@@ -311,3 +366,109 @@ def test_the_firewall_holds_through_network_unit_restarts(lab: Lab) -> None:
             engine.destroy()
         finally:
             engine.close()
+
+
+def test_docker_containers_found_by_name_across_servers(lab: Lab) -> None:
+    """The same as with podman; dockerd's daemon.json is absent on lab0, empty on lab1 and has a
+    key of the user's on lab2, and destroy leaves each as found, byte for byte."""
+    with_docker(lab)
+    before = {i: lab.run(i, DOCKER_AS_FOUND) for i in range(3)}
+    engine = make_engine("containers-docker")
+    try:
+        engine.up(config(lab, 3, container_engine="docker"))
+        for i in range(3):
+            merged = json.loads(lab.run(i, "cat /etc/docker/daemon.json"))
+            assert merged == {**json.loads(DAEMON_JSON[i] or "{}"), "dns": [MESH[i]]}, (i, merged)
+        found_by_name(lab, "docker")
+        lab.run(0, "docker rm -f api >/dev/null")
+        engine.destroy()
+        for i in range(3):
+            assert not has_network(lab, i, "docker"), f"lab{i} kept docker's jiji network"
+            assert_unchanged(before[i], lab.run(i, DOCKER_AS_FOUND), f"lab{i} after destroy")
+            assert daemon_json(lab, i) == DAEMON_JSON[i], f"lab{i}'s daemon.json is not as found"
+    finally:
+        for i in range(3):
+            lab.run(i, "docker ps -aq | xargs -r docker rm -f >/dev/null 2>&1; true", check=False)
+        engine.close()
+
+
+def deployed(lab: Lab, e: str) -> None:
+    """What a fresh deploy with engine e shows: every server ready; with an engine, a container
+    on lab0 found by name from a container on lab2; and nothing of the other engines: no `jiji`
+    network of theirs, podman's drop-in only with podman, daemon.json as found unless docker."""
+    for i in range(3):
+        assert lab.run(i, "cat /var/lib/jiji-net/network-engine").strip() == e
+        wait_until(lambda i=i: "exit=0" in ready(lab, i), REPLICATED, f"lab{i} ready with {e}")
+        if e != "podman":  # netavark makes podman's bridge when the first container starts
+            assert lab.run(i, "ip -o link show jiji-br0 >/dev/null && echo bridge").strip() == "bridge"
+        for other in {"docker", "podman"} - {e}:
+            assert not has_network(lab, i, other), f"lab{i} kept {other}'s jiji network after the switch to {e}"
+        drop_in = lab.run(i, "test -e /etc/containers/containers.conf.d/50-jiji-net.conf; echo $?").strip() == "0"
+        assert drop_in == (e == "podman"), f"lab{i}: podman's drop-in {'missing' if e == 'podman' else 'left'}"
+        if e == "docker":
+            assert json.loads(lab.run(i, "cat /etc/docker/daemon.json"))["dns"] == [MESH[i]]
+        else:
+            assert daemon_json(lab, i) == DAEMON_JSON[i], f"lab{i}'s daemon.json is not as found with {e}"
+    if e == "none":
+        return
+    for i in range(3):
+        assert bridge_of(lab, i, e) == "jiji-br0"
+    api(lab, 0, e=e)
+    address = container_ip(lab, 0, e)
+    wait_until(lambda: answers(lab, 2) == [address], 15, f"lab2 answers {NAME} with lab0's {e} container")
+    page = lab.run(2, f"{e} run --rm --network jiji {IMAGE} wget -qO- http://{NAME}:8080/").strip()
+    assert page == "lab0", page
+    lab.run(0, f"{e} rm -f api >/dev/null")
+    wait_until(lambda: answers(lab, 2) == [], 15, f"lab0's removed {e} container gone from lab2's answers")
+
+
+def as_deployed(lab: Lab, i: int) -> str:
+    """Host i with a mesh deployed, to compare two deploys: DOCKER_AS_FOUND without the registry's
+    own data (Corrosion adds subscription files as jiji-dns restarts), links and addresses sorted
+    (a bridge made again gets a higher interface index)."""
+    snapshot = lab.run(i, DOCKER_AS_FOUND.replace("-path /var/lib/docker", "-path /var/lib/jiji -o -path /var/lib/docker"))
+    sections = snapshot.split("--\n")
+    sections[1] = "".join(sorted(sections[1].splitlines(keepends=True)))
+    return "--\n".join(sections)
+
+
+def test_engine_switches_leave_nothing_of_the_old_engine(lab: Lab) -> None:
+    """docker -> podman -> none -> docker on the running lab, each checked as a fresh deploy; back
+    on docker, every host is as it was after the first docker deploy (nothing of podman or of the
+    plain bridge left), and a switch is refused on every server while a container uses the old
+    engine's network."""
+    with_docker(lab)
+    before = {i: lab.run(i, DOCKER_AS_FOUND) for i in range(3)}
+    engine = make_engine("switches")
+    try:
+        engine.up(config(lab, 3, container_engine="docker"))
+        deployed(lab, "docker")
+        first = {i: as_deployed(lab, i) for i in range(3)}
+
+        api(lab, 1, e="docker")
+        try:
+            engine.up(config(lab, 3, container_engine="podman"))
+            raise AssertionError("a switch away from docker with a container on jiji went through")
+        except CommandFailed as refused:
+            assert "docker still has containers on its network jiji" in str(refused), str(refused)[-3000:]
+            assert not {n for op, n in refused.actions if n.endswith(("-network", "-engine-gate"))}, refused.actions
+        for i in range(3):
+            assert lab.run(i, "cat /var/lib/jiji-net/network-engine").strip() == "docker", f"lab{i} switched"
+        lab.run(1, "docker rm -f api >/dev/null")
+
+        for e in ("podman", "none", "docker"):
+            started = time.monotonic()
+            engine.up(config(lab, 3, container_engine=e))
+            print(f"switch to {e}: up in {time.monotonic() - started:.1f} s")
+            deployed(lab, e)
+        for i in range(3):
+            assert_unchanged(first[i], as_deployed(lab, i), f"lab{i} back on docker after podman and none")
+
+        engine.destroy()
+        for i in range(3):
+            assert_unchanged(before[i], lab.run(i, DOCKER_AS_FOUND), f"lab{i} after destroy")
+            assert daemon_json(lab, i) == DAEMON_JSON[i], f"lab{i}'s daemon.json is not as found"
+    finally:
+        for i in range(3):
+            lab.run(i, "for e in docker podman; do $e ps -aq | xargs -r $e rm -f; done >/dev/null 2>&1; true", check=False)
+        engine.close()
