@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import Lab, module_lab
-from tests.engines import CommandFailed, make_engine
+from tests.engines import CommandFailed, RealEngine, make_engine
 from tests.harness import wait_until
 from tests.test_mesh_on_lab import REPLICATED, SNAPSHOT, assert_unchanged, config, ready
 
@@ -199,6 +199,19 @@ def found_by_name(lab: Lab, e: str) -> str:
     return api0
 
 
+def switch_refused(lab: Lab, engine: RealEngine, old: str, new: str) -> None:
+    """An up from engine `old` to `new` while a container uses old's `jiji` network: refused,
+    naming the engine, with no network step or gate run, and every server still on `old`."""
+    try:
+        engine.up(config(lab, 3, container_engine=new))
+        raise AssertionError(f"a switch away from {old} with a container on jiji went through")
+    except CommandFailed as refused:
+        assert f"{old} still has containers on its network jiji" in str(refused), str(refused)[-3000:]
+        assert not {n for op, n in refused.actions if n.endswith(("-network", "-engine-gate"))}, refused.actions
+    for i in range(3):
+        assert lab.run(i, "cat /var/lib/jiji-net/network-engine").strip() == old, f"lab{i} switched"
+
+
 def test_podman_containers_found_by_name_across_servers(lab: Lab) -> None:
     for i in range(3):
         lab.run(i, "podman --version")  # the engine is installed, as a user's server would have it
@@ -210,14 +223,8 @@ def test_podman_containers_found_by_name_across_servers(lab: Lab) -> None:
 
         # A switch of engine while lab0's api is on podman's jiji network: refused by lab0's host
         # step, and no server switched (before the gate, lab1 and lab2 switched and lab0 did not).
-        try:
-            engine.up(config(lab, 3, container_engine="none"))
-            raise AssertionError("a switch away from podman with a container on jiji went through")
-        except CommandFailed as refused:
-            assert "podman still has containers on its network jiji" in str(refused), str(refused)[-3000:]
-            assert not {n for op, n in refused.actions if n.endswith(("-network", "-engine-gate"))}, refused.actions
+        switch_refused(lab, engine, "podman", "none")
         for i in range(3):
-            assert lab.run(i, "cat /var/lib/jiji-net/network-engine").strip() == "podman", f"lab{i} switched"
             assert lab.run(i, "podman network exists jiji; echo $?").strip() == "0", f"lab{i} lost podman's jiji"
         assert container_ip(lab, 0) == api0
 
@@ -446,14 +453,7 @@ def test_engine_switches_leave_nothing_of_the_old_engine(lab: Lab) -> None:
         first = {i: as_deployed(lab, i) for i in range(3)}
 
         api(lab, 1, e="docker")
-        try:
-            engine.up(config(lab, 3, container_engine="podman"))
-            raise AssertionError("a switch away from docker with a container on jiji went through")
-        except CommandFailed as refused:
-            assert "docker still has containers on its network jiji" in str(refused), str(refused)[-3000:]
-            assert not {n for op, n in refused.actions if n.endswith(("-network", "-engine-gate"))}, refused.actions
-        for i in range(3):
-            assert lab.run(i, "cat /var/lib/jiji-net/network-engine").strip() == "docker", f"lab{i} switched"
+        switch_refused(lab, engine, "docker", "podman")
         lab.run(1, "docker rm -f api >/dev/null")
 
         for e in ("podman", "none", "docker"):
