@@ -1,0 +1,175 @@
+"""Initiations seen beside a listening WireGuard interface (jiji_ops/initiations.py), and what
+answering one at once buys: two network namespaces of this test's own, joined by a veth pair,
+wireguard-go on each end. The responder does not know the initiator's key, so its interface drops
+the initiation; the watcher's kernel filter hands a copy to us and nothing else sent to the port.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from jiji_ops import handshake, initiations
+
+PORT = 51998
+# WireGuard's REKEY_TIMEOUT: an initiator with no answer sends its initiation again after 5 s
+# (plus up to 333 ms of jitter). Answering at once has to beat it.
+REKEY_TIMEOUT = 5.0
+UNDERLAY = {"a": "198.19.99.1", "b": "198.19.99.2"}
+MESH = {"a": "10.99.0.1", "b": "10.99.0.2"}
+WATCH = (
+    "import json, sys\n"
+    "from jiji_ops import initiations\n"
+    "w = initiations.Watcher(int(sys.argv[1]))\n"
+    "print('watching', flush=True)\n"
+    "for k in w:\n"
+    "    print(json.dumps({'source': k.source, 'port': k.source_port, 'message': k.message.hex()}), flush=True)\n"
+)
+# From namespace a to b's WireGuard port: what the filter must keep out. Each a UDP datagram: other
+# message types, other sizes, an initiation-sized datagram to another port; then one forged
+# initiation (the right shape, random content) that the filter passes and mac1 refuses.
+JUNK = (
+    "import os, socket, sys\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "b, port = sys.argv[1], int(sys.argv[2])\n"
+    "for i in range(300):\n"
+    "    s.sendto(bytes([2 + i % 3]) + os.urandom(147), (b, port))\n"
+    "    s.sendto(b'\\x01' + os.urandom(i % 147), (b, port))\n"
+    "    s.sendto(b'\\x01' + os.urandom(147 + 1 + i % 40), (b, port))\n"
+    "    s.sendto(b'\\x01' + os.urandom(147), (b, port + 1))\n"
+    "s.sendto(b'\\x01\\0\\0\\0' + os.urandom(144), (b, port))\n"
+)
+
+
+def wg_keys() -> tuple[str, str]:
+    private = subprocess.run(["wg", "genkey"], capture_output=True, text=True, check=True).stdout.strip()
+    public = subprocess.run(["wg", "pubkey"], input=private, capture_output=True, text=True, check=True).stdout.strip()
+    return private, public
+
+
+@dataclass
+class Pair:
+    ns: dict[str, str]
+    keys: dict[str, tuple[str, str]]
+
+    def run(self, side: str, *command: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "netns", "exec", self.ns[side], *command], capture_output=True, text=True,
+                              check=True, timeout=30, **kwargs)  # type: ignore[call-overload]  # fmt: skip
+
+    def python(self, side: str, program: str, *args: str) -> subprocess.Popen[str]:
+        env = {**os.environ, "PYTHONPATH": str(Path(initiations.__file__).parent.parent)}
+        return subprocess.Popen(["ip", "netns", "exec", self.ns[side], sys.executable, "-c", program, *args],
+                                stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
+
+    def latest_handshake(self, side: str) -> int:
+        out = self.run(side, "wg", "show", f"jw{side}", "latest-handshakes").stdout.split()
+        return int(out[1]) if len(out) == 2 else 0
+
+
+def set_key(pair: Pair, side: str, *rest: str) -> None:
+    # The private key goes through a 0600 file, never a command line.
+    key_file = Path(f"/run/jin-{os.getpid()}-{side}.key")
+    key_file.write_text(pair.keys[side][0] + "\n")
+    key_file.chmod(0o600)
+    try:
+        pair.run(side, "wg", "set", f"jw{side}", "private-key", str(key_file), *rest)
+    finally:
+        key_file.unlink()
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    """Namespaces a and b on a veth pair; wireguard-go `jwa` in a, which has b as its peer, and
+    `jwb` in b listening on PORT, which has no peers."""
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root (network namespaces, packet sockets): run the tests as root, as CI does")
+    ns = {side: f"jin{side}-{os.getpid()}" for side in "ab"}
+    p = Pair(ns, {side: wg_keys() for side in "ab"})
+    try:
+        for side in "ab":
+            subprocess.run(["ip", "netns", "add", ns[side]], check=True)
+            p.run(side, "ip", "link", "set", "lo", "up")
+        p.run("a", "ip", "link", "add", "jinv", "type", "veth", "peer", "name", "jinv", "netns", ns["b"])
+        for side in "ab":
+            p.run(side, "ip", "addr", "add", f"{UNDERLAY[side]}/30", "dev", "jinv")
+            p.run(side, "ip", "link", "set", "jinv", "up")
+            p.run(side, "wireguard-go", f"jw{side}")
+            p.run(side, "ip", "addr", "add", f"{MESH[side]}/24", "dev", f"jw{side}")
+        set_key(p, "b", "listen-port", str(PORT))
+        set_key(p, "a", "peer", p.keys["b"][1], "endpoint", f"{UNDERLAY['b']}:{PORT}", "allowed-ips", f"{MESH['b']}/32")
+        for side in "ab":
+            p.run(side, "ip", "link", "set", f"jw{side}", "up")
+        yield p
+    finally:
+        for side in "ab":
+            # Deleting its interface ends wireguard-go; then the namespace goes.
+            subprocess.run(["ip", "-n", ns[side], "link", "del", f"jw{side}"], capture_output=True)
+            subprocess.run(["ip", "netns", "del", ns[side]], capture_output=True)
+            Path(f"/var/run/wireguard/jw{side}.sock").unlink(missing_ok=True)
+
+
+def knocks(watcher: subprocess.Popen[str], count: int) -> list[initiations.Knock]:
+    assert watcher.stdout is not None
+    out = []
+    for _ in range(count):
+        k = json.loads(watcher.stdout.readline())
+        out.append(initiations.Knock(k["source"], k["port"], bytes.fromhex(k["message"])))
+    return out
+
+
+@pytest.mark.parametrize("answer", [True, False], ids=["answered-at-once", "left-to-the-retry"])
+def test_an_unknown_initiator_is_seen_opened_and_answered(pair: Pair, answer: bool) -> None:
+    watcher = pair.python("b", WATCH, str(PORT))
+    try:
+        assert watcher.stdout is not None and watcher.stdout.readline().strip() == "watching"
+        # 1,200 datagrams of other kinds to the port (and beside it): none reaches the watcher; the
+        # one forged initiation does, and mac1 refuses it.
+        junk = pair.python("a", JUNK, UNDERLAY["b"], str(PORT))
+        assert junk.wait(timeout=30) == 0
+        (forged,) = knocks(watcher, 1)
+        private_b, public_b = (base64.b64decode(k) for k in pair.keys["b"])
+        with pytest.raises(handshake.Refused, match="mac1"):
+            handshake.open_initiation(forged.message, private_b, public_b)
+
+        # a sends to b over the mesh: wireguard-go starts a handshake, b's interface drops it.
+        pair.run("a", sys.executable, "-c",
+                 f"import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('{MESH['b']}', 9))")  # fmt: skip
+        (knock,) = knocks(watcher, 1)
+        seen = time.monotonic()
+        opened = handshake.open_initiation(knock.message, private_b, public_b)
+        assert base64.b64encode(opened.static_public).decode() == pair.keys["a"][1]
+        assert knock.source == UNDERLAY["a"]
+        assert pair.latest_handshake("a") == 0, "b answered an unknown key"
+
+        # Installed as a peer at the address the initiation came from; answered at once by a
+        # packet from b, which makes b's interface initiate toward a, or left to a's own retry.
+        pair.run("b", "wg", "set", "jwb", "peer", pair.keys["a"][1], "allowed-ips", f"{MESH['a']}/32",
+                 "endpoint", f"{knock.source}:{knock.source_port}")  # fmt: skip
+        if answer:
+            pair.run("b", sys.executable, "-c",
+                     f"import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('{MESH['a']}', 9))")  # fmt: skip
+        deadline = seen + 3 * REKEY_TIMEOUT
+        while pair.latest_handshake("a") == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        took = time.monotonic() - seen
+        assert pair.latest_handshake("a") != 0, f"no handshake {took:.1f} s after the initiation was seen"
+        print(f"initiation seen -> handshake done, {'answered at once' if answer else 'left to the retry'}: {took:.2f} s")
+        if answer:
+            assert took < REKEY_TIMEOUT, took
+        else:
+            # The control: without the answer, the client waits for its own retransmit.
+            assert took > REKEY_TIMEOUT - 1, took
+        # Nothing else passed the filter in the meantime.
+        watcher.kill()
+        rest, _ = watcher.communicate(timeout=10)
+        assert all(json.loads(line)["message"][:2] == "01" for line in rest.splitlines()), rest
+    finally:
+        watcher.kill()
