@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,10 +59,12 @@ def local_binary(path: str) -> Artifact:
     return Artifact(str(p.resolve()), sha256_file(p))
 
 
-def stack_file(stack: str, name: str, text: str) -> Artifact:
-    """A file the program makes for one stack (build/stacks/<stack>/<name>), rewritten only when
-    its content changed; uploaded as a file asset, so state keeps its hash, not its bytes."""
-    return _written(BUILD_DIR / "stacks" / stack / name, text)
+def stack_file(project: str, stack: str, name: str, text: str) -> Artifact:
+    """A file the program makes for one stack (build/stacks/<project>/<stack>/<name>: an installed
+    package shares one build directory among its user's projects), rewritten only when its content
+    changed; uploaded as a file asset, so state keeps its hash, not its bytes (a new path with the
+    same hash is no change)."""
+    return _written(BUILD_DIR / "stacks" / project / stack / name, text)
 
 
 def built_file(name: str, text: str) -> Artifact:
@@ -80,8 +83,9 @@ def _written(path: Path, text: str) -> Artifact:
 def staging_tree(dir_name: str, files: dict[str, Artifact]) -> Artifact:
     """Files that travel together in one upload: build/uploads/<hash>/<dir_name>/<file name>, the
     names the server's staging directory keeps them under. The tree is a directory archive, so
-    state keeps one hash for all of them; its sha256 names the set. Older trees are pruned (the
-    engine compares hashes; it never reads an old tree back)."""
+    state keeps one hash for all of them; its sha256 names the set. Trees unused for a day
+    are pruned (the engine compares hashes; it never reads an old tree back); a newer one may be
+    another evaluation's, running now."""
     names = dict(sorted(files.items()))
     digest = hashlib.sha256("".join(f"{n} {a.sha256}\n" for n, a in names.items()).encode()).hexdigest()
     root = BUILD_DIR / "uploads"
@@ -96,7 +100,13 @@ def staging_tree(dir_name: str, files: dict[str, Artifact]) -> Artifact:
             partial.rename(tree.parent)
         except OSError:  # another evaluation made the same tree first
             shutil.rmtree(partial, ignore_errors=True)
+    os.utime(tree.parent)
+    stale = time.time() - 86400
     for old in root.iterdir():
-        if old.name != digest[:16] and not old.name.startswith("."):
+        try:
+            unused = old.stat().st_mtime < stale
+        except FileNotFoundError:  # another evaluation pruned it first
+            continue
+        if unused and old.name != digest[:16] and not old.name.startswith("."):
             shutil.rmtree(old, ignore_errors=True)
     return Artifact(str(tree), digest)

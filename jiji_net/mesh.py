@@ -285,7 +285,7 @@ def _built_uploads(settings: MeshSettings) -> Uploads:
     local = settings.corrosion.local_path
     helper = built["step"]
     return Uploads.of(
-        steplib=artifacts.built_file("steplib.sh", render.step_library(steps.helper_path(helper.sha256))),
+        steplib=artifacts.built_file("steplib.sh", render.step_library(steps.helper_path(helper.sha256), helper.sha256)),
         helper=helper,
         dns=built["dns"],
         tool=built["tool"],
@@ -304,7 +304,7 @@ async def _mesh_table(
         value = await key.future() if await key.is_known() else None
         known[name] = value or "(known-after-its-host-step)"
     text = render.mesh_table(topology.mesh_rows(settings, live, plans, known))
-    return artifacts.stack_file(pulumi.get_stack(), "mesh.tsv", text)
+    return artifacts.stack_file(pulumi.get_project(), pulumi.get_stack(), "mesh.tsv", text)
 
 
 def _server_output(

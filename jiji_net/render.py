@@ -170,10 +170,11 @@ def step_script(kind: str, **values: object) -> str:
     return _ENV.get_template(f"steps/{kind}.sh.j2").render(**values)
 
 
-def step_library(helper: str) -> str:
+def step_library(helper: str, helper_sha256: str) -> str:
     """The shell functions the steps source: the same on every server. `helper` is where the step
-    helper they run is staged (steps.helper_path), so the library's hash changes with it."""
-    return _ENV.get_template("steps/_lib.sh.j2").render(helper=helper)
+    helper they run is staged (steps.helper_path) and `helper_sha256` its content, which the
+    library checks before it runs it; the library's hash changes with it."""
+    return _ENV.get_template("steps/_lib.sh.j2").render(helper=helper, helper_sha256=helper_sha256)
 
 
 def registrar_unit(settings: MeshSettings) -> str:

@@ -23,11 +23,12 @@ from pathlib import Path
 SHEBANG = b"#!/usr/bin/env python3\n"
 # What both the daemon and the tool need is in jiji_common: a change to the daemon alone leaves
 # the tool's bytes as they are, so servers restart jiji-dns and not the registrar or the rejoin
-# watch; the step helper changes only with the steps' own programs.
+# watch. The step helper takes only the modules of jiji_common it imports: its hash is in every
+# step (through the library's path), so any byte of it re-runs every step on every server.
 KINDS: dict[str, tuple[tuple[str, ...], str]] = {
     "dns": (("jiji_dns", "jiji_common", "dnslib"), "jiji_dns.main"),
     "tool": (("jiji_ops", "jiji_common"), "jiji_ops.cli"),
-    "step": (("jiji_step", "jiji_common"), "jiji_step.cli"),
+    "step": (("jiji_step", "jiji_common/__init__.py", "jiji_common/layout.py", "jiji_common/digest.py"), "jiji_step.cli"),
 }
 FILE_NAMES = {"dns": "jiji-dns.pyz", "tool": "jiji-net.pyz", "step": "jiji-step.pyz"}
 
@@ -42,9 +43,10 @@ def _package_dir(name: str) -> Path:
 def _sources(kind: str) -> list[tuple[str, bytes]]:
     packages, entry = KINDS[kind]
     files = []
-    for package in packages:
+    for part in packages:
+        package, _, module = part.partition("/")
         package_dir = _package_dir(package)
-        for path in sorted(package_dir.rglob("*.py")):
+        for path in sorted([package_dir / module] if module else package_dir.rglob("*.py")):
             if "__pycache__" in path.parts or (package == "dnslib" and path.name.startswith("test")):
                 continue
             files.append((f"{package}/{path.relative_to(package_dir).as_posix()}", path.read_bytes()))

@@ -19,7 +19,7 @@ HOSTILE_ROWS = '{"servers": [{"id": "it\'s $(not) `run`"}]}\n'
 
 def rendered() -> dict[str, str]:
     # The library the steps source; shellcheck sees it on its own (it uses the steps' STEP, OWNER, STAMP).
-    scripts: dict[str, str] = {"steplib.sh": render.step_library(steps.helper_path("e" * 64))}
+    scripts: dict[str, str] = {"steplib.sh": render.step_library(steps.helper_path("e" * 64), "e" * 64)}
     for engine in ("none", "docker", "podman"):
         for url in ("", "https://example.invalid/corrosion.tar.gz"):
             corrosion = CorrosionSource(url=url, sha256="a" * 64) if url else CorrosionSource(local_path="/x")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import select
 import statistics
 import subprocess
 import time
@@ -102,7 +103,7 @@ def seconds_until_gone(lab: Lab, act_on: int, act: str, watch: int, address: str
     """Runs `act` on host `act_on` and returns the seconds until host `watch`'s jiji-dns stops
     answering `address`. The hosts share this machine's clock, so both ends time themselves."""
     poll = (
-        f"end=$(($(date +%s) + {int(timeout)})); while [ $(date +%s) -lt $end ]; do"
+        f"echo polling; end=$(($(date +%s) + {int(timeout)})); while [ $(date +%s) -lt $end ]; do"
         f" dig +short +time=1 +tries=1 @{MESH[watch]} {NAME} | grep -qx {address} || {{ date +%s.%N; exit 0; }};"
         f" sleep 0.02; done; echo timeout"
     )
@@ -110,7 +111,10 @@ def seconds_until_gone(lab: Lab, act_on: int, act: str, watch: int, address: str
         ["bash", str(lab.script), "ssh", str(watch), poll], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        time.sleep(0.3)  # the watcher's SSH session is up and polling
+        # Acting before the watcher's SSH session polls would count the session's start as delay.
+        assert watcher.stdout is not None
+        ready, _, _ = select.select([watcher.stdout], [], [], 30)
+        assert ready and watcher.stdout.readline().strip() == "polling", "the watcher did not start"
         assert address in answers(lab, watch), f"{address} was not answered before the change"
         started = float(lab.run(act_on, f"date +%s.%N; {act} >/dev/null").split()[0])
         out, err = watcher.communicate(timeout=timeout + 30)

@@ -500,7 +500,7 @@ ExecStart=/bin/sh -c 'echo start >> /tmp/docker-starts'
 
 HELPER = zipapps.build("step")
 HELPER_SHA256 = hashlib.sha256(HELPER).hexdigest()
-STEPLIB = render.step_library(steps.helper_path(HELPER_SHA256))
+STEPLIB = render.step_library(steps.helper_path(HELPER_SHA256), HELPER_SHA256)
 STEPLIB_SHA256 = hashlib.sha256(STEPLIB.encode()).hexdigest()
 
 

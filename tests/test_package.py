@@ -19,12 +19,12 @@ import hashlib, importlib.util, json, sys
 from jiji_net import artifacts, render, steps, zipapps
 from jiji_net.mesh import Mesh, MeshArgs
 built = artifacts.built_zipapps()
-ours = {p for packages, _ in zipapps.KINDS.values() for p in packages if p != "dnslib"} | {"jiji_net"}
+ours = {p.split("/")[0] for packages, _ in zipapps.KINDS.values() for p in packages if p != "dnslib"} | {"jiji_net"}
 print(json.dumps({
     "from": {p: importlib.util.find_spec(p).origin for p in sorted(ours)},
     "build_dir": str(artifacts.BUILD_DIR),
     "sha256": {kind: a.sha256 for kind, a in built.items()},
-    "steplib": hashlib.sha256(render.step_library(steps.helper_path(built["step"].sha256)).encode()).hexdigest(),
+    "steplib": hashlib.sha256(render.step_library(steps.helper_path(built["step"].sha256), built["step"].sha256).encode()).hexdigest(),
 }))
 """
 
@@ -60,4 +60,4 @@ def test_an_installed_wheel_builds_what_the_checkout_builds(tmp_path: Path) -> N
     assert got["build_dir"] == str(tmp_path / "cache" / "jiji-net" / "build")
     assert got["sha256"] == {kind: hashlib.sha256(zipapps.build(kind)).hexdigest() for kind in zipapps.KINDS}
     helper = steps.helper_path(got["sha256"]["step"])
-    assert got["steplib"] == hashlib.sha256(render.step_library(helper).encode()).hexdigest()
+    assert got["steplib"] == hashlib.sha256(render.step_library(helper, got["sha256"]["step"]).encode()).hexdigest()

@@ -195,7 +195,7 @@ def test_step_commands() -> None:
 
 
 def test_step_library() -> None:
-    lib = render.step_library(steps.helper_path("e" * 64))
+    lib = render.step_library(steps.helper_path("e" * 64), "e" * 64)
     assert_shell("steplib.sh", lib)
     for function in ("main", "put_file", "from_upload", "install_staged", "unit_running", "unit_gone", "download"):
         assert re.search(rf"^{function}\(\) \{{", lib, re.M), function

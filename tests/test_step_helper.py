@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -102,6 +103,27 @@ def test_api_answers_only_when_something_answers(served: Served) -> None:
     assert not probe.api_answers(served.address, timeout=1)
 
 
+def test_something_else_on_corrosions_port_is_not_yet_and_no_traceback() -> None:
+    # Another service holding the port answers with something that is not HTTP (an SSH banner).
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def banner() -> None:
+        for _ in range(2):
+            conn, _ = listener.accept()
+            conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+            conn.close()
+
+    thread = threading.Thread(target=banner, daemon=True)
+    thread.start()
+    try:
+        assert not probe.api_answers(f"127.0.0.1:{port}", timeout=2)
+        assert cli.main(["api-answers", f"127.0.0.1:{port}"]) == 1
+    finally:
+        thread.join(timeout=5)
+        listener.close()
+
+
 def test_daemon_json_keeps_other_keys_and_is_put_back_byte_for_byte(tmp_path: Path) -> None:
     path, saved = tmp_path / "docker" / "daemon.json", tmp_path / "state" / "docker-daemon.json"
     found = '{"log-driver": "journald",\n   "dns": ["192.0.2.53"], "features": {"buildkit": true}}\n'
@@ -183,13 +205,27 @@ def test_the_step_library_runs_the_helper_from_its_staged_zipapp(tmp_path: Path)
     from jiji_net import render
 
     helper = tmp_path / "steplib.x.pyz"
-    helper.write_bytes(zipapps.build("step"))
+    built = zipapps.build("step")
+    helper.write_bytes(built)
     lib = tmp_path / "lib.sh"
-    lib.write_text(render.step_library(str(helper)))
+    lib.write_text(render.step_library(str(helper), sha(built)))
     target = tmp_path / "daemon.json"
     script = f'STEP=network; . "{lib}"; helper docker-dns "{tmp_path}/saved" 10.1.2.3 --daemon-json "{target}"'
-    out = subprocess.run(["sh", "-eu", "-c", script], capture_output=True, text=True, timeout=30)
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["sh", "-eu", "-c", script], capture_output=True, text=True, timeout=30)
+
+    out = run()
     assert out.returncode == 0 and out.stdout == "changed\n", out.stderr
+    # Its errors name the server and the step, as the library's own messages do.
+    target.write_text("{broken")
+    out = run()
+    assert out.returncode == 1 and f"jiji-net: {socket.gethostname()}: network: {target} is not valid JSON" in out.stderr
+    # A damaged or missing helper is not run: it runs as root.
+    for damage in (built[:-10], b""):
+        helper.write_bytes(damage)
+        out = run()
+        assert out.returncode == 1 and f"{helper} is missing or does not have SHA-256 {sha(built)}" in out.stderr
+        assert out.stdout == "", out.stdout
     helper.unlink()
-    out = subprocess.run(["sh", "-eu", "-c", script], capture_output=True, text=True, timeout=30)
-    assert out.returncode == 1 and f"{helper} is missing; upload it again" in out.stderr
+    assert f"{helper} is missing or does not have" in run().stderr

@@ -195,7 +195,7 @@ def test_a_download_that_does_not_match_its_pin_is_deleted_and_fetched_again(tmp
     helper = tmp_path / "jiji-step.pyz"
     helper.write_bytes(zipapps.build("step"))
     lib = tmp_path / "lib.sh"
-    lib.write_text(render.step_library(str(helper)))
+    lib.write_text(render.step_library(str(helper), hashlib.sha256(helper.read_bytes()).hexdigest()))
     staged = tmp_path / "staging" / "corrosion.tgz"
     release = b"the pinned release"
     pin = hashlib.sha256(release).hexdigest()

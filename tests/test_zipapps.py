@@ -25,6 +25,20 @@ def test_each_zipapp_carries_only_what_it_runs() -> None:
     assert packages_in("step") == {"jiji_step", "jiji_common"}
 
 
+def test_the_step_helper_carries_only_the_shared_modules_it_imports() -> None:
+    # Its hash is in every step: a change to the label rules or the log line, which it does not
+    # use, would otherwise re-run every step on every server.
+    archive = zipfile.ZipFile(io.BytesIO(zipapps.build("step")[len(zipapps.SHEBANG) :]))
+    shared = {n for n in archive.namelist() if n.startswith("jiji_common/")}
+    assert shared == {"jiji_common/__init__.py", "jiji_common/layout.py", "jiji_common/digest.py"}
+    imported = set()
+    for name in archive.namelist():
+        if name.startswith("jiji_step/"):
+            text = archive.read(name).decode()
+            imported |= {f"jiji_common/{m}.py" for m in ("layout", "digest", "names", "logline") if f"jiji_common.{m}" in text or f"jiji_common import {m}" in text}
+    assert imported <= shared, imported - shared
+
+
 def test_builds_are_byte_for_byte_the_same() -> None:
     for kind in zipapps.KINDS:
         assert zipapps.build(kind) == zipapps.build(kind)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 import sys
 from pathlib import Path
 
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "podman-interface":
             netavark.name_interface(args.file, args.bridge)
     except StepError as e:
-        print(f"jiji-net: {e}", file=sys.stderr)
+        # As the library's `say` prints it: this server, the step that ran us (JIJI_STEP).
+        print(f"jiji-net: {socket.gethostname()}: {os.environ.get('JIJI_STEP', 'step')}: {e}", file=sys.stderr)
         return 1
     return 0

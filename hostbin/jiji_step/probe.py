@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.request
 
@@ -16,6 +17,7 @@ def api_answers(address: str, timeout: float = 2) -> bool:
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             response.read()
-    except (OSError, ValueError):
+    except (OSError, ValueError, http.client.HTTPException):
+        # Something else on the port (an HTTP error, a banner that is not HTTP) is "not yet" too.
         return False
     return True

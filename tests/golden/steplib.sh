@@ -118,11 +118,16 @@ unit_gone() {
 
 # helper COMMAND ARG...: what is more than shell, in the step helper uploaded beside this library
 # (hostbin/jiji_step, where its tests reach it). Like the libraries, every version stays until the
-# host step is removed.
+# host step is removed. It runs as root, so its content is checked once per step run, as every
+# upload's is.
 STEP_HELPER=/var/lib/jiji-net/staging/steplib.eeeeeeeeeeeeeeee.pyz
+HELPER_CHECKED=""
 helper() {
-    [ -r "$STEP_HELPER" ] || fail "$STEP_HELPER is missing; upload it again (pulumi up --replace on the staged-upload of this server, see pulumi stack --show-urns), then run pulumi up"
-    python3 "$STEP_HELPER" "$@"
+    if [ -z "$HELPER_CHECKED" ]; then
+        has_sha "$STEP_HELPER" eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee || fail "$STEP_HELPER is missing or does not have SHA-256 eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee (a damaged or interrupted upload); upload it again (pulumi up --replace on the staged-upload of this server, see pulumi stack --show-urns), then run pulumi up"
+        HELPER_CHECKED=yes
+    fi
+    JIJI_STEP=$STEP python3 "$STEP_HELPER" "$@"
 }
 
 # download URL FILE SHA256: the pinned release, fetched once. A file there with other content (an
