@@ -379,6 +379,16 @@ def test_the_firewall_holds_through_network_unit_restarts(lab: Lab) -> None:
             engine.close()
 
 
+def destroyed_as_found(lab: Lab, engine: RealEngine, before: dict[int, str]) -> None:
+    """Destroy leaves every host with docker as found: no `jiji` network, the snapshot as before,
+    daemon.json byte for byte."""
+    engine.destroy()
+    for i in range(3):
+        assert not has_network(lab, i, "docker"), f"lab{i} kept docker's jiji network"
+        assert_unchanged(before[i], lab.run(i, DOCKER_AS_FOUND), f"lab{i} after destroy")
+        assert daemon_json(lab, i) == DAEMON_JSON[i], f"lab{i}'s daemon.json is not as found"
+
+
 def test_docker_containers_found_by_name_across_servers(lab: Lab) -> None:
     """The same as with podman; dockerd's daemon.json is absent on lab0, empty on lab1 and has a
     key of the user's on lab2, and destroy leaves each as found, byte for byte."""
@@ -392,11 +402,7 @@ def test_docker_containers_found_by_name_across_servers(lab: Lab) -> None:
             assert merged == {**json.loads(DAEMON_JSON[i] or "{}"), "dns": [MESH[i]]}, (i, merged)
         found_by_name(lab, "docker")
         lab.run(0, "docker rm -f api >/dev/null")
-        engine.destroy()
-        for i in range(3):
-            assert not has_network(lab, i, "docker"), f"lab{i} kept docker's jiji network"
-            assert_unchanged(before[i], lab.run(i, DOCKER_AS_FOUND), f"lab{i} after destroy")
-            assert daemon_json(lab, i) == DAEMON_JSON[i], f"lab{i}'s daemon.json is not as found"
+        destroyed_as_found(lab, engine, before)
     finally:
         for i in range(3):
             lab.run(i, "docker ps -aq | xargs -r docker rm -f >/dev/null 2>&1; true", check=False)
@@ -468,10 +474,7 @@ def test_engine_switches_leave_nothing_of_the_old_engine(lab: Lab) -> None:
         for i in range(3):
             assert_unchanged(first[i], as_deployed(lab, i), f"lab{i} back on docker after podman and none")
 
-        engine.destroy()
-        for i in range(3):
-            assert_unchanged(before[i], lab.run(i, DOCKER_AS_FOUND), f"lab{i} after destroy")
-            assert daemon_json(lab, i) == DAEMON_JSON[i], f"lab{i}'s daemon.json is not as found"
+        destroyed_as_found(lab, engine, before)
     finally:
         for i in range(3):
             lab.run(i, "for e in docker podman; do $e ps -aq | xargs -r $e rm -f; done >/dev/null 2>&1; true", check=False)
