@@ -62,10 +62,13 @@ def filter_program(port: int) -> list[tuple[int, int, int, int]]:
 
 @dataclass(frozen=True)
 class Knock:
-    """An initiation as it arrived: the sender's address and port, and the 148 bytes."""
+    """An initiation as it arrived: the sender's address and port, the address and port it was
+    sent to, and the 148 bytes."""
 
     source: str
     source_port: int
+    destination: str
+    port: int
     message: bytes
 
 
@@ -78,8 +81,33 @@ def parse(datagram: bytes) -> Knock | None:
     start = header + UDP_HEADER
     if header < 20 or len(datagram) < start + INITIATION_SIZE:
         return None
-    source_port = struct.unpack_from(">H", datagram, header)[0]
-    return Knock(str(ipaddress.IPv4Address(datagram[12:16])), source_port, datagram[start : start + INITIATION_SIZE])
+    source_port, port = struct.unpack_from(">HH", datagram, header)
+    return Knock(
+        str(ipaddress.IPv4Address(datagram[12:16])),
+        source_port,
+        str(ipaddress.IPv4Address(datagram[16:20])),
+        port,
+        datagram[start : start + INITIATION_SIZE],
+    )
+
+
+def hand_back(knock: Knock) -> None:
+    """The initiation given to the local WireGuard socket again, as the client sent it (its source
+    address and port kept, UDP checksum 0: none), once its peer is installed. WireGuard then
+    consumes it as if it had just arrived: it records the client's timestamp, so a replay of this
+    initiation is refused, and answers the client at once. Initiating back from the server instead
+    would leave the new peer without a timestamp, and a replayed first initiation would be
+    accepted and could move the peer's endpoint. Needs CAP_NET_RAW."""
+    length = 20 + UDP_HEADER + len(knock.message)
+    packet = (
+        struct.pack(">BBHHHBBH4s4s", 0x45, 0, length, 0, 0x4000, 64, socket.IPPROTO_UDP, 0,
+                    ipaddress.IPv4Address(knock.source).packed, ipaddress.IPv4Address(knock.destination).packed)
+        + struct.pack(">HHHH", knock.source_port, knock.port, UDP_HEADER + len(knock.message), 0)
+        + knock.message
+    )  # fmt: skip
+    # With IP_HDRINCL the kernel fills in the header checksum; the packet is delivered locally.
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as raw:
+        raw.sendto(packet, (knock.destination, 0))
 
 
 class Watcher:
