@@ -1,0 +1,129 @@
+"""Who a server lets in just in time (issue 21): the decision for one captured initiation, with
+the costs bounded. Pure apart from the clock it is given; the daemon that captures (initiations.py),
+opens (handshake.py), installs and hands back is built on it.
+
+The order is the order of cost: the rate limits come before the two X25519 operations that opening
+an initiation takes (anyone who knows a server's public key, which is not secret, can make
+initiations that pass mac1), the lookup after it, the replay check last. A key's newest accepted
+timestamp outlives the peer's time in the kernel: WireGuard forgets it when the peer leaves, and
+without this memory a replay of an old initiation would be let in after garbage collection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .handshake import Initiation, Refused
+from .initiations import Knock
+
+
+@dataclass(frozen=True)
+class AccessPeer:
+    public_key: bytes
+    address: str  # its address in the access range: the peer's allowed-ips
+    expires_at: float | None = None  # unix seconds; None: no expiry
+    revoked: bool = False
+
+
+@dataclass(frozen=True)
+class Verdict:
+    reason: str  # "install", or why not: rate-source, rate-global, junk, unknown, revoked, expired, replay
+    peer: AccessPeer | None = None
+    initiation: Initiation | None = None
+
+    @property
+    def install(self) -> bool:
+        return self.reason == "install"
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate, self.burst, self.tokens, self.at = rate, burst, burst, now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+class ReplayMemory:
+    """Each key's newest accepted TAI64N timestamp, kept in a file across the daemon's restarts."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self.newest: dict[bytes, bytes] = {}
+        if path is not None and path.exists():
+            self.newest = {bytes.fromhex(k): bytes.fromhex(v) for k, v in json.loads(path.read_text()).items()}
+
+    def accept(self, key: bytes, timestamp: bytes) -> bool:
+        """True, and remembered, when `timestamp` is newer than any accepted for `key`."""
+        if timestamp <= self.newest.get(key, b""):
+            return False
+        self.newest[key] = timestamp
+        if self.path is not None:
+            new = self.path.with_name(self.path.name + ".new")
+            new.write_text(json.dumps({k.hex(): v.hex() for k, v in self.newest.items()}))
+            os.replace(new, self.path)
+        return True
+
+    def forget(self, keys: set[bytes]) -> None:
+        """Keys no longer declared (removed from the registry) need no memory."""
+        for key in keys & self.newest.keys():
+            del self.newest[key]
+
+
+class Admission:
+    """Decides about captured initiations. `open_initiation` is handshake.open_initiation bound
+    to the server's key pair; `lookup` finds a declared access peer by public key."""
+
+    def __init__(
+        self,
+        open_initiation: Callable[[bytes], Initiation],
+        lookup: Callable[[bytes], AccessPeer | None],
+        memory: ReplayMemory,
+        *,
+        per_source: tuple[float, float] = (2.0, 5.0),
+        overall: tuple[float, float] = (50.0, 100.0),
+        max_sources: int = 4096,
+        now: float = 0.0,
+    ) -> None:
+        self.open, self.lookup, self.memory = open_initiation, lookup, memory
+        self.per_source, self.max_sources = per_source, max_sources
+        self.sources: OrderedDict[str, TokenBucket] = OrderedDict()
+        self.overall = TokenBucket(*overall, now)
+
+    def _source_allows(self, source: str, now: float) -> bool:
+        bucket = self.sources.pop(source, None) or TokenBucket(*self.per_source, now)
+        self.sources[source] = bucket  # most recent last
+        while len(self.sources) > self.max_sources:
+            self.sources.popitem(last=False)
+        return bucket.take(now)
+
+    def decide(self, knock: Knock, now: float, wall: float) -> Verdict:
+        """`now` is a monotonic clock for the limits, `wall` unix time for expiry."""
+        if not self._source_allows(knock.source, now):
+            return Verdict("rate-source")
+        if not self.overall.take(now):
+            return Verdict("rate-global")
+        try:
+            initiation = self.open(knock.message)
+        except Refused:
+            return Verdict("junk")
+        peer = self.lookup(initiation.static_public)
+        if peer is None:
+            return Verdict("unknown", initiation=initiation)
+        if peer.revoked:
+            return Verdict("revoked", peer, initiation)
+        if peer.expires_at is not None and peer.expires_at <= wall:
+            return Verdict("expired", peer, initiation)
+        if not self.memory.accept(peer.public_key, initiation.timestamp):
+            return Verdict("replay", peer, initiation)
+        return Verdict("install", peer, initiation)
