@@ -13,7 +13,7 @@ from typing import Any
 
 from jiji_common import layout
 
-from . import dnsview, gc, probe, register, registrar, rejoin, remote, sources, sql, table
+from . import dnsview, gc, jit, probe, register, registrar, rejoin, remote, sources, sql, table
 from .corrosion import Corrosion, CorrosionError
 from .members import parse_members
 from .report import Facts, checks, status
@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
         "rejoin", help="(run by jiji-rejoin.service) restart Corrosion when a healed partition left it outside the cluster"
     )
     rejoin.add_arguments(rj)
+    jt = sub.add_parser("jit", help="(a daemon) let declared access peers into WireGuard on their first handshake")
+    jit.add_arguments(jt)
     return p
 
 
@@ -67,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_registrar(args)
         if args.command == "rejoin":
             return rejoin.run(args.interval)
+        if args.command == "jit":
+            return jit.run(args)
         host = sources.HostConfig.load(args.host_config)
         corrosion = Corrosion(host.corrosion_api)
         command = {"status": cmd_status, "ready": cmd_ready, "dns": cmd_dns, "inspect": cmd_inspect, "gc": cmd_gc, "db": cmd_db}
