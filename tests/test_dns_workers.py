@@ -4,6 +4,7 @@ socket, all-or-nothing life; and the unit template needs no new variable."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -134,6 +135,27 @@ def test_sigterm_stops_every_worker(pyz: Path, workdir: Path, corrosion: harness
     assert d.proc.wait(15) == 0
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_a_stop_that_reaches_the_workers_first_is_still_a_clean_stop(
+    pyz: Path, workdir: Path, corrosion: harness.CorrosionNode
+) -> None:
+    # systemd's default stop signals every process of the unit in its own order: a worker may end
+    # on its SIGTERM before the supervisor has handled its own. That is a stop, not a crashed
+    # worker: exit 0, so the unit ends inactive, not failed (a CI run found it failed after destroy).
+    d = harness.DnsDaemon(pyz, workdir, corrosion.api, workers=2)
+    d.wait_ready()
+    pids = d.pids()
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+    harness.wait_until(
+        lambda: all(not Path(f"/proc/{p}").exists() or "zombie" in Path(f"/proc/{p}/status").read_text() for p in pids),
+        10,
+        "the workers to end on their SIGTERM",
+    )
+    d.proc.terminate()
+    assert d.proc.wait(15) == 0, d.log()[-2000:]
+    assert "a worker ended" not in d.log()
 
 
 def test_a_taken_port_is_reported_once_even_by_a_reuseport_holder(pyz: Path, two: harness.DnsDaemon) -> None:

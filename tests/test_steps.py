@@ -219,3 +219,32 @@ def test_a_download_that_does_not_match_its_pin_is_deleted_and_fetched_again(tmp
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_removed_unit_leaves_no_failed_record(tmp_path: Path) -> None:
+    """A unit that ended failed on its stop (a worker ending before its supervisor knew, once in
+    CI) stayed in `systemctl --failed` after destroy: unit_gone clears the record on every path.
+    systemctl here is a stand-in that records its calls; what it must be called with is the point."""
+    import hashlib
+    import os
+
+    calls = tmp_path / "calls"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "systemctl"
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n[ "$1 $2" != "disable --now" ] || exit "$DISABLE_EXIT"\n')
+    fake.chmod(0o755)
+    helper = tmp_path / "jiji-step.pyz"
+    helper.write_bytes(zipapps.build("step"))
+    lib = tmp_path / "lib.sh"
+    lib.write_text(render.step_library(str(helper), hashlib.sha256(helper.read_bytes()).hexdigest()))
+    for disable_exit in ("0", "1"):  # the stop ends as it should; the stop hangs or fails
+        calls.unlink(missing_ok=True)
+        env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", DISABLE_EXIT=disable_exit)
+        run = subprocess.run(
+            ["sh", "-eu", "-c", f'STEP=dns; . "{lib}"; unit_gone jiji-dns'],
+            capture_output=True, text=True, timeout=60, env=env,
+        )
+        assert run.returncode == 0, run.stderr
+        made = calls.read_text().splitlines()
+        assert made[0] == "disable --now --quiet jiji-dns" and made[-1] == "reset-failed jiji-dns", made

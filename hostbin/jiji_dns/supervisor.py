@@ -130,8 +130,14 @@ class Supervisor:
                 if done and not finished.done():
                     code = os.waitstatus_to_exitcode(status)
                     self.pids.remove(pid)
-                    log("fatal", reason="a worker ended", pid=pid, exit_code=code)
-                    finished.set_result(1)
+                    if code == 0:
+                        # A worker ends 0 only on SIGTERM/SIGINT: a stop of the whole unit whose
+                        # signal reached the worker before this process (a group-wide kill).
+                        log("stop", reason="a worker was stopped", pid=pid)
+                        finished.set_result(0)
+                    else:
+                        log("fatal", reason="a worker ended", pid=pid, exit_code=code)
+                        finished.set_result(1)
                 elif done:
                     self.pids.remove(pid)
 

@@ -50,6 +50,9 @@ Type=notify
 ExecStart=/usr/bin/python3 /usr/local/lib/jiji-net/jiji-dns.pyz --listen 10.210.1.1:53 --corrosion-api 127.0.0.1:9220 --domain jiji --ttl 60 --recursion-from 10.210.0.0/16,127.0.0.0/8,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16 --stats-socket /run/jiji-dns/stats.sock
 Restart=always
 RestartSec=2
+# A stop signals the supervisor only, which stops its workers itself (SIGKILL for what is left);
+# the default signals every process at once, and a worker may end before the supervisor knows.
+KillMode=mixed
 # Each TCP client and each forward holds a descriptor; the daemon fits its caps to this limit.
 LimitNOFILE=65536
 # Not root: a user of its own made for the run (nothing it reads is private; the stats socket

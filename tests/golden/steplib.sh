@@ -103,14 +103,16 @@ unit_running() {
     fi
 }
 
-# unit_gone UNIT: stopped and disabled. A stop that hangs (seen in a container host whose cgroups
-# systemd cannot kill) is cut short and the unit killed, so a remove never eats its step's timeout.
+# unit_gone UNIT: stopped and disabled, with no failed record left (systemctl --failed, and
+# monitoring built on it, would list a removed unit until the next boot). A stop that hangs (seen
+# in a container host whose cgroups systemd cannot kill) is cut short and the unit killed, so a
+# remove never eats its step's timeout.
 unit_gone() {
     if ! timeout 20 systemctl disable --now --quiet "$1" 2>/dev/null; then
         systemctl kill --signal=KILL "$1" 2>/dev/null || true
         systemctl disable --quiet "$1" 2>/dev/null || true
-        systemctl reset-failed "$1" 2>/dev/null || true
     fi
+    systemctl reset-failed "$1" 2>/dev/null || true
 }
 
 
