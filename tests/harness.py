@@ -259,8 +259,6 @@ class DnsDaemon:
                 f"127.0.0.1:{self.port}",
                 "--corrosion-api",
                 corrosion_api,
-                "--reconnect-interval",
-                "200",
                 "--stats-socket",
                 str(self.stats_socket),
                 "--upstream",

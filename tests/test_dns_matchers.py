@@ -170,9 +170,9 @@ def follow(node: MatcherNode, timeout: float, interval_ms: int = 10) -> tuple[Ta
 # The stall watchdog shortened for the in-process tests (the daemon's own is 10 s).
 IDLE = 0.5
 # Deadline after one silent matcher: the watchdog's silence (IDLE), the reconnect delay (10 ms
-# interval + up to 1 s of jitter, config.reconnect_delay) and a snapshot of two rows (instant
-# here), plus 1 s for a loaded machine.
-ONE_STALL = IDLE + 0.01 + 1.0 + 1.0
+# interval + up to half of it as jitter, config.reconnect_delay) and a snapshot of two rows
+# (instant here), plus 1.5 s for a loaded machine.
+ONE_STALL = IDLE + 0.015 + 1.5
 
 
 def test_a_matcher_that_sent_nothing_is_never_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:

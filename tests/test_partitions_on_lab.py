@@ -27,7 +27,10 @@ CUT_SECONDS = 50  # at 30 s no one had been declared down yet: the test did not 
 # the heal rests on new handshakes and on the rejoin watch rather than on anything still open.
 LONG_CUT_SECONDS = 300
 # The bound, and the design's: the rejoin watch checks every second and acts on two
-# checks in a row; a restarted node announces itself at once and syncs at most 2 s apart.
+# checks in a row (2 s); its restart gives the node GRACE (1 s) before the kill and starts it
+# (under 1 s); the restarted node announces itself at once and syncs at most 2 s apart while
+# jiji-dns reconnects to its API within 3 s (its reconnect cap, 2 s, plus jitter), the two at
+# once: about 7 s at worst, and SSH round trips to four hosts to see it.
 HEALED = 10
 NAME = "shop-web.jiji"
 

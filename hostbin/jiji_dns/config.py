@@ -48,7 +48,13 @@ class Config:
     upstream_timeout: float
     recursion_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     reconnect_base: float
+    # Reconnects to the local API, whose common outage is a restart of a second or two (the rejoin
+    # watch restarts Corrosion after a healed partition): a refused connect on loopback costs
+    # nothing, so the wait stays short and the table follows the node again soon after it is back.
     reconnect_max: float
+    # What is retried only in case it changes (a node that keeps sending broken events, an API
+    # without the updates endpoint): seldom.
+    retry_slow: float
     max_inflight: int
     max_tcp: int
     workers: int
@@ -59,9 +65,12 @@ class Config:
     upstreams_from: str = "--upstream"
 
 
-def reconnect_delay(config: Config, failures: int) -> float:
-    """Exponential backoff from the configured interval, capped, plus 0-1 s of jitter."""
-    return min(config.reconnect_base * 2 ** max(failures - 1, 0), config.reconnect_max) + random.uniform(0, 1)
+def reconnect_delay(config: Config, failures: int, cap: float | None = None) -> float:
+    """Exponential backoff from the configured interval, capped (reconnect_max unless given), plus
+    up to half of it again as jitter, so the workers of a server and the servers of a mesh do not
+    come back in step."""
+    delay = min(config.reconnect_base * 2 ** max(failures - 1, 0), config.reconnect_max if cap is None else cap)
+    return delay + random.uniform(0, delay / 2)
 
 
 SUBSCRIPTION_SQL = (
@@ -140,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated CIDRs allowed to recurse (env JIJI_RECURSION_FROM; default 10.210.0.0/16,127.0.0.0/8,::1/128)",
     )
     p.add_argument(
-        "--reconnect-interval", help="first reconnect delay in ms (env JIJI_RECONNECT_INTERVAL; default 5000)"
+        "--reconnect-interval", help="first reconnect delay in ms (env JIJI_RECONNECT_INTERVAL; default 250)"
     )
     p.add_argument(
         "--max-inflight",
@@ -189,7 +198,7 @@ def load(argv: Sequence[str] | None = None) -> Config:
     except ValueError as e:
         raise ConfigError(f"--recursion-from: {e}; give CIDRs such as 10.210.0.0/16") from None
     reconnect_ms = _int(
-        args.reconnect_interval or _env(["JIJI_RECONNECT_INTERVAL"], "5000"), "--reconnect-interval", 10, 600000
+        args.reconnect_interval or _env(["JIJI_RECONNECT_INTERVAL"], "250"), "--reconnect-interval", 10, 600000
     )
     inflight = _int(args.max_inflight or _env(["JIJI_MAX_INFLIGHT"], "1024"), "--max-inflight", 1, 65535)
     max_tcp = _int(args.max_tcp_connections or _env(["JIJI_MAX_TCP"], "256"), "--max-tcp-connections", 1, 65535)
@@ -205,7 +214,8 @@ def load(argv: Sequence[str] | None = None) -> Config:
         upstream_timeout=timeout,
         recursion_networks=nets,
         reconnect_base=reconnect_ms / 1000,
-        reconnect_max=60.0,
+        reconnect_max=max(2.0, reconnect_ms / 1000),
+        retry_slow=60.0,
         max_inflight=inflight,
         max_tcp=max_tcp,
         workers=workers,

@@ -63,14 +63,14 @@ class ChangeHints:
 
     async def listen_loop(self) -> None:
         """Follow the notification stream for ever, reconnecting with backoff. A node without
-        the endpoint (404) is asked again every reconnect_max: it may be upgraded meanwhile,
+        the endpoint (404) is asked again every retry_slow: it may be upgraded meanwhile,
         and reconciliation (refresh_loop) does not depend on this stream."""
         failures = 0
         while not self._stopping:
             self._streamed = False
             try:
                 if await self._listen():
-                    await asyncio.sleep(self.config.reconnect_max)
+                    await asyncio.sleep(self.config.retry_slow)
                     continue
             except RETRIED as e:
                 failures = 1 if self._streamed else failures + 1

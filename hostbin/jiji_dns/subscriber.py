@@ -124,15 +124,15 @@ class Subscriber:
                     await self._subscribe()
             except BadEvent as e:
                 # A broken event: start over from a snapshot, but back off while the node keeps
-                # sending broken ones (the streak ends after a quiet reconnect_max).
+                # sending broken ones (the streak ends after a quiet retry_slow).
                 now = time.monotonic()
-                bad_streak = bad_streak + 1 if now - last_bad < 2 * self.config.reconnect_max else 1
+                bad_streak = bad_streak + 1 if now - last_bad < 2 * self.config.retry_slow else 1
                 last_bad = now
                 self.counters.bad_events += 1
                 self.counters.resyncs += 1
                 self.sub_id = None
                 self.last_change_id = None
-                delay = reconnect_delay(self.config, bad_streak)
+                delay = reconnect_delay(self.config, bad_streak, self.config.retry_slow)
                 log("subscription_bad_event", error=str(e)[:300], attempt=bad_streak, delay_s=f"{delay:.2f}")
                 self.counters.subscription_state = "resyncing"
                 await asyncio.sleep(delay)
