@@ -34,7 +34,7 @@ from . import artifacts, render, steps, topology
 from .artifacts import Artifact
 from .model import MeshSettings
 from .model import Server as ServerSpec
-from .plan import ServerPlan, configured_endpoint, plan_addresses
+from .plan import ServerPlan, configured_endpoint, plan_access, plan_addresses
 
 
 @dataclass(frozen=True)
@@ -275,7 +275,14 @@ class Mesh(pulumi.ComponentResource):
         self.servers: dict[str, dict[str, Any]] = {
             s.name: _server_output(settings, s, plans[s.name], public_keys[s.name]) for s in live
         }
-        self.outputs: dict[str, Any] = {"cluster_cidr": self.cluster_cidr, "domain": self.domain, "servers": self.servers}
+        # What `jiji-net access config` needs beside the servers; None while the feature is off.
+        self.access: dict[str, Any] | None = _access_output(settings)
+        self.outputs: dict[str, Any] = {
+            "cluster_cidr": self.cluster_cidr,
+            "domain": self.domain,
+            "servers": self.servers,
+            "access": self.access,
+        }
         self.register_outputs(self.outputs)
 
 
@@ -341,4 +348,19 @@ def _registry_rows(
         "subnet_prefix_len": settings.subnet_prefix_len,
         "domain": settings.domain,
     }
-    return json.dumps({"servers": servers, "metadata": metadata}, indent=1, sort_keys=True) + "\n"
+    access = _access_output(settings)
+    peers = None if access is None else [{"name": name, **peer} for name, peer in access["peers"].items()]
+    rows = {"servers": servers, "metadata": metadata, "access_peers": peers}
+    return json.dumps(rows, indent=1, sort_keys=True) + "\n"
+
+
+def _access_output(settings: MeshSettings) -> dict[str, Any] | None:
+    """The access range and each declared access peer's address, key and expiry (0: none)."""
+    if not settings.access_enabled:
+        return None
+    addresses = plan_access(settings, settings.access_peers)
+    peers = {
+        p.name: {"address": addresses[p.name], "public_key": p.public_key, "expires_at": p.expires_at or 0}
+        for p in sorted(settings.access_peers, key=lambda p: p.name)
+    }
+    return {"cidr": settings.access_cidr, "idle_timeout": settings.access_idle_timeout, "peers": peers}

@@ -66,6 +66,18 @@ class CorrosionSource(_Checked):
 
 
 @dataclass(frozen=True, kw_only=True)
+class AccessPeer(_Checked):
+    """A machine that joins the mesh just in time (a laptop, a CI runner): its WireGuard public
+    key (its private key stays on it), its address in access_cidr (planned when not given, see
+    plan.plan_access) and when it stops being let in (unix seconds; None: never)."""
+
+    name: str
+    public_key: str
+    address: str | None = None
+    expires_at: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class MeshSettings(_Checked):
     cluster_cidr: str = "10.210.0.0/16"
     subnet_prefix_len: int = 24
@@ -83,3 +95,13 @@ class MeshSettings(_Checked):
     allow_unpinned_host_keys: bool = False
     # Ports of the host's mesh address that containers on its bridge may reach (beyond DNS).
     container_host_ports: tuple[int, ...] = ()
+    # Access peers (issue 21): off, nothing of them is on a server (no daemon, route or rule); on,
+    # peers come and go (in the stack or at run time) without any server's steps changing. Their
+    # addresses come from access_cidr, outside cluster_cidr, so one never collides with a server's
+    # or a container's, and no rule written for the mesh ever matches a laptop.
+    access_enabled: bool = False
+    access_cidr: str = "10.211.0.0/16"
+    access_peers: tuple[AccessPeer, ...] = ()
+    # Seconds without a handshake before an access peer leaves a server's kernel (it comes back
+    # just in time): 10 minutes, as Nebula and NetBird use.
+    access_idle_timeout: int = 600

@@ -7,11 +7,12 @@ index never changes when others come and go, so nothing is ever renumbered.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import netaddr
 
-from .model import MeshSettings, Server
+from .model import AccessPeer, MeshSettings, Server
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,33 @@ def plan_addresses(settings: MeshSettings, servers: list[Server]) -> dict[str, S
             container_last=str(netaddr.IPAddress(subnet.last - 1)),
         )
     return plans
+
+
+def plan_access(settings: MeshSettings, peers: tuple[AccessPeer, ...]) -> dict[str, str]:
+    """Each access peer's address in access_cidr: the one it declares, or one picked from its name
+    (SHA-256 of the name, modulo the hosts of the range's lower half), moved up to the next free
+    address on a clash, with the peers taken in name order. A peer keeps its address while the
+    peers that come and go are not the one it clashed with, and it never depends on list order; a
+    peer that must never move declares its address. The upper half is for peers added at run time
+    (`jiji-net access add`), so the two never pick the same address. validation checks that the
+    lower half has room for them all."""
+    first, size = stack_half(settings.access_cidr)
+    taken = {int(netaddr.IPAddress(p.address)) for p in peers if p.address}
+    out = {p.name: p.address for p in peers if p.address}
+    for peer in sorted((p for p in peers if not p.address), key=lambda p: p.name):
+        offset = int.from_bytes(hashlib.sha256(peer.name.encode()).digest()[:8], "big") % size
+        while first + offset in taken:
+            offset = (offset + 1) % size
+        taken.add(first + offset)
+        out[peer.name] = str(netaddr.IPAddress(first + offset))
+    return out
+
+
+def stack_half(access_cidr: str) -> tuple[int, int]:
+    """The first address and the size of the lower half of access_cidr, less its network address:
+    where the stack's access peers live."""
+    network = netaddr.IPNetwork(access_cidr)
+    return network.first + 1, network.size // 2 - 1
 
 
 def configured_endpoint(server: Server, port: int) -> str | None:

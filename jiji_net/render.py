@@ -46,7 +46,11 @@ def wireguard_interface(settings: MeshSettings, plan: ServerPlan) -> str:
     """The [Interface] part of jiji0.conf; the server appends the [Peer] sections from the mesh
     table. No secret in it, so it may sit in Pulumi inputs and diffs."""
     return _ENV.get_template("wireguard.conf.j2").render(
-        address=f"{plan.mesh_address}/32", listen_port=settings.wireguard_port, mtu=settings.mtu, key_path=layout.WIREGUARD_KEY
+        address=f"{plan.mesh_address}/32",
+        listen_port=settings.wireguard_port,
+        mtu=settings.mtu,
+        key_path=layout.WIREGUARD_KEY,
+        access_cidr=settings.access_cidr if settings.access_enabled else "",
     )
 
 
@@ -97,6 +101,7 @@ def network_script(settings: MeshSettings, plan: ServerPlan, bridge: str) -> str
     return _ENV.get_template("jiji-net-network.sh.j2").render(
         subnet=plan.subnet,
         cluster_cidr=settings.cluster_cidr,
+        access_cidr=settings.access_cidr if settings.access_enabled else "",
         mesh_address=plan.mesh_address,
         prefix_len=settings.subnet_prefix_len,
         mtu=settings.mtu,
@@ -155,7 +160,8 @@ def dns_unit(settings: MeshSettings, plan: ServerPlan) -> str:
         domain=settings.domain,
         ttl=settings.dns_ttl,
         recursion_from=[settings.cluster_cidr, "127.0.0.0/8"]
-        + (list(ENGINE_RANGES) if settings.container_engine != "none" else []),
+        + (list(ENGINE_RANGES) if settings.container_engine != "none" else [])
+        + ([settings.access_cidr] if settings.access_enabled else []),
         after_units=["jiji-corrosion.service"],
     )
 
@@ -184,6 +190,17 @@ def registrar_unit(settings: MeshSettings) -> str:
     )
 
 
+def jit_unit(settings: MeshSettings) -> str:
+    """`jiji-net jit`, which lets access peers into jiji0 on their first handshake."""
+    return _ENV.get_template("jiji-jit.service.j2").render(
+        port=settings.wireguard_port,
+        key_path=layout.WIREGUARD_KEY,
+        registry=f"127.0.0.1:{settings.api_port}",
+        access_cidr=settings.access_cidr,
+        idle_timeout=settings.access_idle_timeout,
+    )
+
+
 def rejoin_unit() -> str:
     """`jiji-net rejoin`, which restarts Corrosion when a healed partition left it outside the cluster."""
     return _ENV.get_template("jiji-rejoin.service.j2").render()
@@ -205,6 +222,7 @@ def host_config(settings: MeshSettings, plan: ServerPlan) -> str:
                 "container_engine": settings.container_engine,
                 "domain": settings.domain,
                 "corrosion_api": f"127.0.0.1:{settings.api_port}",
+                **({"access_cidr": settings.access_cidr} if settings.access_enabled else {}),
             },
             indent=2,
             sort_keys=True,

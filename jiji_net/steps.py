@@ -255,6 +255,8 @@ def dns_step(
         registrar_unit_text=render.registrar_unit(settings) if settings.container_engine != "none" else "",
         rejoin_unit_path=f"{layout.SYSTEMD_UNITS}/jiji-rejoin.service",
         rejoin_unit_text=render.rejoin_unit(),
+        jit_unit_path=f"{layout.SYSTEMD_UNITS}/jiji-jit.service",
+        jit_unit_text=render.jit_unit(settings) if settings.access_enabled else "",
     )
 
 

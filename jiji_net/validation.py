@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import ipaddress
 import json
 import re
@@ -21,8 +22,8 @@ from urllib.parse import urlsplit
 
 import netaddr
 
-from .model import CONTAINER_ENGINES, CorrosionSource, MeshSettings, Server
-from .plan import endpoint_host, subnet_count
+from .model import CONTAINER_ENGINES, AccessPeer, CorrosionSource, MeshSettings, Server
+from .plan import endpoint_host, stack_half, subnet_count
 
 
 class ConfigError(ValueError):
@@ -81,6 +82,10 @@ SETTING_KEYS = (
     "corrosion_local_path",
     "container_host_ports",
     "allow_unpinned_host_keys",
+    "access_enabled",
+    "access_cidr",
+    "access_peers",
+    "access_idle_timeout",
 )
 _SERVER_KEYS = ("name", "host", "index", "port", "user", "endpoint", "private_address", "host_key", "gone")
 # A gone server needs these too: its name and index say which resources leave the state.
@@ -107,12 +112,13 @@ def parse(values: Mapping[str, str]) -> tuple[MeshSettings, list[Server]]:
     defaults = MeshSettings()
     fields: dict[str, Any] = {
         key: _integer_text(values.get(key), getattr(defaults, key))
-        for key in ("subnet_prefix_len", "wireguard_port", "mtu", "dns_ttl")
+        for key in ("subnet_prefix_len", "wireguard_port", "mtu", "dns_ttl", "access_idle_timeout")
     }
-    for key in ("cluster_cidr", "domain", "container_engine"):
+    for key in ("cluster_cidr", "domain", "container_engine", "access_cidr"):
         # Only an unset key takes the default: an explicit "" is a value, and is refused.
         fields[key] = values.get(key, getattr(defaults, key))
     fields["allow_unpinned_host_keys"] = _boolean_text(values.get("allow_unpinned_host_keys"), False)
+    fields["access_enabled"] = _boolean_text(values.get("access_enabled"), False)
     fields["container_host_ports"] = _ports_value(values.get("container_host_ports"))
     # Pulumi.yaml defaults the corrosion keys to "", which means "not set".
     corrosion = CorrosionSource(
@@ -120,6 +126,7 @@ def parse(values: Mapping[str, str]) -> tuple[MeshSettings, list[Server]]:
         sha256=values.get("corrosion_sha256") or None,
         local_path=values.get("corrosion_local_path") or None,
     )
+    fields["access_peers"] = _access_drafts(values.get("access_peers"), problems)
     draft = SimpleNamespace(**{**vars(defaults), **fields, "corrosion": corrosion})
     servers = _server_drafts(values.get("servers"), problems)
     # With unreadable servers, the other settings are still checked (validate takes an empty list).
@@ -130,6 +137,7 @@ def parse(values: Mapping[str, str]) -> tuple[MeshSettings, list[Server]]:
     if problems:
         raise ConfigError(problems)
     try:
+        draft.access_peers = tuple(AccessPeer(**vars(p)) for p in draft.access_peers)
         return MeshSettings(**vars(draft)), [Server(**vars(s)) for s in servers]
     except TypeError as e:
         # validate checks every type the model holds; should one slip through, it is still
@@ -200,6 +208,49 @@ def _server_drafts(text: str | None, problems: list[str]) -> list[SimpleNamespac
     return [] if shape_problems else drafts
 
 
+_ACCESS_KEYS = ("name", "public_key", "address", "expires")
+_ACCESS_FIX = "write {name, public_key} (optionally address and expires), e.g. {name: ana-laptop, public_key: <wg pubkey>}"
+_RFC3339_UTC = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+
+
+def _access_drafts(text: str | None, problems: list[str]) -> tuple[SimpleNamespace, ...]:
+    """access_peers as unchecked drafts (validate checks their values), `expires` read as an
+    RFC 3339 UTC time or unix seconds into `expires_at`."""
+    if text is None:
+        return ()
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        raw = text
+    if not isinstance(raw, list):
+        problems.append(f"access_peers: {raw!r} is not a list; {_ACCESS_FIX}")
+        return ()
+    drafts = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            problems.append(f"access_peers[{i}]: {item!r} is not a mapping; {_ACCESS_FIX}")
+            continue
+        unknown = sorted(set(item) - set(_ACCESS_KEYS))
+        missing = [key for key in ("name", "public_key") if key not in item]
+        if unknown or missing:
+            what = "; ".join(
+                ([f"unknown keys {unknown} (allowed: {list(_ACCESS_KEYS)})"] if unknown else [])
+                + ([f"missing {missing}"] if missing else [])
+            )
+            problems.append(f"access_peers[{i}]: {what}; {_ACCESS_FIX}")
+            continue
+        expires = item.get("expires")
+        if isinstance(expires, str) and _RFC3339_UTC.fullmatch(expires):
+            try:
+                expires = int(datetime.datetime.strptime(expires, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC).timestamp())
+            except ValueError:
+                pass  # not a real date: validate names it as typed
+        drafts.append(
+            SimpleNamespace(name=item["name"], public_key=item["public_key"], address=item.get("address"), expires_at=expires)
+        )
+    return tuple(drafts)
+
+
 _SERVER_DEFAULTS = SimpleNamespace(
     port=22, user="root", endpoint=None, private_address=None, host_key=None, gone=False
 )
@@ -214,21 +265,39 @@ def validate(settings: Any, servers: list[Any]) -> None:
     """
     problems: list[str] = []
     cluster = _check_cluster(settings.cluster_cidr, problems)
+    access = _check_cidr("access_cidr", settings.access_cidr, problems, "'10.211.0.0/16'")
     prefix_ok = _integer("subnet_prefix_len", settings.subnet_prefix_len, problems, low=1, high=32, hint="use e.g. 24")
     count = _subnet_room(settings, cluster, problems) if cluster is not None and prefix_ok else None
     _check_settings(settings, problems)
     _check_servers(settings, servers, cluster, count, problems)
+    if not isinstance(settings.access_enabled, bool):
+        problems.append(
+            f"access_enabled: {settings.access_enabled!r} is not true or false; write true to let access peers in"
+        )
+    elif not settings.access_enabled:
+        if settings.access_peers:
+            problems.append(
+                "access_peers: set, but access_enabled is not true, so no server would let them in;"
+                " set jiji-net:access_enabled: true (it adds a daemon, a route and firewall rules to every server)"
+            )
+    # With the feature off nothing uses the range: a cluster_cidr over the default one is fine.
+    elif access is not None:
+        _check_access(settings, servers, cluster, access, problems)
     if problems:
         raise ConfigError(problems)
 
 
 def _check_cluster(value: object, problems: list[str]) -> netaddr.IPNetwork | None:
-    """The cluster range, only when written as its normal form `a.b.c.d/len`. It is rendered as
+    return _check_cidr("cluster_cidr", value, problems, _CIDR_EXAMPLE)
+
+
+def _check_cidr(key: str, value: object, problems: list[str], example: str) -> netaddr.IPNetwork | None:
+    """An IPv4 range, only when written as its normal form `a.b.c.d/len`. It is rendered as
     typed (firewall rules, jiji-dns flags, outputs, registry rows), and netaddr also reads
     netmasks, hostmasks and a trailing newline, so anything else is refused with the normal form
     as the fix rather than rewritten behind the operator's back."""
     if not isinstance(value, str):
-        problems.append(f"cluster_cidr: {value!r} is not a string; write e.g. {_CIDR_EXAMPLE}")
+        problems.append(f"{key}: {value!r} is not a string; write e.g. {example}")
         return None
     try:
         network = netaddr.IPNetwork(value) if "/" in value else None
@@ -236,14 +305,14 @@ def _check_cluster(value: object, problems: list[str]) -> netaddr.IPNetwork | No
         network = None
     if network is None:
         problems.append(
-            f"cluster_cidr: {value!r} is not a CIDR; write an IPv4 range as a.b.c.d/len, e.g. {_CIDR_EXAMPLE}"
+            f"{key}: {value!r} is not a CIDR; write an IPv4 range as a.b.c.d/len, e.g. {example}"
         )
     elif network.version != 4:
-        problems.append(f"cluster_cidr: {value!r} is IPv6; use an IPv4 range such as {_CIDR_EXAMPLE}")
+        problems.append(f"{key}: {value!r} is IPv6; use an IPv4 range such as {example}")
     elif network.ip != network.network:
-        problems.append(f"cluster_cidr: {value!r} has host bits set; use {str(network.cidr)!r}")
+        problems.append(f"{key}: {value!r} has host bits set; use {str(network.cidr)!r}")
     elif not _PLAIN_CIDR.fullmatch(value) or str(network.cidr) != value:
-        problems.append(f"cluster_cidr: {value!r} is not written as a.b.c.d/len; write {str(network.cidr)!r}")
+        problems.append(f"{key}: {value!r} is not written as a.b.c.d/len; write {str(network.cidr)!r}")
     else:
         return network
     return None
@@ -273,6 +342,14 @@ def _check_settings(settings: MeshSettings, problems: list[str]) -> None:
         default = getattr(MeshSettings, key)
         _integer(key, getattr(settings, key), problems, low=1, high=65535, hint=f"use a free port, e.g. {default}")
     _integer("dns_ttl", settings.dns_ttl, problems, low=0, high=DNS_TTL_MAX, hint="use seconds, e.g. 60")
+    _integer(
+        "access_idle_timeout",
+        settings.access_idle_timeout,
+        problems,
+        low=30,
+        high=86400,
+        hint="seconds with nothing received before an access peer leaves a server's kernel, e.g. 600",
+    )
     _check_ports(settings, problems)
     why = _dns_name_problem(settings.domain)
     if why is not None:
@@ -299,6 +376,81 @@ def _check_settings(settings: MeshSettings, problems: list[str]) -> None:
             " a container could rewrite the registry: remove it"
         )
     _check_corrosion(settings.corrosion, problems)
+
+
+def _check_access(
+    settings: MeshSettings,
+    servers: list[Server],
+    cluster: netaddr.IPNetwork | None,
+    access: netaddr.IPNetwork,
+    problems: list[str],
+) -> None:
+    """access_cidr apart from everything else, and the access peers' values: each gets an
+    address inside it, and names, keys and addresses are each the peer's own."""
+    if not 8 <= access.prefixlen <= 30:
+        problems.append(f"access_cidr: /{access.prefixlen} is outside /8-/30; use e.g. '10.211.0.0/16'")
+        return
+    if cluster is not None and (access.first <= cluster.last and cluster.first <= access.last):
+        problems.append(
+            f"access_cidr: {settings.access_cidr!r} overlaps cluster_cidr {settings.cluster_cidr!r}; an access"
+            " peer's address must never be a server's or a container's: pick a range outside it, e.g. '10.211.0.0/16'"
+        )
+    for s in servers:
+        for field in ("endpoint", "private_address"):
+            value = getattr(s, field)
+            if isinstance(value, str) and _endpoint_problem(value) is None and netaddr.IPAddress(endpoint_host(value)) in access:
+                problems.append(
+                    f"servers[{s.name}].{field}: {value!r} is inside access_cidr {settings.access_cidr!r};"
+                    " the underlay and the access range must not overlap: move access_cidr"
+                )
+    peers = settings.access_peers
+    if not isinstance(peers, tuple):
+        return  # parse named it
+    first, room = stack_half(str(access))
+    if len(peers) > room:
+        problems.append(
+            f"access_peers: {len(peers)} peers but the lower half of access_cidr {settings.access_cidr!r}, where"
+            f" the stack's peers live, holds {room} addresses; widen access_cidr"
+        )
+    for i, p in enumerate(peers):
+        where = f"access_peers[{p.name}]" if isinstance(p.name, str) and _LABEL.fullmatch(p.name) else f"access_peers[{i}]"
+        if not (isinstance(p.name, str) and _LABEL.fullmatch(p.name)):
+            problems.append(
+                f"{where}.name: {p.name!r} is not a lower-case DNS label (1-63 letters, digits and '-');"
+                " it names the peer in the registry and in `jiji-net access`: write e.g. 'ana-laptop'"
+            )
+        key = _base64(p.public_key) if isinstance(p.public_key, str) else None
+        if key is None or len(key) != 32 or base64.b64encode(key).decode() != p.public_key:
+            problems.append(
+                f"{where}.public_key: {p.public_key!r} is not a WireGuard public key (44 characters of base64);"
+                " write what `wg pubkey < private.key` prints on that machine (never the private key)"
+            )
+        if p.address is not None:
+            ip = _ip(p.address) if isinstance(p.address, str) else None
+            if ip is None or ip.version != 4 or str(ip) != p.address:
+                problems.append(f"{where}.address: {p.address!r} is not an IPv4 address; write e.g. '10.211.0.10', or leave it out")
+            elif not first <= int(netaddr.IPAddress(p.address)) < first + room:
+                problems.append(
+                    f"{where}.address: {p.address!r} is not in the lower half of access_cidr {settings.access_cidr!r}"
+                    f" ({netaddr.IPAddress(first)}-{netaddr.IPAddress(first + room - 1)}; the upper half is for peers"
+                    " added with `jiji-net access add`); pick one there, or leave it out to have one picked"
+                )
+        if p.expires_at is not None and not (_is_int(p.expires_at) and 0 <= p.expires_at < 2**63):
+            problems.append(
+                f"{where}.expires: {p.expires_at!r} is not a time; write UTC as '2026-12-31T18:00:00Z' or unix seconds,"
+                " or leave it out (no expiry)"
+            )
+    for field in ("name", "public_key", "address"):
+        seen: dict[object, object] = {}
+        for p in peers:
+            value = getattr(p, field)
+            if value is None or not isinstance(value, str):
+                continue
+            if value in seen:
+                problems.append(
+                    f"access_peers: {field} {value!r} is used by both {seen[value]!r} and {p.name!r}; each peer needs its own"
+                )
+            seen.setdefault(value, p.name)
 
 
 def _check_ports(settings: MeshSettings, problems: list[str]) -> None:

@@ -28,7 +28,7 @@ SHEBANG = b"#!/usr/bin/env python3\n"
 KINDS: dict[str, tuple[tuple[str, ...], str]] = {
     "dns": (("jiji_dns", "jiji_common", "dnslib"), "jiji_dns.main"),
     "tool": (("jiji_ops", "jiji_common"), "jiji_ops.cli"),
-    "step": (("jiji_step", "jiji_common/__init__.py", "jiji_common/layout.py", "jiji_common/digest.py"), "jiji_step.cli"),
+    "step": (("jiji_step", "jiji_common/__init__.py", "jiji_common/layout.py", "jiji_common/digest.py", "jiji_common/files.py"), "jiji_step.cli"),
 }
 FILE_NAMES = {"dns": "jiji-dns.pyz", "tool": "jiji-net.pyz", "step": "jiji-step.pyz"}
 

@@ -454,7 +454,7 @@ def test_operator_commands_tell_the_truth(lab4: Lab, tmp_path: Path) -> None:
         inspected = json.loads(ops("-H", "lab0", "--json", "inspect", "--container", "c-li").stdout)["lab0"]["output"]
         assert [(r["id"], r["in_server_subnet"], r["exists_here"]) for r in inspected] == [("c-live", True, True)]
         stats = json.loads(ops("-H", "lab0", "--json", "db", "stats").stdout)["lab0"]["output"]
-        assert stats["tables"] == {"cluster_metadata": 3, "containers": 2, "servers": 3, "services": 1}
+        assert stats["tables"] == {"access_peers": 0, "cluster_metadata": 3, "containers": 2, "servers": 3, "services": 1}
 
         # Corrosion stopped on lab1: status and ready say so there, and ready fails.
         lab.run(1, "systemctl stop jiji-corrosion")

@@ -251,7 +251,8 @@ def test_register_writes_only_differences_and_removes_departed_servers() -> None
         "metadata": {"domain": "jiji", "cluster_cidr": "10.210.0.0/16"},
     }
     statements = register.statements(desired)
-    upsert, drop_containers, drop_servers, *meta = statements
+    upsert, drop_containers, drop_servers, drop_access, *meta = statements
+    assert drop_access == ("DELETE FROM access_peers", [])  # no access_peers: the feature is off
     assert isinstance(upsert, tuple) and upsert[1] == [
         "lab0",
         "h0",
@@ -266,6 +267,21 @@ def test_register_writes_only_differences_and_removes_departed_servers() -> None
     assert [m[1] for m in meta if isinstance(m, tuple)] == [["cluster_cidr", "10.210.0.0/16"], ["domain", "jiji"]]
     with pytest.raises(ValueError, match="refusing to empty the registry"):
         register.statements({"servers": [], "metadata": {}})
+
+
+def test_register_keeps_the_stacks_access_peers_and_leaves_those_added_at_run_time() -> None:
+    desired = {
+        "servers": [{"id": "lab0", "hostname": "h0", "subnet": "s", "wireguard_ip": "i", "wireguard_pubkey": "K", "endpoints": []}],
+        "metadata": {},
+        "access_peers": [{"name": "ana", "public_key": "P", "address": "10.211.0.5", "expires_at": 0}],
+    }
+    access = [s for s in register.statements(desired) if "access_peers" in s[0]]
+    upsert, drop = access
+    assert upsert[1] == ["ana", "P", "10.211.0.5", 0, "stack"] and "ON CONFLICT (name) DO UPDATE" in upsert[0]
+    assert drop == ("DELETE FROM access_peers WHERE origin = 'stack' AND name NOT IN (?)", ["ana"])
+    # An empty list (the feature on, no peer in the stack) drops the stack's, never the others.
+    (drop,) = [s for s in register.statements({**desired, "access_peers": []}) if "access_peers" in s[0]]
+    assert drop == ("DELETE FROM access_peers WHERE origin = 'stack' AND name NOT IN ()", [])
 
 
 def test_echo_packets_round_trip_and_replies_are_matched_strictly() -> None:

@@ -326,3 +326,32 @@ def test_unknown_server_keys_are_named(binary: Path) -> None:
     with pytest.raises(ConfigError) as err:
         evaluate(lab_config(binary, servers=[{"name": "a", "host": "h", "idx": 0}]))
     assert "unknown keys ['idx']" in str(err.value) and "missing ['index']" in str(err.value)
+
+
+def test_the_10001st_access_peer_changes_only_the_registry_step(binary: Path) -> None:
+    """With access peers on, a peer more is a registry row, not a change to any server's steps;
+    turning the feature on is what changes the servers (a daemon, a route, firewall rules)."""
+    import base64
+    import hashlib
+    import time
+
+    def peers(n: int) -> list[dict[str, str]]:
+        return [
+            {"name": f"peer-{i}", "public_key": base64.b64encode(hashlib.sha256(f"peer-{i}".encode()).digest()).decode()}
+            for i in range(n)
+        ]
+
+    started = time.monotonic()
+    ten_k = evaluate(lab_config(binary, access_enabled=True, access_peers=peers(10_000)))
+    seconds = time.monotonic() - started
+    one_more = evaluate(lab_config(binary, access_enabled=True, access_peers=peers(10_001)))
+    assert changed(ten_k, one_more) == {"jiji-registry"}
+    assert set(one_more.resources) == set(ten_k.resources)
+    assert len(one_more.outputs["mesh"]["access"]["peers"]) == 10_001
+    addresses = {p["address"] for p in one_more.outputs["mesh"]["access"]["peers"].values()}
+    assert len(addresses) == 10_001 and all(a.startswith("10.211.") for a in addresses)
+    # Off -> on changes every server's network, wireguard and dns steps, and the registry.
+    off = evaluate(lab_config(binary))
+    on = evaluate(lab_config(binary, access_enabled=True))
+    assert changed(off, on) == {f"lab{i}-{s}" for i in range(3) for s in ("network", "wireguard", "dns")} | {"jiji-registry"}
+    print(f"\nprogram with 10,000 access peers evaluated in {seconds:.1f} s")

@@ -28,7 +28,7 @@ import pytest
 
 from jiji_net import render, steps, topology
 from jiji_net.mesh import _registry_rows
-from jiji_net.model import CorrosionSource, MeshSettings, Server
+from jiji_net.model import AccessPeer, CorrosionSource, MeshSettings, Server
 from jiji_net.plan import plan_addresses
 
 # validate() through test_plan, which follows it wherever the program keeps it.
@@ -61,9 +61,21 @@ def fake_public_key(name: str) -> str:
     return base64.b64encode(hashlib.sha256(f"{name}-host".encode()).digest()).decode()
 
 
-def stack(engine: str = "none", corrosion: str = "upload", private: bool = False) -> tuple[MeshSettings, list[Server]]:
+# Access peers on (issue 21): a daemon in the dns step, rules in the network script, a route in
+# jiji0.conf, rows in the registry step. One with a declared address and an expiry, one planned.
+ACCESS = (
+    AccessPeer(name="ana-laptop", public_key=fake_public_key("ana-laptop"), expires_at=1798740000),
+    AccessPeer(name="ci-runner", public_key=fake_public_key("ci-runner"), address="10.211.0.10"),
+)
+
+
+def stack(
+    engine: str = "none", corrosion: str = "upload", private: bool = False, access: bool = False
+) -> tuple[MeshSettings, list[Server]]:
     """The settings and servers of one variant: valid for the program (validate() passes)."""
-    settings = MeshSettings(corrosion=CORROSION[corrosion], container_engine=engine)
+    settings = MeshSettings(
+        corrosion=CORROSION[corrosion], container_engine=engine, access_enabled=access, access_peers=ACCESS if access else ()
+    )
     members = servers(3)
     if private:
         members = [
@@ -89,13 +101,13 @@ def host(engine: str) -> steps.Step:
     return steps.host_step(f"{SERVER}-host", engine)
 
 
-def network(engine: str) -> steps.Step:
-    settings, members = stack(engine)
+def network(engine: str, access: bool = False) -> steps.Step:
+    settings, members = stack(engine, access=access)
     return steps.network_step(f"{SERVER}-network", LIB_SHA, settings, plan_addresses(settings, members)[SERVER])
 
 
-def wireguard(engine: str = "none", private: bool = False) -> steps.Step:
-    settings, members = stack(engine, private=private)
+def wireguard(engine: str = "none", private: bool = False, access: bool = False) -> steps.Step:
+    settings, members = stack(engine, private=private, access=access)
     plan = plan_addresses(settings, members)[SERVER]
     server = next(s for s in members if s.name == SERVER)
     return steps.wireguard_step(f"{SERVER}-wireguard", LIB_SHA, settings, plan, server, TABLE_SHA)
@@ -110,14 +122,14 @@ def corrosion(source: str, engine: str = "none") -> steps.Step:
     return steps.corrosion_step(f"{SERVER}-corrosion", LIB_SHA, settings, plans[SERVER], seeds, binary_sha)
 
 
-def dns(engine: str) -> steps.Step:
-    settings, members = stack(engine)
+def dns(engine: str, access: bool = False) -> steps.Step:
+    settings, members = stack(engine, access=access)
     plan = plan_addresses(settings, members)[SERVER]
     return steps.dns_step(f"{SERVER}-dns", LIB_SHA, settings, plan, DNS_SHA, TOOL_SHA)
 
 
-def registry(engine: str = "none") -> steps.Step:
-    settings, members = stack(engine)
+def registry(engine: str = "none", access: bool = False) -> steps.Step:
+    settings, members = stack(engine, access=access)
     rows = _registry_rows(settings, members, plan_addresses(settings, members), keys(members))
     return steps.registry_step("jiji-registry", LIB_SHA, rows)
 
@@ -131,6 +143,10 @@ STEPS: dict[str, Callable[[], steps.Step]] = {
     **{f"corrosion-{c}": partial(corrosion, c) for c in CORROSION},
     **{f"dns-{e}": partial(dns, e) for e in ENGINES},
     "registry": lambda: registry(),
+    "network-access": lambda: network("podman", access=True),
+    "wireguard-access": lambda: wireguard(access=True),
+    "dns-access": lambda: dns("podman", access=True),
+    "registry-access": lambda: registry(access=True),
 }
 
 

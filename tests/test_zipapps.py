@@ -30,12 +30,12 @@ def test_the_step_helper_carries_only_the_shared_modules_it_imports() -> None:
     # use, would otherwise re-run every step on every server.
     archive = zipfile.ZipFile(io.BytesIO(zipapps.build("step")[len(zipapps.SHEBANG) :]))
     shared = {n for n in archive.namelist() if n.startswith("jiji_common/")}
-    assert shared == {"jiji_common/__init__.py", "jiji_common/layout.py", "jiji_common/digest.py"}
+    assert shared == {"jiji_common/__init__.py", "jiji_common/layout.py", "jiji_common/digest.py", "jiji_common/files.py"}
     imported = set()
     for name in archive.namelist():
         if name.startswith("jiji_step/"):
             text = archive.read(name).decode()
-            imported |= {f"jiji_common/{m}.py" for m in ("layout", "digest", "names", "logline") if f"jiji_common.{m}" in text or f"jiji_common import {m}" in text}
+            imported |= {f"jiji_common/{m}.py" for m in ("layout", "digest", "files", "names", "logline") if f"jiji_common.{m}" in text or f"jiji_common import {m}" in text}
     assert imported <= shared, imported - shared
 
 

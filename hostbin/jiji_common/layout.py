@@ -38,6 +38,10 @@ MESH_TABLE = f"{STAGING}/mesh.tsv"
 DATA_DIR = "/var/lib/jiji"
 CORROSION_DATA = f"{DATA_DIR}/corrosion"
 CORROSION_DB = f"{CORROSION_DATA}/state.db"
+# jiji-jit's memory of each access key's newest accepted handshake timestamp (its unit's
+# StateDirectory, so systemd makes it; the dns step removes it with the unit).
+JIT_STATE_DIR = "/var/lib/jiji-jit"
+JIT_TIMESTAMPS = f"{JIT_STATE_DIR}/timestamps.json"
 
 # The peers handed to `wg syncconf`, with the private key: a mktemp template in /run (tmpfs).
 WIREGUARD_SYNC_TEMP = "/run/jiji0.sync.XXXXXX"

@@ -12,11 +12,12 @@ without this memory a replay of an old initiation would be let in after garbage 
 from __future__ import annotations
 
 import json
-import os
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from jiji_common.files import replace_file
 
 from .handshake import Initiation, Refused
 from .initiations import Knock
@@ -69,9 +70,7 @@ class ReplayMemory:
             return False
         self.newest[key] = timestamp
         if self.path is not None:
-            new = self.path.with_name(self.path.name + ".new")
-            new.write_text(json.dumps({k.hex(): v.hex() for k, v in self.newest.items()}))
-            os.replace(new, self.path)
+            replace_file(self.path, json.dumps({k.hex(): v.hex() for k, v in self.newest.items()}))
         return True
 
     def forget(self, keys: set[bytes]) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from jiji_common import layout
 
-from . import dnsview, gc, jit, probe, register, registrar, rejoin, remote, sources, sql, table
+from . import access, dnsview, gc, jit, probe, register, registrar, rejoin, remote, sources, sql, table
 from .corrosion import Corrosion, CorrosionError
 from .members import parse_members
 from .report import Facts, checks, status
@@ -54,11 +54,21 @@ def _parser() -> argparse.ArgumentParser:
     rejoin.add_arguments(rj)
     jt = sub.add_parser("jit", help="(a daemon) let declared access peers into WireGuard on their first handshake")
     jit.add_arguments(jt)
+    ac = sub.add_parser("access", parents=[common], help="access peers: their wg-quick file, and those added at run time")
+    access.add_arguments(ac, common)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "access" and args.access_command == "config":
+        # On the operator's machine: the stack's outputs are all it needs, no server is asked.
+        try:
+            print(access.wg_quick_config(remote.load_outputs(args), args.name), end="")
+        except (ValueError, KeyError) as e:
+            print(f"jiji-net access config: {e}", file=sys.stderr)
+            return 1
+        return 0
     if remote.wanted(args):
         return remote.run(args, sys.argv[1:] if argv is None else argv)
     try:
@@ -73,11 +83,47 @@ def main(argv: list[str] | None = None) -> int:
             return jit.run(args)
         host = sources.HostConfig.load(args.host_config)
         corrosion = Corrosion(host.corrosion_api)
-        command = {"status": cmd_status, "ready": cmd_ready, "dns": cmd_dns, "inspect": cmd_inspect, "gc": cmd_gc, "db": cmd_db}
+        command = {
+            "status": cmd_status,
+            "ready": cmd_ready,
+            "dns": cmd_dns,
+            "inspect": cmd_inspect,
+            "gc": cmd_gc,
+            "db": cmd_db,
+            "access": cmd_access,
+        }
         return command[args.command](args, host, corrosion)
     except (CorrosionError, ValueError) as e:
         print(f"jiji-net {args.command}: {e}", file=sys.stderr)
         return 1
+
+
+def cmd_access(args: argparse.Namespace, host: sources.HostConfig, corrosion: Corrosion) -> int:
+    if args.access_command == "add":
+        added = access.add(corrosion, host, args.name, args.public_key, access.lifetime(args.expires_in))
+        print(json.dumps(added) if args.json else f"{added['name']}: {added['address']}, until {_utc(added['expires_at'])}")
+        return 0
+    if args.access_command == "remove":
+        access.remove(corrosion, args.name)
+        print(f"{args.name}: removed; it leaves every server's kernel as the registry change arrives")
+        return 0
+    peers = access.rows(corrosion)
+    code, dump = sources.wg_dump()
+    here = {p.public_key for p in parse_dump(dump).peers} if code == 0 else set()
+    for p in peers:
+        p["in_kernel_here"] = p["public_key"] in here
+    if args.json:
+        print(json.dumps(peers, indent=2))
+        return 0
+    for p in peers:
+        until = _utc(p["expires_at"]) if p["expires_at"] else "no expiry"
+        kernel = "in this server's kernel" if p["in_kernel_here"] else "-"
+        print(f"{p['name']:<24} {p['address']:<16} {p['origin']:<6} {until:<21} {kernel}")
+    return 0
+
+
+def _utc(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 def cmd_registrar(args: argparse.Namespace) -> int:
@@ -283,7 +329,7 @@ def cmd_db(args: argparse.Namespace, host: sources.HostConfig, corrosion: Corros
         columns, rows = corrosion.query(args.sql)
         _emit(args, [dict(zip(columns, r, strict=True)) for r in rows], table.render(columns, rows))
         return 0
-    counts = {t: corrosion.query(f"SELECT count(*) FROM {t}")[1][0][0] for t in ("servers", "services", "containers", "cluster_metadata")}
+    counts = {t: corrosion.query(f"SELECT count(*) FROM {t}")[1][0][0] for t in ("servers", "services", "containers", "cluster_metadata", "access_peers")}
     db_path = layout.CORROSION_DB
     size = sum(os.path.getsize(p) for p in (db_path, db_path + "-wal") if os.path.exists(p))
     data = {"tables": counts, "database_bytes": size, "database": db_path}

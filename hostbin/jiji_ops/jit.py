@@ -2,10 +2,12 @@
 to the interface's port (initiations.Watcher), decides about each (admission.Admission), and for a
 declared key not in the kernel installs the peer with its access address as allowed-ips and hands
 the captured initiation back, so WireGuard answers the client at once and records its timestamp.
+Beside it, every REAP s, access peers that must leave the kernel (jitpeers.leaving) are removed.
 
 The server's private key is read from its file; it is never on a command line or in a log. Peers
-are declared, for now, in a JSON file (`[{"public_key": ..., "address": ..., "expires_at": ...,
-"revoked": ...}]`), read again when it changes; the registry table is the next piece.
+come from the registry (`--registry`, what servers run: jitpeers.RegistryPeers) or from a JSON
+file (`--peers`, `[{"public_key": ..., "address": ..., "expires_at": ..., "revoked": ...}]`, read
+again when it changes: the namespace tests, which have no Corrosion).
 """
 
 from __future__ import annotations
@@ -16,22 +18,32 @@ import binascii
 import ipaddress
 import json
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 from jiji_common.logline import log, warn
 
-from . import handshake, initiations
+from . import handshake, initiations, jitpeers
 from .admission import AccessPeer, Admission, ReplayMemory
+from .corrosion import Corrosion
+from .wg import parse_dump
+
+REAP = 1.0  # seconds between looks at the kernel's access peers
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interface", default="jiji0")
     p.add_argument("--port", type=int, default=51820, help="the interface's listen port")
     p.add_argument("--key", type=Path, required=True, help="the interface's private key file")
-    p.add_argument("--peers", type=Path, required=True, help="declared access peers (JSON)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--registry", help="the Corrosion API whose access_peers table declares the peers (host:port)")
+    source.add_argument("--peers", type=Path, help="declared access peers (JSON), instead of the registry")
     p.add_argument("--state", type=Path, required=True, help="where each key's newest timestamp is kept")
+    p.add_argument("--access-cidr", type=ipaddress.IPv4Network, help="the access range: its peers are reaped")
+    p.add_argument("--idle-timeout", type=float, default=600.0, help="seconds without a handshake before a peer leaves the kernel")
 
 
 class DeclaredPeers:
@@ -77,12 +89,55 @@ def install(interface: str, peer: AccessPeer) -> None:
     subprocess.run(["wg", "set", interface, "peer", key, "allowed-ips", f"{peer.address}/32"], check=True, timeout=10)
 
 
+def remove(interface: str, key: str) -> None:
+    subprocess.run(["wg", "set", interface, "peer", key, "remove"], check=True, timeout=10)
+
+
+def reap_forever(args: argparse.Namespace, declared: Callable[[], dict[bytes, AccessPeer]], activity: dict[str, tuple[int, float]]) -> None:
+    """Removes the access peers that must leave the kernel, every REAP s, for ever."""
+    while True:
+        try:
+            dump = subprocess.run(["wg", "show", args.interface, "dump"], capture_output=True, text=True, timeout=10)
+            if dump.returncode == 0:
+                kernel = parse_dump(dump.stdout).peers
+                now = time.time()
+                for key, reason in jitpeers.leaving(kernel, declared(), args.access_cidr, now, args.idle_timeout, activity):
+                    remove(args.interface, key)
+                    activity.pop(key, None)
+                    log("jit-removed", peer=key, reason=reason)
+        except (subprocess.SubprocessError, OSError, ValueError) as e:
+            warn("jit-reap-failed", error=e)
+        time.sleep(REAP)
+
+
 def run(args: argparse.Namespace) -> int:
     private = base64.b64decode(args.key.read_text().strip())
     opener = partial(handshake.open_initiation, private_key=private, public_key=handshake.x25519_public(private))
-    admission = Admission(opener, DeclaredPeers(args.peers).lookup, ReplayMemory(args.state), now=time.monotonic())
+    lookup: Callable[[bytes], AccessPeer | None]
+    if args.registry:
+        api = Corrosion(args.registry, timeout=5)
+        registry = jitpeers.RegistryPeers(lambda: api.query(jitpeers.QUERY)[1])
+        threading.Thread(target=registry.run, name="registry", daemon=True).start()
+        # An initiation seen before the first read would be refused as unknown (the client then
+        # retries in 5 s): wait for it a little, not for ever (Corrosion may be restarting too).
+        registry.loaded.wait(5)
+        lookup = registry.lookup
+
+        def declared() -> dict[bytes, AccessPeer]:
+            return registry.peers
+    else:
+        from_file = DeclaredPeers(args.peers)
+        lookup = from_file.lookup
+
+        def declared() -> dict[bytes, AccessPeer]:
+            from_file.lookup(b"")  # reads the file again when it changed
+            return from_file.peers
+    activity: dict[str, tuple[int, float]] = {}
+    if args.access_cidr is not None:
+        threading.Thread(target=reap_forever, args=(args, declared, activity), name="reap", daemon=True).start()
+    admission = Admission(opener, lookup, ReplayMemory(args.state), now=time.monotonic())
     watcher = initiations.Watcher(args.port)
-    log("jit-watching", interface=args.interface, port=args.port)
+    log("jit-watching", interface=args.interface, port=args.port, peers="registry" if args.registry else "file")
     for knock in watcher:
         verdict = admission.decide(knock, time.monotonic(), time.time())
         source = f"{knock.source}:{knock.source_port}"
@@ -95,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
         started = time.monotonic()
         try:
             install(args.interface, verdict.peer)
+            activity[key] = (0, time.time())
             initiations.hand_back(knock)
         except (subprocess.SubprocessError, OSError) as e:
             warn("jit-install-failed", peer=key, error=e)  # the client's retry comes through here again

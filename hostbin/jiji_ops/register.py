@@ -1,8 +1,11 @@
 """`jiji-net register`: makes the registry's servers and cluster_metadata rows match the stack.
 
 Input (stdin, JSON, written by the Pulumi program): {"servers": [{id, hostname, subnet,
-wireguard_ip, wireguard_pubkey, endpoints}], "metadata": {key: value}}. Rows of servers no longer
-in the stack are deleted, with their containers' rows. Running it twice changes nothing.
+wireguard_ip, wireguard_pubkey, endpoints}], "metadata": {key: value}, "access_peers": [{name,
+public_key, address, expires_at}] or null}. Rows of servers no longer in the stack are deleted,
+with their containers' rows. The stack's access peers are written as given and the stack's others
+deleted; peers added at run time (origin 'cli') are left alone, unless access_peers is null (the
+feature is off): then every access peer goes. Running it twice changes nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ def statements(desired: dict[str, Any]) -> list[Statement]:
     keep = ", ".join("?" for _ in ids)
     out.append((f"DELETE FROM containers WHERE server_id NOT IN ({keep})", ids))
     out.append((f"DELETE FROM servers WHERE id NOT IN ({keep})", ids))
+    out.extend(_access_statements(desired.get("access_peers")))
     for key, value in sorted(desired["metadata"].items()):
         out.append(
             (
@@ -43,6 +47,26 @@ def statements(desired: dict[str, Any]) -> list[Statement]:
     return out
 
 
+_ACCESS_COLUMNS = ("name", "public_key", "address", "expires_at", "origin")
+
+
+def _access_statements(peers: list[dict[str, Any]] | None) -> list[Statement]:
+    if peers is None:
+        return [("DELETE FROM access_peers", [])]
+    out: list[Statement] = []
+    columns = ", ".join(_ACCESS_COLUMNS)
+    marks = ", ".join("?" for _ in _ACCESS_COLUMNS)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in _ACCESS_COLUMNS[1:])
+    differs = " OR ".join(f"access_peers.{c} IS NOT excluded.{c}" for c in _ACCESS_COLUMNS[1:])
+    for p in peers:
+        row = [p["name"], p["public_key"], p["address"], int(p.get("expires_at") or 0), "stack"]
+        out.append((f"INSERT INTO access_peers ({columns}) VALUES ({marks}) ON CONFLICT (name) DO UPDATE SET {updates} WHERE {differs}", row))
+    names = [p["name"] for p in peers]
+    keep = ", ".join("?" for _ in names)
+    out.append((f"DELETE FROM access_peers WHERE origin = 'stack' AND name NOT IN ({keep})", names))
+    return out
+
+
 def run(corrosion: Corrosion, desired: dict[str, Any], wait: float = 60) -> str:
     try:
         corrosion.wait_ready(wait)
@@ -50,4 +74,6 @@ def run(corrosion: Corrosion, desired: dict[str, Any], wait: float = 60) -> str:
         raise CorrosionError(f"{e} (after {wait:.0f} s; check `systemctl status jiji-corrosion`)") from None
     results = corrosion.execute(statements(desired))
     changed = sum(int(r.get("rows_affected", 0)) for r in results)
-    return f"registry: {len(desired['servers'])} servers, {len(desired['metadata'])} metadata keys, {changed} rows written"
+    peers = desired.get("access_peers")
+    access = "" if peers is None else f", {len(peers)} access peers"
+    return f"registry: {len(desired['servers'])} servers, {len(desired['metadata'])} metadata keys{access}, {changed} rows written"

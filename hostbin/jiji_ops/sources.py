@@ -26,6 +26,7 @@ class HostConfig:
     container_engine: str
     domain: str
     corrosion_api: str
+    access_cidr: str | None = None  # written only while the stack has access peers
 
     @classmethod
     def load(cls, path: str = HOST_CONFIG) -> HostConfig:
@@ -34,7 +35,7 @@ class HostConfig:
                 raw = json.load(f)
         except FileNotFoundError:
             raise SystemExit(f"jiji-net: {path} is missing: this server is not (yet) part of a mesh; run pulumi up") from None
-        return cls(**{k: raw[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw or k != "access_cidr"})
 
 
 def run(argv: list[str], timeout: float = 10) -> tuple[int, str]:

@@ -4,18 +4,12 @@ and put back exactly as found when the mesh leaves (the file as found is saved o
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from jiji_common.files import replace_file
+
 from .errors import StepError
-
-
-def _replace(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = path.with_name(path.name + ".jiji-new")
-    new.write_text(text)
-    os.replace(new, path)
 
 
 def set_dns(path: Path, saved: Path, address: str) -> bool:
@@ -40,7 +34,7 @@ def set_dns(path: Path, saved: Path, address: str) -> bool:
     if config.get("dns") == [address]:
         return False
     config["dns"] = [address]
-    _replace(path, json.dumps(config, indent=2) + "\n")
+    replace_file(path, json.dumps(config, indent=2) + "\n")
     return True
 
 
@@ -64,7 +58,7 @@ def restore(path: Path, saved: Path) -> str:
     else:
         now = path.read_text() if path.exists() else None
         if now != before["text"]:
-            _replace(path, before["text"])
+            replace_file(path, before["text"])
             result = "changed" if before["text"].strip() else "changed-empty"
     saved.unlink()
     return result

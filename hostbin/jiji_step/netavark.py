@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from jiji_common.files import replace_file
 
 from .errors import StepError
 
@@ -21,6 +22,4 @@ def name_interface(path: Path, bridge: str) -> None:
     if not isinstance(network, dict):
         raise StepError(f"{path} is not a podman network file (it holds {type(network).__name__})")
     network["network_interface"] = bridge
-    new = path.with_name(path.name + ".jiji-new")
-    new.write_text(json.dumps(network, indent=5))
-    os.replace(new, path)
+    replace_file(path, json.dumps(network, indent=5))

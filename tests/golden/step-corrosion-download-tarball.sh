@@ -97,6 +97,18 @@ CREATE TABLE IF NOT EXISTS containers (
 CREATE INDEX IF NOT EXISTS containers_server_id ON containers (server_id);
 CREATE INDEX IF NOT EXISTS containers_service ON containers (project, service);
 CREATE INDEX IF NOT EXISTS containers_health_status ON containers (health_status);
+
+-- Access peers (laptops, CI runners) let into WireGuard just in time by `jiji-net jit`.
+-- origin: 'stack' (the registry step keeps these as the stack's access_peers says) or 'cli'
+-- (`jiji-net access add`, left alone by the registry step). expires_at: unix seconds, 0 never.
+-- The private key is never here: it stays on the peer.
+CREATE TABLE IF NOT EXISTS access_peers (
+    name TEXT NOT NULL PRIMARY KEY,
+    public_key TEXT NOT NULL DEFAULT '',
+    address TEXT NOT NULL DEFAULT '',
+    expires_at INTEGER NOT NULL DEFAULT 0,
+    origin TEXT NOT NULL DEFAULT 'stack'
+);
 __JIJI_EOF__
     put_file "$UNIT" 644 <<'__JIJI_EOF__'
 # Managed by jiji-net: changes here are overwritten by the next `pulumi up`.

@@ -20,6 +20,7 @@ HOST_CONFIG=/etc/jiji/host.json
 UNIT=/etc/systemd/system/jiji-dns.service
 REGISTRAR_UNIT=/etc/systemd/system/jiji-registrar.service
 REJOIN_UNIT=/etc/systemd/system/jiji-rejoin.service
+JIT_UNIT=/etc/systemd/system/jiji-jit.service
 apply() {
     dns=$(from_upload "$DNS_STAGED" 5555555555555555555555555555555555555555555555555555555555555555 "$DNS_PYZ")
     tool=$(from_upload "$TOOL_STAGED" 6666666666666666666666666666666666666666666666666666666666666666 "$TOOL")
@@ -112,16 +113,24 @@ TimeoutStopSec=15
 [Install]
 WantedBy=multi-user.target
 __JIJI_EOF__
-    if changed "$UNIT" "$REGISTRAR_UNIT" "$REJOIN_UNIT"; then systemctl daemon-reload; fi
+    if changed "$UNIT" "$REGISTRAR_UNIT" "$REJOIN_UNIT" "$JIT_UNIT"; then systemctl daemon-reload; fi
     if changed "$DNS_PYZ" "$UNIT"; then unit_running jiji-dns yes; else unit_running jiji-dns no; fi
     if changed "$TOOL" "$REJOIN_UNIT"; then unit_running jiji-rejoin yes; else unit_running jiji-rejoin no; fi
     if changed "$TOOL" "$REGISTRAR_UNIT" "$HOST_CONFIG"; then unit_running jiji-registrar yes; else unit_running jiji-registrar no; fi
+    if [ -e "$JIT_UNIT" ]; then
+        unit_gone jiji-jit
+        rm -f "$JIT_UNIT"
+        rm -rf /var/lib/jiji-jit
+        systemctl daemon-reload
+    fi
 }
 remove() {
+    unit_gone jiji-jit
     unit_gone jiji-registrar
     unit_gone jiji-rejoin
     unit_gone jiji-dns
-    rm -f "$UNIT" "$REGISTRAR_UNIT" "$REJOIN_UNIT" "$DNS_PYZ" "$TOOL" "$HOST_CONFIG"
+    rm -f "$UNIT" "$REGISTRAR_UNIT" "$REJOIN_UNIT" "$JIT_UNIT" "$DNS_PYZ" "$TOOL" "$HOST_CONFIG"
+    rm -rf /var/lib/jiji-jit
     systemctl daemon-reload
 }
 main "$@" </dev/null

@@ -15,6 +15,7 @@ STAMP=""
 apply() {
     /usr/local/bin/jiji-net register <<'__JIJI_EOF__'
 {
+ "access_peers": null,
  "metadata": {
   "cluster_cidr": "10.210.0.0/16",
   "domain": "jiji",

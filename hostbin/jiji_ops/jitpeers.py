@@ -1,0 +1,121 @@
+"""The access peers `jiji-net jit` knows: read from the registry, and which of those in the kernel
+must leave it (pure). Issue 21.
+
+The registry's `access_peers` table is read again every REFRESH s (one local query; 10,000 rows
+are well under a megabyte): a peer removed, added or expired anywhere is known here within that.
+A read that fails keeps the last good list: a Corrosion restart must not lock out a laptop that
+was let in a minute ago, and it must not let in anyone new either (the list is only ever the
+registry's).
+
+What leaves the kernel: a peer of the access range whose key is no longer declared, or has
+expired, at once; one with no handshake for the idle timeout (it stays declared and comes back
+just in time). Server peers (allowed-ips outside the access range) are never touched.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import threading
+from collections.abc import Callable, Iterable
+
+from jiji_common.logline import warn
+
+from .admission import AccessPeer
+from .wg import Peer
+
+REFRESH = 1.0  # seconds between reads of the registry
+QUERY = "SELECT name, public_key, address, expires_at FROM access_peers"
+
+
+def parse_rows(rows: Iterable[list[object]]) -> tuple[dict[bytes, AccessPeer], list[str]]:
+    """The declared peers by key, and a problem per row that is not usable (skipped, so one bad
+    row locks out no one else)."""
+    peers: dict[bytes, AccessPeer] = {}
+    problems = []
+    for row in rows:
+        try:
+            name, key_text, address, expires = row
+            key = base64.b64decode(str(key_text), validate=True)
+            if len(key) != 32:
+                raise ValueError("not a 32-byte key")
+            if not isinstance(expires, int) or isinstance(expires, bool):
+                raise ValueError(f"expires_at {expires!r} is not unix seconds")
+            peers[key] = AccessPeer(key, str(ipaddress.IPv4Address(str(address))), float(expires) if expires else None)
+        except (ValueError, TypeError, binascii.Error) as e:
+            problems.append(f"{row[0] if row else '?'}: {e}")
+    return peers, problems
+
+
+class RegistryPeers:
+    """The declared peers, refreshed from the registry by a thread of its own; `lookup` never
+    waits on the network."""
+
+    def __init__(self, read: Callable[[], list[list[object]]], refresh: float = REFRESH) -> None:
+        self._read, self._refresh = read, refresh
+        self.peers: dict[bytes, AccessPeer] = {}
+        self.loaded = threading.Event()
+        self._failing = False
+        self._stop = threading.Event()
+
+    def lookup(self, key: bytes) -> AccessPeer | None:
+        return self.peers.get(key)
+
+    def refresh_once(self) -> None:
+        try:
+            rows = self._read()
+        except Exception as e:  # noqa: BLE001 - any failure of the read keeps the last list
+            if not self._failing:
+                warn("jit-registry-unreadable", error=e, keeping=len(self.peers))
+            self._failing = True
+            return
+        peers, problems = parse_rows(rows)
+        for problem in problems:
+            warn("jit-registry-row-skipped", row=problem)
+        self.peers = peers  # one assignment: lookups see the old dict or the new one
+        self._failing = False
+        self.loaded.set()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            self.refresh_once()
+            self._stop.wait(self._refresh)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def leaving(
+    kernel: Iterable[Peer],
+    declared: dict[bytes, AccessPeer],
+    access: ipaddress.IPv4Network,
+    now: float,
+    idle_timeout: float,
+    activity: dict[str, tuple[int, float]],
+) -> list[tuple[str, str]]:
+    """(public key, reason) of each access peer in the kernel that must leave it: `undeclared`,
+    `expired` or `idle`. Idle is nothing received for idle_timeout s: `activity` keeps, per key,
+    the received-bytes counter and when it was last seen to move (updated here; a peer first seen
+    counts from now, as after the daemon's own restart). A handshake counts too, but is not
+    enough alone: a session carrying traffic re-handshakes only every 2 minutes."""
+    out = []
+    for peer in kernel:
+        nets = [ipaddress.ip_network(a, strict=False) for a in peer.allowed_ips]
+        if not nets or not all(n.version == 4 and n.subnet_of(access) for n in nets):  # type: ignore[arg-type]
+            continue
+        try:
+            known = declared.get(base64.b64decode(peer.public_key, validate=True))
+        except (ValueError, binascii.Error):
+            known = None
+        if known is None:
+            out.append((peer.public_key, "undeclared"))
+        elif known.expires_at is not None and known.expires_at <= now:
+            out.append((peer.public_key, "expired"))
+        else:
+            seen = activity.get(peer.public_key)
+            if seen is None or seen[0] != peer.rx_bytes:
+                seen = activity[peer.public_key] = (peer.rx_bytes, now)
+            if now - max(seen[1], peer.latest_handshake) >= idle_timeout:
+                out.append((peer.public_key, "idle"))
+    return out

@@ -1,0 +1,222 @@
+"""Access peers (issue 21) without a network: the stack setting and its addresses, the rows the
+daemon reads, which kernel peers leave, and the wg-quick file `jiji-net access config` prints."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import json
+from typing import Any
+
+import pytest
+from jiji_ops import access, jitpeers
+from jiji_ops.admission import AccessPeer as DaemonPeer
+from jiji_ops.sources import HostConfig
+from jiji_ops.wg import Peer
+
+from jiji_net.model import AccessPeer, MeshSettings
+from jiji_net.plan import plan_access
+from jiji_net.validation import ConfigError, parse
+
+ACCESS = ipaddress.IPv4Network("10.211.0.0/16")
+
+
+def key(name: str) -> str:
+    return base64.b64encode(hashlib.sha256(name.encode()).digest()).decode()
+
+
+def values(**changes: Any) -> dict[str, str]:
+    servers = [{"name": "a", "host": "198.18.0.10", "index": 0, "endpoint": "198.18.0.10", "host_key": None}]
+    base = {
+        "servers": json.dumps(servers),
+        "ssh_private_key": "",
+        "corrosion_local_path": "/cache/corrosion",
+        "allow_unpinned_host_keys": "true",
+    }
+    return {**base, **{k: v if isinstance(v, str) else json.dumps(v) for k, v in changes.items()}}
+
+
+def test_the_feature_is_on_only_when_enabled_and_peers_without_it_are_refused() -> None:
+    assert parse(values())[0].access_enabled is False
+    settings = parse(values(access_enabled="true"))[0]
+    assert settings.access_enabled is True and settings.access_peers == ()
+    # Off, the default range may overlap a wide cluster range: nothing uses it.
+    assert parse(values(cluster_cidr="10.0.0.0/8", subnet_prefix_len=24))[0].access_enabled is False
+    with pytest.raises(ConfigError, match="access_cidr: '10.211.0.0/16' overlaps cluster_cidr '10.0.0.0/8'"):
+        parse(values(cluster_cidr="10.0.0.0/8", access_enabled="true"))
+    with pytest.raises(ConfigError, match="access_peers: set, but access_enabled is not true"):
+        parse(values(access_peers=[{"name": "ana", "public_key": key("ana")}]))
+    with pytest.raises(ConfigError, match="access_enabled: 'yes' is not true or false"):
+        parse(values(access_enabled="yes"))
+
+
+def test_expiry_is_read_as_utc_and_bad_peers_are_refused_with_the_fix() -> None:
+    settings, _ = parse(values(access_enabled="true", access_peers=[{"name": "ana", "public_key": key("ana"), "expires": "2026-12-31T18:00:00Z"}]))
+    assert settings.access_peers == (AccessPeer(name="ana", public_key=key("ana"), expires_at=1798740000),)
+    with pytest.raises(ConfigError) as refused:
+        parse(values(access_enabled="true", access_peers=[
+            {"name": "Ana", "public_key": "x" * 44, "address": "10.211.200.1", "expires": "tomorrow"},
+            {"name": "b", "public_key": key("b"), "private_key": "oops"},
+            {"name": "c", "public_key": key("c")},
+            {"name": "c", "public_key": key("c")},
+        ]))  # fmt: skip
+    text = str(refused.value)
+    assert "access_peers[0].name: 'Ana' is not a lower-case DNS label" in text
+    assert "access_peers[0].public_key: 'xxxx" in text and "never the private key" in text
+    assert "access_peers[0].address: '10.211.200.1' is not in the lower half" in text
+    assert "access_peers[0].expires: 'tomorrow' is not a time" in text
+    assert "access_peers[1]: unknown keys ['private_key']" in text
+    assert "access_peers: name 'c' is used by both 'c' and 'c'" in text
+    assert f"access_peers: public_key {key('c')!r} is used by both 'c' and 'c'" in text
+
+
+def test_an_address_stays_when_other_peers_come_and_go_and_never_depends_on_order() -> None:
+    settings = MeshSettings(access_enabled=True)
+    peers = tuple(AccessPeer(name=f"p{i}", public_key=key(f"p{i}")) for i in range(50))
+    planned = plan_access(settings, peers)
+    assert len(set(planned.values())) == 50
+    assert all(ipaddress.IPv4Address(a) in ipaddress.IPv4Network("10.211.0.0/17") for a in planned.values())
+    assert plan_access(settings, tuple(reversed(peers))) == planned
+    fewer = plan_access(settings, peers[::2] + (AccessPeer(name="new", public_key=key("new")),))
+    assert all(fewer[p.name] == planned[p.name] for p in peers[::2])
+    # A declared address is kept, and a picked one never lands on it.
+    pinned = AccessPeer(name="pinned", public_key=key("pinned"), address=planned["p7"])
+    moved = plan_access(settings, (*peers, pinned))
+    assert moved["pinned"] == planned["p7"] and moved["p7"] != planned["p7"]
+
+
+def test_a_tiny_range_holds_exactly_its_lower_half() -> None:
+    peers = [{"name": f"p{i}", "public_key": key(f"p{i}")} for i in range(3)]
+    settings, _ = parse(values(access_enabled="true", access_cidr="10.211.0.0/29", access_peers=peers))
+    assert sorted(plan_access(settings, settings.access_peers).values()) == ["10.211.0.1", "10.211.0.2", "10.211.0.3"]
+    with pytest.raises(ConfigError, match="4 peers but the lower half"):
+        parse(values(access_enabled="true", access_cidr="10.211.0.0/29", access_peers=[*peers, {"name": "p3", "public_key": key("p3")}]))
+
+
+def test_registry_rows_become_peers_and_a_bad_row_locks_out_no_one_else() -> None:
+    rows: list[list[object]] = [
+        ["ana", key("ana"), "10.211.0.5", 0],
+        ["ci", key("ci"), "10.211.200.9", 1798740000],
+        ["bad-key", "nope", "10.211.0.6", 0],
+        ["bad-address", key("x"), "10.211.0.300", 0],
+        ["bad-expiry", key("y"), "10.211.0.7", "soon"],
+    ]
+    peers, problems = jitpeers.parse_rows(rows)
+    assert set(peers) == {base64.b64decode(key("ana")), base64.b64decode(key("ci"))}
+    assert peers[base64.b64decode(key("ci"))].expires_at == 1798740000.0
+    assert peers[base64.b64decode(key("ana"))].expires_at is None
+    assert [p.split(":")[0] for p in problems] == ["bad-key", "bad-address", "bad-expiry"]
+
+
+def test_a_registry_that_stops_answering_keeps_the_last_list() -> None:
+    answers: list[Any] = [[["ana", key("ana"), "10.211.0.5", 0]], OSError("refused"), []]
+
+    def read() -> list[list[object]]:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer  # type: ignore[no-any-return]
+
+    registry = jitpeers.RegistryPeers(read)
+    assert registry.lookup(base64.b64decode(key("ana"))) is None and not registry.loaded.is_set()
+    registry.refresh_once()
+    assert registry.lookup(base64.b64decode(key("ana"))) is not None
+    registry.refresh_once()  # the node restarts: the laptop let in a minute ago stays declared
+    assert registry.lookup(base64.b64decode(key("ana"))) is not None
+    registry.refresh_once()  # the node answers again, without it: gone
+    assert registry.lookup(base64.b64decode(key("ana"))) is None
+
+
+def kernel(name: str, allowed: str, handshake: int = 0, rx: int = 0) -> Peer:
+    return Peer(public_key=key(name), endpoint=None, allowed_ips=(allowed,), latest_handshake=handshake, rx_bytes=rx, tx_bytes=0, keepalive=None)
+
+
+def test_which_kernel_peers_leave() -> None:
+    declared = {
+        base64.b64decode(key("ana")): DaemonPeer(base64.b64decode(key("ana")), "10.211.0.5"),
+        base64.b64decode(key("old")): DaemonPeer(base64.b64decode(key("old")), "10.211.0.6", expires_at=500.0),
+    }
+    activity: dict[str, tuple[int, float]] = {}
+    peers = [
+        kernel("server1", "10.210.1.0/24"),  # a server: never touched, declared or not
+        kernel("ana", "10.211.0.5/32", handshake=990, rx=100),
+        kernel("old", "10.211.0.6/32", handshake=990),
+        kernel("gone", "10.211.0.9/32", handshake=990),
+    ]
+    assert jitpeers.leaving(peers, declared, ACCESS, 1000.0, 600, activity) == [(key("old"), "expired"), (key("gone"), "undeclared")]
+    # Traffic keeps a peer in: its received bytes move although the last handshake is old.
+    later = [kernel("ana", "10.211.0.5/32", handshake=990, rx=5000)]
+    assert jitpeers.leaving(later, declared, ACCESS, 1500.0, 600, activity) == []
+    assert jitpeers.leaving(later, declared, ACCESS, 2099.0, 600, activity) == []
+    assert jitpeers.leaving(later, declared, ACCESS, 2100.0, 600, activity) == [(key("ana"), "idle")]
+    # A peer the daemon finds in the kernel after its own restart counts from when it was found.
+    fresh: dict[str, tuple[int, float]] = {}
+    assert jitpeers.leaving([kernel("ana", "10.211.0.5/32")], declared, ACCESS, 5000.0, 600, fresh) == []
+    assert jitpeers.leaving([kernel("ana", "10.211.0.5/32")], declared, ACCESS, 5600.0, 600, fresh) == [(key("ana"), "idle")]
+
+
+OUTPUTS = {
+    "mesh": {
+        "servers": {
+            "lab1": {"index": 1, "subnet": "10.210.1.0/24", "mesh_address": "10.210.1.1", "dns_address": "10.210.1.1",
+                     "public_key": key("lab1"), "endpoint": "198.18.0.11:51820"},
+            "lab0": {"index": 0, "subnet": "10.210.0.0/24", "mesh_address": "10.210.0.1", "dns_address": "10.210.0.1",
+                     "public_key": key("lab0"), "endpoint": None},
+        },  # fmt: skip
+        "access": {"cidr": "10.211.0.0/16", "idle_timeout": 600, "peers": {"ana": {"address": "10.211.3.4", "public_key": key("ana"), "expires_at": 0}}},
+    }
+}
+
+
+def test_the_printed_wg_quick_file() -> None:
+    text = access.wg_quick_config(OUTPUTS, "ana")
+    assert f"PrivateKey = {access.PRIVATE_KEY_PLACEHOLDER}\nAddress = 10.211.3.4/32\nDNS = 10.210.1.1\n" in text
+    # One [Peer] per server with an endpoint, each reaching its own subnet through it.
+    assert text.count("[Peer]") == 1
+    assert f"PublicKey = {key('lab1')}\nEndpoint = 198.18.0.11:51820\nAllowedIPs = 10.210.1.0/24\n" in text
+    assert "# lab0: no endpoint" in text
+    with pytest.raises(ValueError, match="'bob' is not an access peer of the stack \\(declared: ana\\)"):
+        access.wg_quick_config(OUTPUTS, "bob")
+    with pytest.raises(ValueError, match="the stack has no access peers"):
+        access.wg_quick_config({"mesh": {"servers": {}, "access": None}}, "ana")
+
+
+class FakeRegistry:
+    def __init__(self, rows: list[list[Any]]) -> None:
+        self.rows, self.executed = rows, list[Any]()
+
+    def query(self, sql: str, params: list[Any] | None = None) -> tuple[list[str], list[list[Any]]]:
+        return ["name", "public_key", "address", "expires_at", "origin"], self.rows
+
+    def execute(self, statements: list[Any]) -> list[dict[str, Any]]:
+        self.executed += statements
+        return []
+
+
+HOST = HostConfig("lab0", "10.210.0.1", "10.210.0.0/24", "none", "jiji", "127.0.0.1:9220", access_cidr="10.211.0.0/16")
+
+
+def test_access_add_takes_the_upper_half_and_refuses_clashes() -> None:
+    registry = FakeRegistry([["ana", key("ana"), "10.211.3.4", 0, "stack"]])
+    added = access.add(registry, HOST, "ci-7", key("ci-7"), access.lifetime("90m"), now=1000.0)  # type: ignore[arg-type]
+    assert added["expires_at"] == 1000 + 5400
+    assert ipaddress.IPv4Address(added["address"]) in ipaddress.IPv4Network("10.211.128.0/17")
+    assert registry.executed[0][1] == ["ci-7", key("ci-7"), added["address"], 6400]
+    for name, k, why in (("ana", key("new"), "already an access peer"), ("new", key("ana"), "already access peer 'ana'"),
+                         ("Bad_Name", key("x"), "not a lower-case DNS label"), ("ok", "short", "not a WireGuard public key")):  # fmt: skip
+        with pytest.raises(ValueError, match=why):
+            access.add(registry, HOST, name, k, 60)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="access peers are off"):
+        access.add(registry, HostConfig("lab0", "m", "s", "none", "jiji", "api"), "x", key("x"), 60)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="write a number and s, m, h or d"):
+        access.lifetime("2 hours")
+    with pytest.raises(ValueError, match="declared by the stack"):
+        access.remove(registry, "ana")  # type: ignore[arg-type]
+
+
+def test_a_full_upper_half_is_said_plainly() -> None:
+    taken = {f"10.211.0.{i}" for i in range(4, 8)}
+    with pytest.raises(ValueError, match="no free address left"):
+        access.runtime_address("10.211.0.0/29", "x", taken)
+    assert access.runtime_address("10.211.0.0/29", "x", taken - {"10.211.0.6"}) == "10.211.0.6"
