@@ -9,7 +9,7 @@ VENV := .venv
 DEPLOY := PULUMI_CONFIG_PASSPHRASE= $(VENV)/bin/python -m deploy --stack $(STACK) --dir .lab \
 	--backend file://$(CURDIR)/.lab/state
 
-.PHONY: test up preview lab-up lab-down toolchain bench-dns bench-program bench-lab tool lint
+.PHONY: test up preview lab-up lab-down toolchain bench-dns bench-access bench-program bench-lab tool lint
 
 ## test: install what the tests need (cached), then run every test
 test:
@@ -57,6 +57,12 @@ lint:
 	$(VENV)/bin/ruff check hostbin tests bench jiji_net deploy command_provider __main__.py
 	$(VENV)/bin/mypy hostbin/jiji_common hostbin/jiji_dns hostbin/jiji_ops hostbin/jiji_step jiji_net deploy command_provider
 	$(VENV)/bin/python -m tests.shellcheck
+
+## bench-access: 10,000 declared access peers in jiji-jit (registry looks, lookups, memory) against
+## preloading them into wireguard-go
+bench-access:
+	bash lab/toolchain.sh all
+	$(VENV)/bin/python bench/access_peers.py
 
 ## bench-lab: real `pulumi up` on 3, 8 and 16 lab hosts: cold, no-op, one server added, destroy
 bench-lab:

@@ -107,6 +107,10 @@ def test_registry_rows_become_peers_and_a_bad_row_locks_out_no_one_else() -> Non
     assert peers[base64.b64decode(key("ci"))].expires_at == 1798740000.0
     assert peers[base64.b64decode(key("ana"))].expires_at is None
     assert [p.split(":")[0] for p in problems] == ["bad-key", "bad-address", "bad-expiry"]
+    # A row claiming an address outside the access range (a server's, say) is refused.
+    hostile = [["thief", key("thief"), "10.210.1.1", 0], ["ana", key("ana"), "10.211.0.5", 0]]
+    peers, problems = jitpeers.parse_rows(hostile, ACCESS)
+    assert list(peers) == [base64.b64decode(key("ana"))] and "outside the access range" in problems[0]
 
 
 def test_a_registry_that_stops_answering_keeps_the_last_list() -> None:
@@ -118,7 +122,8 @@ def test_a_registry_that_stops_answering_keeps_the_last_list() -> None:
             raise answer
         return answer  # type: ignore[no-any-return]
 
-    registry = jitpeers.RegistryPeers(read)
+    changes: list[int] = []
+    registry = jitpeers.RegistryPeers(read, on_change=lambda: changes.append(len(registry.peers)))
     assert registry.lookup(base64.b64decode(key("ana"))) is None and not registry.loaded.is_set()
     registry.refresh_once()
     assert registry.lookup(base64.b64decode(key("ana"))) is not None
@@ -126,6 +131,8 @@ def test_a_registry_that_stops_answering_keeps_the_last_list() -> None:
     assert registry.lookup(base64.b64decode(key("ana"))) is not None
     registry.refresh_once()  # the node answers again, without it: gone
     assert registry.lookup(base64.b64decode(key("ana"))) is None
+    # The reaper is woken when the list changed (a revocation acts at once), not on every read.
+    assert changes == [1, 0]
 
 
 def kernel(name: str, allowed: str, handshake: int = 0, rx: int = 0) -> Peer:
@@ -220,3 +227,32 @@ def test_a_full_upper_half_is_said_plainly() -> None:
     with pytest.raises(ValueError, match="no free address left"):
         access.runtime_address("10.211.0.0/29", "x", taken)
     assert access.runtime_address("10.211.0.0/29", "x", taken - {"10.211.0.6"}) == "10.211.0.6"
+
+
+def test_the_table_is_read_only_when_its_fingerprint_moves_or_a_minute_passed() -> None:
+    reads, prints = [0], [("a", 1)]
+    fail = [False]
+
+    def read() -> list[list[object]]:
+        reads[0] += 1
+        return [["ana", key("ana"), "10.211.0.5", 0]]
+
+    def fingerprint() -> object:
+        if fail[0]:
+            raise OSError("no clock table")
+        return prints[-1]
+
+    registry = jitpeers.RegistryPeers(read, fingerprint=fingerprint)
+    registry.refresh_once(now=0.0)
+    registry.refresh_once(now=1.0)
+    registry.refresh_once(now=2.0)
+    assert reads == [1]  # unchanged: not read again
+    prints.append(("a", 2))
+    registry.refresh_once(now=3.0)
+    assert reads == [2]
+    registry.refresh_once(now=3.0 + jitpeers.FULL_READ)
+    assert reads == [3]  # read whole at least every FULL_READ s
+    fail[0] = True
+    registry.refresh_once(now=4.0 + jitpeers.FULL_READ)
+    registry.refresh_once(now=5.0 + jitpeers.FULL_READ)
+    assert reads == [5]  # no fingerprint: read every time, as without one

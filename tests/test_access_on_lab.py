@@ -6,6 +6,7 @@ revocation by the stack, and destroy leaving the hosts as found."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import statistics
@@ -14,13 +15,25 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from jiji_ops.jitpeers import REFRESH
 
 from tests.conftest import Lab, module_lab
 from tests.engines import make_engine
 from tests.harness import REPO, corrosion_binary, wait_until
-from tests.test_mesh_on_lab import MESH, SNAPSHOT, assert_unchanged, config, container, remove_container, write
+from tests.test_mesh_on_lab import (
+    KEY,
+    MESH,
+    REPLICATED,
+    SNAPSHOT,
+    assert_unchanged,
+    config,
+    container,
+    remove_container,
+    write,
+)
 
 pytestmark = pytest.mark.corrosion
 
@@ -38,6 +51,7 @@ IDLE = 30  # access_idle_timeout in this test (the setting's minimum)
 # The daemon reads the registry and looks at the kernel every second each (jitpeers.REFRESH,
 # jit.REAP): a change is acted on within 2 s; 1 s more for the SSH round trips that look.
 ACTED_ON = 3.0
+REVOCATIONS = 20
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +119,14 @@ except ConnectionRefusedError:
 except OSError:
     print("timeout")
 """
+
+
+def what_lab0_did(lab: Lab) -> str:
+    """For a failure: the daemon's last lines and the interface on lab0, the laptop's side."""
+    return "\n".join(
+        lab.run(0, command, check=False)
+        for command in ("journalctl -u jiji-jit --no-pager -n 25", "wg show jiji0", "jiji-net access list")
+    ) + "\n" + in_laptop("wg", "show", check=False).stdout
 
 
 def first_answer(argv: list[str], timeout: float) -> tuple[float, str]:
@@ -177,7 +199,20 @@ def test_a_laptop_gets_in_just_in_time_and_leaves(lab3: Lab, tmp_path: Path) -> 
         # ...while the same probe does reach what it may: DNS over TCP on a mesh address.
         assert in_laptop(sys.executable, "-c", CONNECT, MESH[0], "53", check=False).stdout.strip() == "connected"
 
-        # Idle: the laptop goes quiet, and leaves every kernel after the idle timeout.
+        # A reboot loads no access peer: jiji0.conf lists the servers only, and the daemon is back.
+        assert public in kernel_peers(lab, 0)
+        sh("bash", str(REPO / "lab" / "lab.sh"), "stop", "0", timeout=120)
+        sh("bash", str(REPO / "lab" / "lab.sh"), "start", "0", timeout=300)
+        wait_until(lambda: lab.run(0, "systemctl is-active jiji-jit", check=False).strip() == "active", 90, "jiji-jit after the reboot")
+        assert kernel_peers(lab, 0) == servers - {lab.run(0, "wg show jiji0 public-key").strip()}
+
+        # Idle: the laptop, back in on every server (a DNS question to each mesh address, just in
+        # time on the rebooted one too), goes quiet, and leaves every kernel after the idle timeout.
+        laptop_down(conf)
+        laptop_up(conf)
+        for i in range(3):
+            assert first_answer(["dig", "+short", "+time=3", "+tries=1", f"@{MESH[i]}", NAME], 10)[1] == WEB
+        assert all(public in kernel_peers(lab, i) for i in range(3))
         laptop_down(conf)
         quiet = time.monotonic()
         wait_until(lambda: all(public not in kernel_peers(lab, i) for i in range(3)), IDLE + ACTED_ON + 5, "the idle laptop to leave")
@@ -195,6 +230,52 @@ def test_a_laptop_gets_in_just_in_time_and_leaves(lab3: Lab, tmp_path: Path) -> 
         print(f"removed from the stack: gone from every kernel {time.monotonic() - removed:.1f} s after `up` returned")
         _, answer = first_answer(["dig", "+short", "+time=2", "+tries=1", f"@{MESH[0]}", NAME], 10)
         assert answer != WEB, "a removed laptop still gets answers"
+
+        # At run time, as for a CI runner: `jiji-net access add` through one server, for 20 s. The
+        # laptop gets in with the address it was given; `access remove` and the expiry each take
+        # it out of every kernel within ACTED_ON.
+        def access(*args: str, on: str = "lab2") -> Any:
+            argv = [sys.executable, str(REPO / "build" / "jiji-net.pyz"), "--outputs", str(outputs), "-i", str(KEY),
+                    "-H", on, "--json", "access", *args]  # fmt: skip
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+            assert out.returncode == 0, out.stdout + out.stderr
+            return json.loads(out.stdout)[on]["output"]
+
+        revocations = []
+        for n in range(REVOCATIONS + 1):
+            last = n == REVOCATIONS  # the last one leaves by expiry instead
+            added = access("add", "runner", "--public-key", public, "--expires-in", "20s" if last else "1h")
+            assert ipaddress.IPv4Address(added["address"]) in ipaddress.IPv4Network("10.211.128.0/17"), added
+            # Added through lab2; the laptop asks lab0 once the row has reached it and lab0's daemon
+            # has read it (its next read of the registry, within REFRESH s). Before that it would be
+            # refused as unknown, and get in on its retransmit 5 s later.
+            wait_until(lambda: "runner" in {p["name"] for p in access("list", on="lab0")}, REPLICATED, "the row on lab0")
+            time.sleep(REFRESH)
+            # The laptop starts over each time: the server forgot its session with the peer.
+            laptop_down(conf)
+            conf.write_text(conf.read_text().replace(f"Address = {address}/32", f"Address = {added['address']}/32"))
+            address = added["address"]
+            laptop_up(conf)
+            _, answer = first_answer(["dig", "+short", "+time=3", "+tries=1", f"@{MESH[0]}", NAME], 10)
+            assert answer == WEB, f"the runner added at run time ({n}) got {answer!r}\n{what_lab0_did(lab)}"
+            assert public in kernel_peers(lab, 0)
+            if n == 0:
+                listed = {p["name"]: p for p in access("list")}
+                assert listed["runner"]["origin"] == "cli" and "laptop" not in listed
+            if last:
+                time.sleep(max(0.0, added["expires_at"] - time.time()))
+            else:
+                access("remove", "runner")
+            gone_at = time.monotonic()
+            wait_until(lambda: all(public not in kernel_peers(lab, i) for i in range(3)), ACTED_ON, "the runner to leave")
+            if not last:
+                revocations.append(time.monotonic() - gone_at)
+        p50, p99 = statistics.median(revocations), max(revocations)
+        print(f"`jiji-net access remove` -> gone from every kernel, {REVOCATIONS} times: p50 {p50:.2f} s, p99 {p99:.2f} s")
+        print(f"expired -> gone from every kernel: {time.monotonic() - gone_at:.2f} s")
+        _, answer = first_answer(["dig", "+short", "+time=2", "+tries=1", f"@{MESH[0]}", NAME], 10)
+        assert answer != WEB, "the expired runner still gets answers"
+        assert "runner" in {p["name"] for p in access("list")}  # expired, still listed until removed
     finally:
         if conf is not None:
             laptop_down(conf)
@@ -206,3 +287,42 @@ def test_a_laptop_gets_in_just_in_time_and_leaves(lab3: Lab, tmp_path: Path) -> 
         engine.close()
     for i in range(3):
         assert_unchanged(before[i], lab.run(i, SNAPSHOT), f"lab{i} after destroy")
+
+
+def many_peers(n: int) -> list[dict[str, str]]:
+    """n access peers with well-formed keys no machine holds."""
+    import base64
+    import hashlib
+
+    return [
+        {"name": f"peer-{i}", "public_key": base64.b64encode(hashlib.sha256(f"lab-peer-{i}".encode()).digest()).decode()}
+        for i in range(n)
+    ]
+
+
+def test_ten_thousand_access_peers_are_registry_rows_and_one_more_changes_only_the_registry(lab3: Lab) -> None:
+    """10,000 declared peers deployed for real: every server's daemon holds them (none is in any
+    kernel), and `preview --diff` of a 10,001st shows only the registry step."""
+    lab = lab3
+    engine = make_engine("lab-access-10k")
+    try:
+        ten_k = engine.up(config(lab, 3, access_enabled=True, access_peers=many_peers(10_000)))
+        print(f"\nup with 10,000 access peers: {ten_k.seconds:.1f} s")
+        for i in range(3):
+            wait_until(lambda i=i: '"access_peers": 10000' in lab.run(i, "jiji-net --json db stats"), REPLICATED, f"lab{i} rows")
+            assert len(kernel_peers(lab, i)) == 2, "an access peer was loaded into the kernel"
+        # What the idle daemon costs with 10,000 rows: its CPU over 20 s (nothing changes: the
+        # fingerprint of the table is all it reads).
+        cpu = 'pid=$(systemctl show -p MainPID --value jiji-jit); awk "{print \\$14 + \\$15}" /proc/$pid/stat'
+        ticks = int(lab.run(0, "getconf CLK_TCK"))
+        before = int(lab.run(0, cpu))
+        time.sleep(20)
+        used = (int(lab.run(0, cpu)) - before) / ticks
+        print(f"jiji-jit on lab0 with 10,000 peers, nothing changing: {used:.2f} s of CPU in 20 s ({used / 20:.1%} of a core)")
+        preview = engine.up(config(lab, 3, access_enabled=True, access_peers=many_peers(10_001)), preview=True)
+        changed = sorted({name for op, name in preview.actions if op != "same"})
+        print(f"preview --diff of the 10,001st: {preview.seconds:.1f} s, changes {changed}")
+        assert changed == ["jiji-registry"], preview.actions
+    finally:
+        engine.destroy()
+        engine.close()

@@ -5,13 +5,14 @@ real one (handshake.open_initiation) is tested against wireguard-go in test_hand
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import struct
 from pathlib import Path
 
 import pytest
-from jiji_ops import jit
+from jiji_ops import cookies, jit
 from jiji_ops.admission import AccessPeer, Admission, ReplayMemory
 from jiji_ops.handshake import Initiation, Refused
 from jiji_ops.initiations import Knock
@@ -61,7 +62,7 @@ def test_declared_keys_get_in_and_the_others_are_refused_with_a_reason() -> None
         a.decide(knock(message(RUNNER.public_key, 101), "192.0.2.4"), now=1, wall=1_000).reason,
         a.decide(knock(b"\x02" + b"x" * 44, "192.0.2.5"), now=0, wall=500).reason,
     ]
-    assert verdicts == ["install", "unknown", "revoked", "install", "expired", "junk"]
+    assert verdicts == ["install", "unknown", "revoked", "install", "expired", "forged"]  # no mac1 check here: opened
 
 
 def test_a_timestamp_not_newer_than_the_last_accepted_is_a_replay_even_after_a_restart(tmp_path: Path) -> None:
@@ -127,3 +128,81 @@ def test_the_declared_peers_file_is_read_again_when_it_changes_and_a_bad_one_kee
     path.write_text("[]")
     os.utime(path, (3, 1000))
     assert peers.lookup(LAPTOP.public_key) is None  # removed from the file: refused from now on
+
+
+# Cookies under load (jiji_ops/cookies.py). Messages here are full 148-byte initiations in shape
+# (type 1, sender index, the rest stand-ins), so mac1 and mac2 sit where WireGuard puts them.
+def shaped(key: bytes, seconds: int, cookie: bytes | None = None) -> bytes:
+    body = b"\x01\0\0\0" + struct.pack("<I", 7) + key + tai64n(seconds)
+    body += b"\0" * (116 - len(body)) + b"M" * 16  # mac1 (the stand-in check below takes it)
+    mac2 = hashlib.blake2s(body, key=cookie, digest_size=16).digest() if cookie else b"\0" * 16
+    return body + mac2
+
+
+class ShapedOpener(Opener):
+    def __call__(self, m: bytes) -> Initiation:
+        self.calls += 1
+        return Initiation(7, m[8:40], m[40:52])
+
+
+def test_xchacha20_poly1305_known_answers() -> None:
+    # draft-irtf-cfrg-xchacha-03: the HChaCha20 vector (2.2.1) and the AEAD vector (A.3.1).
+    assert cookies.hchacha20(bytes(range(32)), bytes.fromhex("000000090000004a0000000031415927")).hex() == (
+        "82413b4227b27bfed30e42508a877d73a0f9e4d58a74a853c12ec41326d3ecdc"
+    )
+    plaintext = (
+        b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future,"
+        b" sunscreen would be it."
+    )
+    key, nonce, aad = bytes(range(0x80, 0xA0)), bytes(range(0x40, 0x58)), bytes.fromhex("50515253c0c1c2c3c4c5c6c7")
+    sealed = cookies.xaead_seal(key, nonce, plaintext, aad)
+    assert sealed[:16].hex() == "bd6d179d3e83d43b9576579493c0e939" and sealed[-16:].hex() == "c0875924c1c7987947deafd8780acf49"
+    assert cookies.xaead_open(key, nonce, sealed, aad) == plaintext
+    assert cookies.xaead_open(key, nonce, sealed, aad + b"x") is None
+
+
+def test_a_cookie_proves_its_source_for_two_secret_lifetimes_at_most() -> None:
+    jar = cookies.CookieJar(b"P" * 32, now=0.0)
+    cookie = jar.cookie("192.0.2.10", 40000, now=1.0)
+    m = shaped(LAPTOP.public_key, 100, cookie)
+    assert jar.mac2_ok(m, "192.0.2.10", 40000, now=2.0)
+    assert not jar.mac2_ok(m, "192.0.2.11", 40000, now=2.0)  # another address
+    assert not jar.mac2_ok(m, "192.0.2.10", 40001, now=2.0)  # another port
+    assert not jar.mac2_ok(shaped(LAPTOP.public_key, 100), "192.0.2.10", 40000, now=2.0)  # no mac2
+    assert jar.mac2_ok(m, "192.0.2.10", 40000, now=cookies.SECRET_LIFETIME + 1)  # the secret before
+    assert not jar.mac2_ok(m, "192.0.2.10", 40000, now=2 * cookies.SECRET_LIFETIME + 2)
+    # The reply: type 3, the initiator's sender index, and the cookie sealed to mac1.
+    reply = jar.reply(m, "192.0.2.10", 40000, now=2 * cookies.SECRET_LIFETIME + 3)
+    assert len(reply) == cookies.COOKIE_REPLY_SIZE and reply[:4] == b"\x03\0\0\0" and reply[4:8] == m[4:8]
+    opened = cookies.xaead_open(hashlib.blake2s(cookies.LABEL_COOKIE + b"P" * 32).digest(), reply[8:32], reply[32:], m[116:132])
+    assert opened == jar.cookie("192.0.2.10", 40000, now=2 * cookies.SECRET_LIFETIME + 3)
+
+
+def test_under_load_forged_sources_get_cookies_and_a_proven_source_gets_in() -> None:
+    jar = cookies.CookieJar(b"P" * 32, now=0.0)
+    opener = ShapedOpener()
+    a = Admission(opener, DECLARED.get, ReplayMemory(), cookies=jar, overall=(1.0, 1.0),
+                  cookie_replies=(100.0, 10.0), now=0.0)  # fmt: skip
+    assert a.decide(knock(shaped(b"U" * 32, 1), "203.0.113.1"), now=0.0, wall=0).reason == "unknown"  # the budget's one
+    # A flood from 1,000 forged sources: cookie replies while their budget lasts, then nothing;
+    # nothing is opened.
+    reasons = [a.decide(knock(shaped(os.urandom(32), 1), f"10.9.{i // 250}.{i % 250}"), now=0.1, wall=0).reason for i in range(1000)]
+    assert reasons.count("cookie") == 10 and reasons.count("rate-global") == 990 and opener.calls == 1
+    # The laptop, at its real address, is answered with a cookie too once the budget refills; its
+    # retransmit with mac2 is opened from the verified budget, flood or not.
+    assert a.decide(knock(shaped(LAPTOP.public_key, 100), "192.0.2.10"), now=0.5, wall=0).reason == "cookie"
+    retry = shaped(LAPTOP.public_key, 105, jar.cookie("192.0.2.10", 40000, now=5.5))
+    assert a.decide(knock(retry, "192.0.2.10"), now=5.5, wall=0).reason == "install"
+    # The same mac2 from another address is worth nothing.
+    assert a.decide(knock(retry, "198.51.100.9"), now=5.6, wall=0).reason in ("cookie", "rate-global")
+
+
+def test_junk_costs_a_mac1_and_takes_no_token() -> None:
+    opener = ShapedOpener()
+    a = Admission(opener, DECLARED.get, ReplayMemory(), mac1_problem=lambda m: None if m[116:132] == b"M" * 16 else "mac1",
+                  overall=(1.0, 1.0), now=0.0)  # fmt: skip
+    junk = bytearray(shaped(b"U" * 32, 1))
+    junk[116:132] = os.urandom(16)
+    assert {a.decide(knock(bytes(junk), "192.0.2.10"), now=0.0, wall=0).reason for _ in range(500)} == {"junk"}
+    assert a.decide(knock(shaped(LAPTOP.public_key, 100), "192.0.2.10"), now=0.0, wall=0).reason == "install"
+    assert opener.calls == 1

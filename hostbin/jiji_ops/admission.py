@@ -19,6 +19,7 @@ from pathlib import Path
 
 from jiji_common.files import replace_file
 
+from .cookies import CookieJar
 from .handshake import Initiation, Refused
 from .initiations import Knock
 
@@ -33,7 +34,9 @@ class AccessPeer:
 
 @dataclass(frozen=True)
 class Verdict:
-    reason: str  # "install", or why not: rate-source, rate-global, junk, unknown, revoked, expired, replay
+    # "install", "cookie" (send a cookie reply), or why not: junk (mac1), rate-source,
+    # rate-global, rate-verified, forged (opening failed), unknown, revoked, expired, replay
+    reason: str
     peer: AccessPeer | None = None
     initiation: Initiation | None = None
 
@@ -89,17 +92,27 @@ class Admission:
         lookup: Callable[[bytes], AccessPeer | None],
         memory: ReplayMemory,
         *,
+        mac1_problem: Callable[[bytes], str | None] = lambda message: None,
+        cookies: CookieJar | None = None,
         # (rate per second, burst). Per source as WireGuard's own handshake limiter (20 a second,
-        # 5 at once); overall, 50 openings a second (about 175 ms of CPU in pure Python).
+        # 5 at once); overall, 50 openings a second (about 175 ms of CPU in pure Python). Under
+        # load (the overall budget spent) an initiation with a valid mac2 (its source got a cookie,
+        # so it is not forged) is opened from a budget of its own, 50 a second more; one without
+        # gets a cookie reply, at most 1,000 a second (about 0.1 ms of CPU each).
         per_source: tuple[float, float] = (20.0, 5.0),
         overall: tuple[float, float] = (50.0, 100.0),
+        verified: tuple[float, float] = (50.0, 50.0),
+        cookie_replies: tuple[float, float] = (1000.0, 100.0),
         max_sources: int = 4096,
         now: float = 0.0,
     ) -> None:
         self.open, self.lookup, self.memory = open_initiation, lookup, memory
+        self.mac1_problem, self.cookies = mac1_problem, cookies
         self.per_source, self.max_sources = per_source, max_sources
         self.sources: OrderedDict[str, TokenBucket] = OrderedDict()
         self.overall = TokenBucket(*overall, now)
+        self.verified = TokenBucket(*verified, now)
+        self.cookie_replies = TokenBucket(*cookie_replies, now)
 
     def _source_allows(self, source: str, now: float) -> bool:
         bucket = self.sources.pop(source, None) or TokenBucket(*self.per_source, now)
@@ -109,15 +122,25 @@ class Admission:
         return bucket.take(now)
 
     def decide(self, knock: Knock, now: float, wall: float) -> Verdict:
-        """`now` is a monotonic clock for the limits, `wall` unix time for expiry."""
+        """`now` is a monotonic clock for the limits, `wall` unix time for expiry and cookies."""
+        if self.mac1_problem(knock.message) is not None:
+            return Verdict("junk")  # one BLAKE2s: junk takes no token from anyone
         if not self._source_allows(knock.source, now):
             return Verdict("rate-source")
         if not self.overall.take(now):
-            return Verdict("rate-global")
+            if self.cookies is None:
+                return Verdict("rate-global")
+            if self.cookies.mac2_ok(knock.message, knock.source, knock.source_port, now):
+                if not self.verified.take(now):
+                    return Verdict("rate-verified")
+            elif self.cookie_replies.take(now):
+                return Verdict("cookie")
+            else:
+                return Verdict("rate-global")
         try:
             initiation = self.open(knock.message)
         except Refused:
-            return Verdict("junk")
+            return Verdict("forged")  # a right mac1 on content that does not open: it cost an X25519
         peer = self.lookup(initiation.static_public)
         if peer is None:
             return Verdict("unknown", initiation=initiation)

@@ -98,16 +98,27 @@ def hand_back(knock: Knock) -> None:
     initiation is refused, and answers the client at once. Initiating back from the server instead
     would leave the new peer without a timestamp, and a replayed first initiation would be
     accepted and could move the peer's endpoint. Needs CAP_NET_RAW."""
-    length = 20 + UDP_HEADER + len(knock.message)
+    _send_udp(knock.source, knock.source_port, knock.destination, knock.port, knock.message)
+
+
+def answer(knock: Knock, payload: bytes) -> None:
+    """`payload` sent to the initiation's source, from the address and port it was sent to (as
+    WireGuard's own answer would be): a cookie reply. UDP checksum 0, as hand_back."""
+    _send_udp(knock.destination, knock.port, knock.source, knock.source_port, payload)
+
+
+def _send_udp(source: str, source_port: int, destination: str, port: int, payload: bytes) -> None:
+    """One UDP datagram with the source address and port given, through a raw socket (with
+    IP_HDRINCL the kernel fills in the header checksum; UDP's is 0: none). Needs CAP_NET_RAW."""
+    length = 20 + UDP_HEADER + len(payload)
     packet = (
         struct.pack(">BBHHHBBH4s4s", 0x45, 0, length, 0, 0x4000, 64, socket.IPPROTO_UDP, 0,
-                    ipaddress.IPv4Address(knock.source).packed, ipaddress.IPv4Address(knock.destination).packed)
-        + struct.pack(">HHHH", knock.source_port, knock.port, UDP_HEADER + len(knock.message), 0)
-        + knock.message
+                    ipaddress.IPv4Address(source).packed, ipaddress.IPv4Address(destination).packed)
+        + struct.pack(">HHHH", source_port, port, UDP_HEADER + len(payload), 0)
+        + payload
     )  # fmt: skip
-    # With IP_HDRINCL the kernel fills in the header checksum; the packet is delivered locally.
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as raw:
-        raw.sendto(packet, (knock.destination, 0))
+        raw.sendto(packet, (destination, 0))
 
 
 class Watcher:
@@ -138,7 +149,12 @@ class Watcher:
 
     def __iter__(self) -> Iterator[Knock]:
         while True:
-            knock = parse(self.sock.recv(65535))
+            data, (interface, *_) = self.sock.recvfrom(65535)
+            # What arrives on lo was sent on this host: hand_back's own copies of an initiation
+            # (seen going out and coming in), never a client's.
+            if interface == "lo":
+                continue
+            knock = parse(data)
             if knock is not None:
                 yield knock
 

@@ -28,6 +28,7 @@ from jiji_common.logline import log, warn
 
 from . import handshake, initiations, jitpeers
 from .admission import AccessPeer, Admission, ReplayMemory
+from .cookies import CookieJar
 from .corrosion import Corrosion
 from .wg import parse_dump
 
@@ -44,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state", type=Path, required=True, help="where each key's newest timestamp is kept")
     p.add_argument("--access-cidr", type=ipaddress.IPv4Network, help="the access range: its peers are reaped")
     p.add_argument("--idle-timeout", type=float, default=600.0, help="seconds without a handshake before a peer leaves the kernel")
+    p.add_argument("--openings", type=float, default=50.0, help="initiations opened a second before cookie replies start")
 
 
 class DeclaredPeers:
@@ -93,9 +95,16 @@ def remove(interface: str, key: str) -> None:
     subprocess.run(["wg", "set", interface, "peer", key, "remove"], check=True, timeout=10)
 
 
-def reap_forever(args: argparse.Namespace, declared: Callable[[], dict[bytes, AccessPeer]], activity: dict[str, tuple[int, float]]) -> None:
-    """Removes the access peers that must leave the kernel, every REAP s, for ever."""
+def reap_forever(
+    args: argparse.Namespace,
+    declared: Callable[[], dict[bytes, AccessPeer]],
+    activity: dict[str, tuple[int, float]],
+    changed: threading.Event,
+) -> None:
+    """Removes the access peers that must leave the kernel, every REAP s and at once when the
+    declared peers changed (a revocation is acted on as soon as it is read), for ever."""
     while True:
+        changed.clear()
         try:
             dump = subprocess.run(["wg", "show", args.interface, "dump"], capture_output=True, text=True, timeout=10)
             if dump.returncode == 0:
@@ -107,16 +116,43 @@ def reap_forever(args: argparse.Namespace, declared: Callable[[], dict[bytes, Ac
                     log("jit-removed", peer=key, reason=reason)
         except (subprocess.SubprocessError, OSError, ValueError) as e:
             warn("jit-reap-failed", error=e)
-        time.sleep(REAP)
+        changed.wait(REAP)
+
+
+class Refusals:
+    """Refused initiations, logged one by one only while few: a flood of forged ones must not
+    become a flood of log lines. The rest are counted, and the counts logged every WINDOW s."""
+
+    WINDOW = 10.0
+    EACH = 10  # lines a window before counting only
+
+    def __init__(self) -> None:
+        self.started, self.counts = 0.0, dict[str, int]()
+
+    def count(self, reason: str, source: str, now: float) -> None:
+        if now - self.started >= self.WINDOW:
+            if sum(self.counts.values()) > self.EACH:
+                log("jit-refusals", seconds=round(now - self.started, 1), **self.counts)
+            self.started, self.counts = now, {}
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        if sum(self.counts.values()) <= self.EACH:
+            log("jit-refused", reason=reason, source=source)
 
 
 def run(args: argparse.Namespace) -> int:
     private = base64.b64decode(args.key.read_text().strip())
-    opener = partial(handshake.open_initiation, private_key=private, public_key=handshake.x25519_public(private))
+    public = handshake.x25519_public(private)
+    opener = partial(handshake.open_initiation, private_key=private, public_key=public)
     lookup: Callable[[bytes], AccessPeer | None]
+    changed = threading.Event()
     if args.registry:
         api = Corrosion(args.registry, timeout=5)
-        registry = jitpeers.RegistryPeers(lambda: api.query(jitpeers.QUERY)[1])
+        registry = jitpeers.RegistryPeers(
+            lambda: api.query(jitpeers.QUERY)[1],
+            on_change=changed.set,
+            access=args.access_cidr,
+            fingerprint=lambda: api.query(jitpeers.FINGERPRINT)[1],
+        )
         threading.Thread(target=registry.run, name="registry", daemon=True).start()
         # An initiation seen before the first read would be refused as unknown (the client then
         # retries in 5 s): wait for it a little, not for ever (Corrosion may be restarting too).
@@ -134,15 +170,30 @@ def run(args: argparse.Namespace) -> int:
             return from_file.peers
     activity: dict[str, tuple[int, float]] = {}
     if args.access_cidr is not None:
-        threading.Thread(target=reap_forever, args=(args, declared, activity), name="reap", daemon=True).start()
-    admission = Admission(opener, lookup, ReplayMemory(args.state), now=time.monotonic())
+        threading.Thread(target=reap_forever, args=(args, declared, activity, changed), name="reap", daemon=True).start()
+    admission = Admission(
+        opener,
+        lookup,
+        ReplayMemory(args.state),
+        mac1_problem=partial(handshake.mac1_problem, public_key=public),
+        cookies=CookieJar(public, time.monotonic()),
+        overall=(args.openings, args.openings),
+        now=time.monotonic(),
+    )
     watcher = initiations.Watcher(args.port)
+    refusals = Refusals()
     log("jit-watching", interface=args.interface, port=args.port, peers="registry" if args.registry else "file")
     for knock in watcher:
-        verdict = admission.decide(knock, time.monotonic(), time.time())
+        now = time.monotonic()
+        verdict = admission.decide(knock, now, time.time())
         source = f"{knock.source}:{knock.source_port}"
+        if verdict.reason == "cookie" and admission.cookies is not None:
+            try:
+                initiations.answer(knock, admission.cookies.reply(knock.message, knock.source, knock.source_port, now))
+            except OSError as e:
+                warn("jit-cookie-failed", source=source, error=e)
         if not verdict.install or verdict.peer is None:
-            log("jit-refused", reason=verdict.reason, source=source)
+            refusals.count(verdict.reason, source, now)
             continue
         key = base64.b64encode(verdict.peer.public_key).decode()
         if verdict.peer.public_key in kernel_peers(args.interface):

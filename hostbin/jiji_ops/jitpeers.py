@@ -1,8 +1,12 @@
 """The access peers `jiji-net jit` knows: read from the registry, and which of those in the kernel
 must leave it (pure). Issue 21.
 
-The registry's `access_peers` table is read again every REFRESH s (one local query; 10,000 rows
-are well under a megabyte): a peer removed, added or expired anywhere is known here within that.
+The registry's `access_peers` table is looked at every REFRESH s: a peer removed or added
+anywhere is known here within that (expiry needs no look: the daemon compares the time). The look
+is first a fingerprint of the table's change clock (cr-sqlite keeps one row per column of each
+row, whose versions only grow, and a row for each delete): while it stays the same, nothing is
+read; 10,000 peers cost about 100 ms to read and parse, the fingerprint a few. The table is read
+whole when the fingerprint moves, when it cannot be taken, and at least every FULL_READ s.
 A read that fails keeps the last good list: a Corrosion restart must not lock out a laptop that
 was let in a minute ago, and it must not let in anyone new either (the list is only ever the
 registry's).
@@ -18,6 +22,7 @@ import base64
 import binascii
 import ipaddress
 import threading
+import time
 from collections.abc import Callable, Iterable
 
 from jiji_common.logline import warn
@@ -25,13 +30,18 @@ from jiji_common.logline import warn
 from .admission import AccessPeer
 from .wg import Peer
 
-REFRESH = 1.0  # seconds between reads of the registry
+REFRESH = 1.0  # seconds between looks at the registry
+FULL_READ = 60.0  # seconds: the table is read whole at least this often, fingerprint or not
 QUERY = "SELECT name, public_key, address, expires_at FROM access_peers"
+FINGERPRINT = "SELECT count(*), total(col_version), max(db_version) FROM access_peers__crsql_clock"
 
 
-def parse_rows(rows: Iterable[list[object]]) -> tuple[dict[bytes, AccessPeer], list[str]]:
+def parse_rows(
+    rows: Iterable[list[object]], access: ipaddress.IPv4Network | None = None
+) -> tuple[dict[bytes, AccessPeer], list[str]]:
     """The declared peers by key, and a problem per row that is not usable (skipped, so one bad
-    row locks out no one else)."""
+    row locks out no one else). An address outside `access` is one: installed as allowed-ips, it
+    would take a server's or a container's address away from it on this server."""
     peers: dict[bytes, AccessPeer] = {}
     problems = []
     for row in rows:
@@ -42,7 +52,10 @@ def parse_rows(rows: Iterable[list[object]]) -> tuple[dict[bytes, AccessPeer], l
                 raise ValueError("not a 32-byte key")
             if not isinstance(expires, int) or isinstance(expires, bool):
                 raise ValueError(f"expires_at {expires!r} is not unix seconds")
-            peers[key] = AccessPeer(key, str(ipaddress.IPv4Address(str(address))), float(expires) if expires else None)
+            ip = ipaddress.IPv4Address(str(address))
+            if access is not None and ip not in access:
+                raise ValueError(f"address {ip} is outside the access range {access}")
+            peers[key] = AccessPeer(key, str(ip), float(expires) if expires else None)
         except (ValueError, TypeError, binascii.Error) as e:
             problems.append(f"{row[0] if row else '?'}: {e}")
     return peers, problems
@@ -52,8 +65,16 @@ class RegistryPeers:
     """The declared peers, refreshed from the registry by a thread of its own; `lookup` never
     waits on the network."""
 
-    def __init__(self, read: Callable[[], list[list[object]]], refresh: float = REFRESH) -> None:
-        self._read, self._refresh = read, refresh
+    def __init__(
+        self,
+        read: Callable[[], list[list[object]]],
+        refresh: float = REFRESH,
+        on_change: Callable[[], None] = lambda: None,
+        access: ipaddress.IPv4Network | None = None,
+        fingerprint: Callable[[], object] | None = None,
+    ) -> None:
+        self._read, self._refresh, self._on_change, self._access = read, refresh, on_change, access
+        self._fingerprint, self._last_print, self._read_at = fingerprint, object(), float("-inf")
         self.peers: dict[bytes, AccessPeer] = {}
         self.loaded = threading.Event()
         self._failing = False
@@ -62,7 +83,16 @@ class RegistryPeers:
     def lookup(self, key: bytes) -> AccessPeer | None:
         return self.peers.get(key)
 
-    def refresh_once(self) -> None:
+    def refresh_once(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        mark: object = object()  # never equal: read
+        if self._fingerprint is not None:
+            try:
+                mark = self._fingerprint()
+            except Exception:  # noqa: BLE001 - no fingerprint: read the table, as without one
+                mark = object()
+            if mark == self._last_print and self.loaded.is_set() and now - self._read_at < FULL_READ:
+                return
         try:
             rows = self._read()
         except Exception as e:  # noqa: BLE001 - any failure of the read keeps the last list
@@ -70,12 +100,15 @@ class RegistryPeers:
                 warn("jit-registry-unreadable", error=e, keeping=len(self.peers))
             self._failing = True
             return
-        peers, problems = parse_rows(rows)
+        peers, problems = parse_rows(rows, self._access)
         for problem in problems:
             warn("jit-registry-row-skipped", row=problem)
-        self.peers = peers  # one assignment: lookups see the old dict or the new one
+        before, self.peers = self.peers, peers  # one assignment: lookups see the old dict or the new one
+        self._last_print, self._read_at = mark, now
         self._failing = False
         self.loaded.set()
+        if peers != before:
+            self._on_change()
 
     def run(self) -> None:
         while not self._stop.is_set():
