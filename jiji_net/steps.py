@@ -199,6 +199,7 @@ def wireguard_step(
         key_path=layout.WIREGUARD_KEY,
         table_sha256=table_sha256,
         header_text=render.wireguard_interface(settings, plan),
+        access_cidr=settings.access_cidr if settings.access_enabled else "",
     )
 
 

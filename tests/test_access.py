@@ -256,3 +256,17 @@ def test_the_table_is_read_only_when_its_fingerprint_moves_or_a_minute_passed() 
     registry.refresh_once(now=4.0 + jitpeers.FULL_READ)
     registry.refresh_once(now=5.0 + jitpeers.FULL_READ)
     assert reads == [5]  # no fingerprint: read every time, as without one
+
+
+def test_a_peer_whose_address_was_taken_or_changed_leaves_to_come_back_right() -> None:
+    # Another peer's install took ana's address (a clash moved ana's planned address): ana is left
+    # with no allowed-ips, or with its old one; either way it leaves, and its next handshake
+    # installs it as declared. A peer with no allowed-ips whose key is not declared is not ours.
+    declared = {base64.b64decode(key("ana")): DaemonPeer(base64.b64decode(key("ana")), "10.211.0.6")}
+    peers = [
+        Peer(public_key=key("ana"), endpoint=None, allowed_ips=(), latest_handshake=990, rx_bytes=0, tx_bytes=0, keepalive=None),
+        Peer(public_key=key("server"), endpoint=None, allowed_ips=(), latest_handshake=0, rx_bytes=0, tx_bytes=0, keepalive=None),
+    ]
+    assert jitpeers.leaving(peers, declared, ACCESS, 1000.0, 600, {}) == [(key("ana"), "moved")]
+    old = [kernel("ana", "10.211.0.5/32", handshake=990)]
+    assert jitpeers.leaving(old, declared, ACCESS, 1000.0, 600, {}) == [(key("ana"), "moved")]

@@ -80,15 +80,33 @@ def test_a_timestamp_not_newer_than_the_last_accepted_is_a_replay_even_after_a_r
     assert memory.accept(LAPTOP.public_key, tai64n(1))
 
 
-def test_one_source_flooding_costs_its_own_budget_and_others_still_get_in() -> None:
-    a, opener = admission()  # the defaults: 20 a second and 5 at once per source
+def test_one_proven_source_flooding_costs_its_own_budget_and_others_still_get_in() -> None:
+    """A source that really is at its address (it got a cookie, so its mac2 is valid) may flood:
+    past the overall budget it is held to 20 a second (5 at once), and a laptop elsewhere, proven
+    as well, still gets in."""
+    jar = cookies.CookieJar(b"P" * 32, now=0.0)
+    opener = ShapedOpener()
+    a = Admission(opener, DECLARED.get, ReplayMemory(), cookies=jar, now=0.0)
+    attacker = jar.cookie("203.0.113.9", 40000, now=0.0)
     refused = 0
-    for i in range(10_000):  # 10,000 forged initiations from one address in one second
-        v = a.decide(knock(message(bytes([i % 256]) * 32, 100), "203.0.113.9"), now=i / 10_000, wall=0)
+    for i in range(10_000):  # 10,000 initiations with a valid mac2 from one address in one second
+        v = a.decide(knock(shaped(bytes([i % 256]) * 31 + b"\0", 100, attacker), "203.0.113.9"), now=i / 10_000, wall=0)
         refused += v.reason == "rate-source"
-    assert opener.calls <= 5 + 20, opener.calls  # its burst, and what its rate refills in 1 s
-    assert refused >= 10_000 - 25
-    assert a.decide(knock(message(LAPTOP.public_key, 100), "192.0.2.1"), now=1.0, wall=0).install
+    assert opener.calls <= 100 + 50 + 5 + 20, opener.calls  # the overall budget, then its own
+    assert refused >= 10_000 - 175
+    laptop = shaped(LAPTOP.public_key, 100, jar.cookie("192.0.2.1", 40000, now=1.0))
+    assert a.decide(knock(laptop, "192.0.2.1"), now=1.0, wall=0).install
+
+
+def test_forged_initiations_from_a_laptops_address_do_not_lock_it_out() -> None:
+    """Limiting by a source address no one has proven would let anyone who knows a laptop's
+    address spend the laptop's tokens: the per-source limit is only for proven sources."""
+    jar = cookies.CookieJar(b"P" * 32, now=0.0)
+    a = Admission(ShapedOpener(), DECLARED.get, ReplayMemory(), cookies=jar, overall=(1.0, 1.0), now=0.0)
+    for i in range(1000):  # forged from the laptop's address, no mac2: cookies (to the laptop)
+        a.decide(knock(shaped(bytes([i % 256]) * 31 + b"\0", 100), "192.0.2.1"), now=0.5, wall=0)
+    laptop = shaped(LAPTOP.public_key, 100, jar.cookie("192.0.2.1", 40000, now=0.5))
+    assert a.decide(knock(laptop, "192.0.2.1"), now=0.5, wall=0).install
 
 
 def test_a_flood_from_many_sources_is_bounded_overall_and_in_memory() -> None:
@@ -96,7 +114,7 @@ def test_a_flood_from_many_sources_is_bounded_overall_and_in_memory() -> None:
     for i in range(50_000):  # 50,000 forged initiations, each from its own address, over 2 s
         a.decide(knock(message(b"F" * 32, 100), f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"), now=i / 25_000, wall=0)
     assert opener.calls <= 100 + 50 * 2 + 1, opener.calls  # the overall burst and 2 s of its rate
-    assert len(a.sources) == 1000
+    assert len(a.sources) == 0  # nothing is kept for a source no one has proven
     # Once the flood stops, the budget refills and a declared peer gets in.
     assert a.decide(knock(message(LAPTOP.public_key, 100), "192.0.2.1"), now=3.0, wall=0).install
 

@@ -248,3 +248,52 @@ def test_a_removed_unit_leaves_no_failed_record(tmp_path: Path) -> None:
         assert run.returncode == 0, run.stderr
         made = calls.read_text().splitlines()
         assert made[0] == "disable --now --quiet jiji-dns" and made[-1] == "reset-failed jiji-dns", made
+
+
+def test_a_live_peer_sync_keeps_the_access_route(tmp_path: Path) -> None:
+    """A server added or removed syncs jiji0's peers live and drops routes of peers that left;
+    the access range's route (made by jiji0.conf's PostUp, no peer's allowed-ips) must stay, or
+    replies to every laptop leave by the default route. `wg` and `ip` are stand-ins that record
+    their calls and report two peers' subnets and the routes on jiji0."""
+    import hashlib
+    import os
+
+    calls = tmp_path / "calls"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "wg").write_text(
+        "#!/bin/sh\n"
+        f'echo "wg $*" >> {calls}\n'
+        'case "$1 $3" in "show allowed-ips") printf "K1\\t10.210.1.0/24\\nK2\\t10.210.2.0/24\\n";; esac\n'
+        '[ "$1" != wg-quick ] || true\n'
+    )
+    (bin_dir / "wg-quick").write_text("#!/bin/sh\nprintf '[Interface]\\n'\n")
+    (bin_dir / "ip").write_text(
+        "#!/bin/sh\n"
+        f'echo "ip $*" >> {calls}\n'
+        'case "$*" in "-4 route show dev jiji0") printf "10.210.1.0/24 scope link\\n10.210.9.0/24 scope link\\n10.211.0.0/16 scope link\\n";; esac\n'
+    )
+    for tool in ("wg", "wg-quick", "ip"):
+        (bin_dir / tool).chmod(0o755)
+    key = tmp_path / "jiji0.key"
+    key.write_text("not a key\n")
+    helper = tmp_path / "jiji-step.pyz"
+    helper.write_bytes(zipapps.build("step"))
+    lib = tmp_path / "lib.sh"
+    text = render.step_library(str(helper), hashlib.sha256(helper.read_bytes()).hexdigest())
+    lib.write_text(text.replace("/run/jiji0.sync.XXXXXX", str(tmp_path / "sync.XXXXXX")))
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    for access in ("10.211.0.0/16", ""):
+        calls.unlink(missing_ok=True)
+        run = subprocess.run(
+            ["sh", "-eu", "-c", f'STEP=wireguard; . "{lib}"; wireguard_sync jiji0 "{key}" "{access}"'],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        made = calls.read_text().splitlines()
+        assert "ip route del 10.210.9.0/24 dev jiji0" in made  # a peer that left: its route goes
+        assert "ip route del 10.210.1.0/24 dev jiji0" not in made
+        if access:
+            assert "ip route del 10.211.0.0/16 dev jiji0" not in made and made[-1] == "ip route replace 10.211.0.0/16 dev jiji0"
+        else:
+            assert "ip route del 10.211.0.0/16 dev jiji0" in made  # with access off, nothing keeps it

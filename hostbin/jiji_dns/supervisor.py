@@ -126,7 +126,7 @@ class Supervisor:
                 try:
                     done, status = os.waitpid(pid, os.WNOHANG)
                 except ChildProcessError:
-                    done, status = pid, 0
+                    done, status = pid, 1 << 8  # reaped elsewhere: its end unknown, so a fault (exit 1)
                 if done and not finished.done():
                     code = os.waitstatus_to_exitcode(status)
                     self.pids.remove(pid)

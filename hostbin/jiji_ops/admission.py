@@ -125,12 +125,15 @@ class Admission:
         """`now` is a monotonic clock for the limits, `wall` unix time for expiry and cookies."""
         if self.mac1_problem(knock.message) is not None:
             return Verdict("junk")  # one BLAKE2s: junk takes no token from anyone
-        if not self._source_allows(knock.source, now):
-            return Verdict("rate-source")
+        # As WireGuard: the per-source limit is for sources proven by mac2, under load. Before
+        # that a source address is only a claim, and limiting by it would let anyone who knows a
+        # laptop's address spend the laptop's tokens with forged initiations.
         if not self.overall.take(now):
             if self.cookies is None:
                 return Verdict("rate-global")
             if self.cookies.mac2_ok(knock.message, knock.source, knock.source_port, now):
+                if not self._source_allows(knock.source, now):
+                    return Verdict("rate-source")
                 if not self.verified.take(now):
                     return Verdict("rate-verified")
             elif self.cookie_replies.take(now):

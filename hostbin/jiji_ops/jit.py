@@ -81,9 +81,14 @@ def _peer(entry: dict[str, object]) -> AccessPeer:
     return AccessPeer(key, address, expires, entry.get("revoked", False) is True)
 
 
-def kernel_peers(interface: str) -> set[bytes]:
-    out = subprocess.run(["wg", "show", interface, "peers"], capture_output=True, text=True, check=True, timeout=10)
-    return {base64.b64decode(line) for line in out.stdout.split()}
+def kernel_peers(interface: str) -> dict[bytes, set[str]]:
+    """Each peer in the kernel, by key, with its allowed-ips."""
+    out = subprocess.run(["wg", "show", interface, "allowed-ips"], capture_output=True, text=True, check=True, timeout=10)
+    peers = {}
+    for line in out.stdout.splitlines():
+        key, *nets = line.split()
+        peers[base64.b64decode(key)] = {n for n in nets if n != "(none)"}
+    return peers
 
 
 def install(interface: str, peer: AccessPeer) -> None:
@@ -196,10 +201,11 @@ def run(args: argparse.Namespace) -> int:
             refusals.count(verdict.reason, source, now)
             continue
         key = base64.b64encode(verdict.peer.public_key).decode()
-        if verdict.peer.public_key in kernel_peers(args.interface):
-            continue  # the interface knows it and answers; its timestamp is remembered all the same
         started = time.monotonic()
         try:
+            if kernel_peers(args.interface).get(verdict.peer.public_key) == {f"{verdict.peer.address}/32"}:
+                continue  # the interface knows it and answers; its timestamp is remembered all the same
+            # Not there, or there with other allowed-ips (`wg set` replaces them): installed as declared.
             install(args.interface, verdict.peer)
             activity[key] = (0, time.time())
             initiations.hand_back(knock)

@@ -128,21 +128,29 @@ def leaving(
     activity: dict[str, tuple[int, float]],
 ) -> list[tuple[str, str]]:
     """(public key, reason) of each access peer in the kernel that must leave it: `undeclared`,
-    `expired` or `idle`. Idle is nothing received for idle_timeout s: `activity` keeps, per key,
+    `expired`, `moved` (its allowed-ips are not its declared address: another peer's install took
+    it, or its address changed; it comes back just in time with the right one) or `idle`. Idle is
+    nothing received for idle_timeout s: `activity` keeps, per key,
     the received-bytes counter and when it was last seen to move (updated here; a peer first seen
     counts from now, as after the daemon's own restart). A handshake counts too, but is not
     enough alone: a session carrying traffic re-handshakes only every 2 minutes."""
     out = []
     for peer in kernel:
         nets = [ipaddress.ip_network(a, strict=False) for a in peer.allowed_ips]
-        if not nets or not all(n.version == 4 and n.subnet_of(access) for n in nets):  # type: ignore[arg-type]
-            continue
         try:
             known = declared.get(base64.b64decode(peer.public_key, validate=True))
         except (ValueError, binascii.Error):
             known = None
+        if not nets:
+            if known is not None:  # a declared access key left with no address: a server never is one
+                out.append((peer.public_key, "moved"))
+            continue
+        if not all(n.version == 4 and n.subnet_of(access) for n in nets):  # type: ignore[arg-type]
+            continue
         if known is None:
             out.append((peer.public_key, "undeclared"))
+        elif peer.allowed_ips != (f"{known.address}/32",):
+            out.append((peer.public_key, "moved"))
         elif known.expires_at is not None and known.expires_at <= now:
             out.append((peer.public_key, "expired"))
         else:

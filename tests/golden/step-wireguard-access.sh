@@ -41,7 +41,7 @@ __JIJI_EOF__
     elif changed "$STATE/jiji0.interface"; then
         unit_running "wg-quick@$INTERFACE" yes
     elif changed "$CONF" || [ "$(wg show "$INTERFACE" public-key)" != "$(wg pubkey < "$KEY")" ]; then
-        wireguard_sync "$INTERFACE" "$KEY"
+        wireguard_sync "$INTERFACE" "$KEY" 10.211.0.0/16
         unit_running "wg-quick@$INTERFACE" no
     else
         unit_running "wg-quick@$INTERFACE" no

@@ -38,7 +38,7 @@ __JIJI_EOF__
     elif changed "$STATE/jiji0.interface"; then
         unit_running "wg-quick@$INTERFACE" yes
     elif changed "$CONF" || [ "$(wg show "$INTERFACE" public-key)" != "$(wg pubkey < "$KEY")" ]; then
-        wireguard_sync "$INTERFACE" "$KEY"
+        wireguard_sync "$INTERFACE" "$KEY" ''
         unit_running "wg-quick@$INTERFACE" no
     else
         unit_running "wg-quick@$INTERFACE" no

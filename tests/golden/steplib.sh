@@ -170,9 +170,10 @@ END { if (bad) exit 1 }
 ' "$4"
 }
 
-# wireguard_sync INTERFACE KEYFILE: peers changed live with `wg syncconf`, which keeps handshakes;
-# it is given the private key from the key file (a config without one would remove it), never on
-# a command line.
+# wireguard_sync INTERFACE KEYFILE [ACCESS_CIDR]: peers changed live with `wg syncconf`, which
+# keeps handshakes; it is given the private key from the key file (a config without one would
+# remove it), never on a command line. ACCESS_CIDR, when access peers are on, stays routed into
+# the interface (jiji0.conf's PostUp made that route; the peers' own routes are below).
 wireguard_sync() {
     live=$(mktemp /run/jiji0.sync.XXXXXX)
     trap 'rm -f "$live"' EXIT
@@ -189,8 +190,10 @@ wireguard_sync() {
         ip route replace "$net" dev "$1"
     done
     for net in $(ip -4 route show dev "$1" | awk '{print $1}'); do
+        [ "$net" != "${3:-}" ] || continue
         printf '%s\n' "$wanted" | grep -qx "$net" || ip route del "$net" dev "$1"
     done
+    if [ -n "${3:-}" ]; then ip route replace "$3" dev "$1"; fi
 }
 
 # docker_dns SAVED ADDRESS: `dns` in daemon.json set to ADDRESS, every other key kept; the file as
