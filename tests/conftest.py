@@ -13,6 +13,12 @@ import pytest
 
 from tests import harness
 
+# How long a first packet to a new peer may wait for its answer: WireGuard sends one initiation per
+# REKEY_TIMEOUT (5 s, plus up to 1/3 s of jitter). When a daemon's traffic (Corrosion's gossip) set
+# off an initiation before the peer's interface was up, that one is lost and a ping queued behind
+# it goes out with the retransmit.
+FIRST_PACKET_WAIT = 7
+
 sys.path.insert(0, str(harness.REPO / "hostbin"))
 
 

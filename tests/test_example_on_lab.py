@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Lab, module_lab
+from tests.conftest import FIRST_PACKET_WAIT, Lab, module_lab
 from tests.engines import make_engine
 from tests.harness import REPO, corrosion_binary, wait_until
 from tests.test_mesh_on_lab import REPLICATED, SNAPSHOT, assert_unchanged, config, ready
@@ -34,7 +34,7 @@ def test_the_example_deploys_beside_the_mesh_and_destroy_leaves_the_hosts_as_fou
         for i in range(2):
             # As the mesh test does: traffic starts the WireGuard handshake, then `ready` holds
             # once Corrosion sees its peer (seconds after the up; REPLICATED is the mesh's bound).
-            assert lab.pings(i, f"10.210.{1 - i}.1"), f"lab{i} cannot ping its neighbour over jiji0"
+            assert lab.pings(i, f"10.210.{1 - i}.1", wait=FIRST_PACKET_WAIT), f"lab{i} cannot ping its neighbour over jiji0"
             wait_until(lambda i=i: "exit=0" in ready(lab, i), REPLICATED, f"lab{i} ready")
             note = json.loads(lab.run(i, "cat /etc/jiji-example/neighbours.json"))
             other = 1 - i

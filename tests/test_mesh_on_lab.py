@@ -26,7 +26,7 @@ from jiji_common import layout
 from jiji_net import render, steps, zipapps
 from jiji_net.model import MeshSettings, Server
 from jiji_net.plan import plan_addresses
-from tests.conftest import Lab, module_lab
+from tests.conftest import FIRST_PACKET_WAIT, Lab, module_lab
 from tests.engines import CommandFailed, RealEngine, make_engine
 from tests.harness import REPO, corrosion_binary, wait_until
 
@@ -155,7 +155,7 @@ def test_a_stack_through_what_operators_do_to_it(lab4: Lab, tmp_path: Path) -> N
         for i in range(3):
             for j in range(3):
                 if i != j:
-                    assert lab.pings(i, MESH[j]), f"lab{i} cannot ping lab{j} over jiji0"
+                    assert lab.pings(i, MESH[j], wait=FIRST_PACKET_WAIT), f"lab{i} cannot ping lab{j} over jiji0"
             seen = lab.handshakes(i)
             assert set(seen) == {keys[f"lab{j}"] for j in range(3) if j != i} and all(seen.values()), seen
             assert "PrivateKey" not in lab.run(i, "cat /etc/wireguard/jiji0.conf")
