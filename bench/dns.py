@@ -165,7 +165,8 @@ def bench_qps(
         "NXDOMAIN": write_queries(work / "q-nx", [f"missing{i}.jiji" for i in range(names)]),
         "forwarded": write_queries(work / "q-fwd", [f"fwd{i}.upstream.test" for i in range(100)]),
     }
-    jport, mport, xport = (harness.free_port(socket.SOCK_DGRAM) for _ in range(3))
+    jport, mport, xport, jmport = (harness.free_port(socket.SOCK_DGRAM) for _ in range(4))
+    metrics_port = harness.free_port()
 
     def jiji_args(port: int, workers: int, stats: str) -> list[str]:
         return [
@@ -184,6 +185,10 @@ def bench_qps(
         ]
 
     jiji = start_pinned(jiji_args(jport, 1, "none"), work / "bench-jiji.log")
+    # The same with its Prometheus endpoint on: what metrics cost per query (issue 22: at most 1.05x).
+    jiji_m = start_pinned(
+        jiji_args(jmport, 1, "none") + ["--metrics-listen", f"127.0.0.1:{metrics_port}"], work / "bench-jiji-m.log"
+    )
     # Two workers get both cores (the load generator shares them): the issue 13 configuration.
     xstats = work / "bench-x2.sock"
     jiji2 = start_pinned(jiji_args(xport, 2, str(xstats)), work / "bench-jiji-x2.log", cpus="0,1")
@@ -212,7 +217,7 @@ def bench_qps(
             s.settimeout(0.5)
             q = wire_name(f"shop-svc{names - 1}.jiji")
             try:
-                for port, what in ((jport, "jiji-dns"), (mport, "dnsmasq")):
+                for port, what in ((jport, "jiji-dns"), (jmport, "jiji-dns with metrics"), (mport, "dnsmasq")):
                     harness.wait_until(
                         lambda port=port: struct.unpack(">H", udp_ask(s, port, q, 1)[6:8])[0] == 3, 60, f"{what} data"
                     )
@@ -228,11 +233,20 @@ def bench_qps(
             "jiji hit": [
                 ("dnsmasq", [dnsmasq.pid], mport, one_core),
                 ("jiji-dns", [jiji.pid], jport, one_core),
+                ("jiji+metr", [jiji_m.pid], jmport, one_core),
                 ("dnsmasq/2c", [dnsmasq.pid], mport, spread),
                 ("jiji x2", x2_pids, xport, spread),
             ],
-            "NXDOMAIN": [("dnsmasq", [dnsmasq.pid], mport, one_core), ("jiji-dns", [jiji.pid], jport, one_core)],
-            "forwarded": [("dnsmasq", [dnsmasq.pid], mport, one_core), ("jiji-dns", [jiji.pid], jport, one_core)],
+            "NXDOMAIN": [
+                ("dnsmasq", [dnsmasq.pid], mport, one_core),
+                ("jiji-dns", [jiji.pid], jport, one_core),
+                ("jiji+metr", [jiji_m.pid], jmport, one_core),
+            ],
+            "forwarded": [
+                ("dnsmasq", [dnsmasq.pid], mport, one_core),
+                ("jiji-dns", [jiji.pid], jport, one_core),
+                ("jiji+metr", [jiji_m.pid], jmport, one_core),
+            ],
         }
         print("servers on core 0 and dnsperf (1 thread, 1 socket) on core 1, except: 'jiji x2' = 2 workers on both")
         print("cores, and it and 'dnsmasq/2c' asked by dnsperf with 2 threads and 8 sockets on both cores")
@@ -256,8 +270,20 @@ def bench_qps(
                     f"{mix:<10} {label:<11} {r['qps']:>10.0f} {r['cpu_us']:>13.2f} {r['lost']:>6.0f}"
                     f" {r['cpu_us'] / base['cpu_us']:>9.2f}x {r['qps'] / base['qps']:>9.2f}x"
                 )
+            on, off = results["jiji+metr"]["cpu_us"], results["jiji-dns"]["cpu_us"]
+            print(f"{mix:<10} metrics on/off, CPU per query: {on:.2f} / {off:.2f} us = {on / off:.3f}x (target <= 1.05x)")
+        scrapes = 200
+        before = cpu_seconds(jiji_m.pid)
+        for _ in range(scrapes):
+            with socket.create_connection(("127.0.0.1", metrics_port), timeout=5) as c:
+                c.sendall(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
+                while c.recv(65536):
+                    pass
+        per = (cpu_seconds(jiji_m.pid) - before) / scrapes
+        print(f"jiji-dns scrape (1 worker, after the runs above): {per * 1000:.2f} ms of CPU each, {scrapes} scrapes")
     finally:
         stop(jiji)
+        stop(jiji_m)
         stop(jiji2)
         stop(dnsmasq)
         upstream.close()

@@ -282,6 +282,10 @@ class Mesh(pulumi.ComponentResource):
             "domain": self.domain,
             "servers": self.servers,
             "access": self.access,
+            # What `jiji-net prometheus targets` needs; None while metrics are off.
+            "metrics": {"host_port": settings.metrics_port, "dns_port": settings.dns_metrics_port}
+            if settings.metrics_enabled
+            else None,
         }
         self.register_outputs(self.outputs)
 

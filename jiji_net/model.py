@@ -105,3 +105,9 @@ class MeshSettings(_Checked):
     # Seconds without a handshake before an access peer leaves a server's kernel (it comes back
     # just in time): 10 minutes, as Nebula and NetBird use.
     access_idle_timeout: int = 600
+    # Prometheus endpoints on each server's mesh address (issue 22): the host tool's (`jiji-net
+    # metrics`, jiji-metrics.service) and jiji-dns's own. The firewall lets only the servers of the
+    # mesh (and the server itself) reach them; never containers, access peers or the underlay.
+    metrics_enabled: bool = True
+    metrics_port: int = 9480
+    dns_metrics_port: int = 9481

@@ -113,6 +113,7 @@ def network_script(settings: MeshSettings, plan: ServerPlan, bridge: str) -> str
         api_port=settings.api_port,
         host_part_match=mesh_address_match(settings),
         container_host_ports=list(settings.container_host_ports),
+        metrics_ports=[settings.metrics_port, settings.dns_metrics_port] if settings.metrics_enabled else [],
         engine_bridges=list(ENGINE_BRIDGES) if settings.container_engine != "none" else [],
     )
 
@@ -163,6 +164,7 @@ def dns_unit(settings: MeshSettings, plan: ServerPlan) -> str:
         + (list(ENGINE_RANGES) if settings.container_engine != "none" else [])
         + ([settings.access_cidr] if settings.access_enabled else []),
         after_units=["jiji-corrosion.service"],
+        metrics_listen=f"{plan.mesh_address}:{settings.dns_metrics_port}" if settings.metrics_enabled else "",
     )
 
 
@@ -199,6 +201,11 @@ def jit_unit(settings: MeshSettings) -> str:
         access_cidr=settings.access_cidr,
         idle_timeout=settings.access_idle_timeout,
     )
+
+
+def metrics_unit(settings: MeshSettings, plan: ServerPlan) -> str:
+    """`jiji-net metrics`, the host's Prometheus endpoint on the mesh address."""
+    return _ENV.get_template("jiji-metrics.service.j2").render(listen=f"{plan.mesh_address}:{settings.metrics_port}")
 
 
 def rejoin_unit() -> str:

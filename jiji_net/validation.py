@@ -54,7 +54,7 @@ _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 # jiji-dns refuses a --ttl above a day (hostbin/jiji_dns/config.py): a larger one here would pass
 # `pulumi preview` and leave the server without DNS. tests/test_bounds.py holds the two equal.
 DNS_TTL_MAX = 86400
-_PORT_KEYS = ("wireguard_port", "gossip_port", "api_port", "dns_port")
+_PORT_KEYS = ("wireguard_port", "gossip_port", "api_port", "dns_port", "metrics_port", "dns_metrics_port")
 _CIDR_EXAMPLE = "'10.210.0.0/16'"
 _URL_FIX = (
     "write a plain http(s) URL of the release archive, e.g."
@@ -86,6 +86,9 @@ SETTING_KEYS = (
     "access_cidr",
     "access_peers",
     "access_idle_timeout",
+    "metrics_enabled",
+    "metrics_port",
+    "dns_metrics_port",
 )
 _SERVER_KEYS = ("name", "host", "index", "port", "user", "endpoint", "private_address", "host_key", "gone")
 # A gone server needs these too: its name and index say which resources leave the state.
@@ -112,13 +115,16 @@ def parse(values: Mapping[str, str]) -> tuple[MeshSettings, list[Server]]:
     defaults = MeshSettings()
     fields: dict[str, Any] = {
         key: _integer_text(values.get(key), getattr(defaults, key))
-        for key in ("subnet_prefix_len", "wireguard_port", "mtu", "dns_ttl", "access_idle_timeout")
+        for key in (
+            "subnet_prefix_len", "wireguard_port", "mtu", "dns_ttl", "access_idle_timeout", "metrics_port", "dns_metrics_port"
+        )  # fmt: skip
     }
     for key in ("cluster_cidr", "domain", "container_engine", "access_cidr"):
         # Only an unset key takes the default: an explicit "" is a value, and is refused.
         fields[key] = values.get(key, getattr(defaults, key))
     fields["allow_unpinned_host_keys"] = _boolean_text(values.get("allow_unpinned_host_keys"), False)
     fields["access_enabled"] = _boolean_text(values.get("access_enabled"), False)
+    fields["metrics_enabled"] = _boolean_text(values.get("metrics_enabled"), True)
     fields["container_host_ports"] = _ports_value(values.get("container_host_ports"))
     # Pulumi.yaml defaults the corrosion keys to "", which means "not set".
     corrosion = CorrosionSource(
@@ -375,6 +381,14 @@ def _check_settings(settings: MeshSettings, problems: list[str]) -> None:
             f"container_host_ports: {list(ports)!r} opens Corrosion's gossip or API port to containers;"
             " a container could rewrite the registry: remove it"
         )
+    elif settings.metrics_enabled and (settings.metrics_port in ports or settings.dns_metrics_port in ports):
+        problems.append(
+            f"container_host_ports: {list(ports)!r} opens a metrics port to containers (metrics_port"
+            f" {settings.metrics_port}, dns_metrics_port {settings.dns_metrics_port}); metrics are for the"
+            " mesh's servers only: remove it"
+        )
+    if not isinstance(settings.metrics_enabled, bool):
+        problems.append(f"metrics_enabled: {settings.metrics_enabled!r} is not true or false")
     _check_corrosion(settings.corrosion, problems)
 
 

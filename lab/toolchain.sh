@@ -20,12 +20,36 @@ install_packages() {
     for p in "${DEB_PACKAGES[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
     done
-    if [ ${#missing[@]} -eq 0 ]; then step "packages: all present"; return; fi
+    if [ ${#missing[@]} -eq 0 ]; then
+        step "packages: all present"
+    else
+        need_root apt-get
+        step "packages: installing ${missing[*]}"
+        apt-get update -q >/dev/null || die "apt-get update failed" "check the Debian package sources in /etc/apt"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null \
+            || die "apt-get install ${missing[*]} failed" "run it by hand to see the error"
+    fi
+    install_prometheus
+}
+
+# For promtool, which checks and unit-tests monitoring/ (tests/test_alert_rules.py); the server is
+# never run here. Without recommends: they pull in prometheus-node-exporter. Where systemd is PID 1
+# the package's postinst enables and starts prometheus.service, undone at once below; elsewhere it
+# starts the init script through invoke-rc.d, which refuses (exit 101) when no runlevel can be told,
+# as in containers and chroots.
+install_prometheus() {
+    if dpkg-query -W -f='${Status}' prometheus 2>/dev/null | grep -q 'ok installed'; then
+        step "packages: prometheus present (promtool $(promtool --version 2>&1 | awk 'NR == 1 {print $3}'))"; return
+    fi
     need_root apt-get
-    step "packages: installing ${missing[*]}"
+    step "packages: installing prometheus (for promtool; without recommends, its server left stopped)"
     apt-get update -q >/dev/null || die "apt-get update failed" "check the Debian package sources in /etc/apt"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null \
-        || die "apt-get install ${missing[*]} failed" "run it by hand to see the error"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null \
+        || die "apt-get install prometheus failed" "run it by hand to see the error"
+    if [ -d /run/systemd/system ]; then
+        systemctl disable --now prometheus >/dev/null 2>&1 \
+            || die "systemctl disable --now prometheus failed" "run it by hand: the package's server must not run here"
+    fi
 }
 
 install_venv() {

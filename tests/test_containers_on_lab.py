@@ -16,12 +16,14 @@ import statistics
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import Lab, module_lab
 from tests.engines import CommandFailed, RealEngine, make_engine
 from tests.harness import wait_until
+from tests.prometheus_lab import INTERVAL, LabPrometheus, targets_file
 from tests.test_mesh_on_lab import REPLICATED, SNAPSHOT, assert_unchanged, config, ready
 
 pytestmark = pytest.mark.corrosion
@@ -479,3 +481,130 @@ def test_engine_switches_leave_nothing_of_the_old_engine(lab: Lab) -> None:
         for i in range(3):
             lab.run(i, "for e in docker podman; do $e ps -aq | xargs -r $e rm -f; done >/dev/null 2>&1; true", check=False)
         engine.close()
+
+
+def from_a_container(lab: Lab, address: str, port: int) -> str:
+    """What a container on lab0's jiji network gets for GET /metrics at address:port (busybox nc,
+    3 s to connect; not `wget -T`, which crashes in the lab image's busybox and so would look like
+    a refusal)."""
+    request = r"printf 'GET /metrics HTTP/1.0\r\n\r\n'"
+    return lab.run(
+        0, f"timeout 60 podman run --rm --network jiji {IMAGE} sh -c \"{request} | nc -w 3 {address} {port}\"", check=False
+    )
+
+
+def from_the_underlay(lab: Lab, address: str, port: int) -> str:
+    """What a machine on the lab's underlay (the resolver's namespace) gets when it routes the
+    mesh address to lab0."""
+    underlay = ["ip", "netns", "exec", "jiji-lab-dns"]
+    subprocess.run([*underlay, "ip", "route", "replace", f"{address}/32", "via", lab.ip(0)], check=True, timeout=30)
+    try:
+        return subprocess.run(
+            [*underlay, "curl", "-s", "--max-time", "2", f"http://{address}:{port}/metrics"],
+            capture_output=True, text=True, timeout=30,
+        ).stdout  # fmt: skip
+    finally:
+        subprocess.run([*underlay, "ip", "route", "del", f"{address}/32"], check=False, timeout=30)
+
+
+def scrape_cpu_ms(lab: Lab, i: int, unit: str, port: int, scrapes: int = 20) -> float:
+    """CPU per scrape of `unit` on host i: user+system time of its main process, of the commands
+    it ran and waited for, and of its children still running (jiji-dns's workers), around
+    `scrapes` scrapes from the host itself. (The lab's systemd keeps no CPU accounting.)"""
+    ticks = (
+        f"main=$(systemctl show -p MainPID --value {unit}); for p in $main"
+        " $(awk -v m=$main '$4 == m {print $1}' /proc/[0-9]*/stat 2>/dev/null); do"
+        " awk '{print $14 + $15 + $16 + $17}' /proc/$p/stat; done | awk '{s += $1} END {print s + 0}'"
+    )
+    hz = int(lab.run(i, "getconf CLK_TCK"))
+    before = int(lab.run(i, ticks))
+    lab.run(i, f"for n in $(seq {scrapes}); do busybox wget -q -O /dev/null http://{MESH[i]}:{port}/metrics; done")
+    return (int(lab.run(i, ticks)) - before) / hz / scrapes * 1000
+
+
+def test_prometheus_on_the_mesh_sees_queries_containers_and_drift(lab: Lab, tool: Path, tmp_path: Path) -> None:
+    """A real Prometheus on lab0 scrapes every server over jiji0 with the targets `jiji-net
+    prometheus targets` wrote: every target up; N queries to lab1 raise its counter by N; a
+    container killed on lab0 lowers its healthy gauge; a hand edit on lab2 is drift that `ready`
+    names and `repair` undoes; the endpoints refuse containers and the underlay."""
+    before = {i: lab.run(i, HOST_AS_FOUND) for i in range(3)}
+    engine = make_engine("monitoring")
+    prom = None
+    try:
+        run = engine.up(config(lab, 3, container_engine="podman"))
+        prom = LabPrometheus(0, targets_file(tool, run.outputs, tmp_path), tmp_path)
+        wanted = {f"{MESH[i]}:{port}" for i in range(3) for port in (9480, 9481)}
+        wait_until(lambda: prom.targets_up() == dict.fromkeys(wanted, "up"), 30, "every target up")
+
+        # N queries to lab1: its query counter rises by exactly N.
+        queries = 'sum(jiji_dns_queries_total{server="lab1"})'
+        wait_until(lambda: prom.value(queries) is not None, 10, "lab1's query counter")
+        time.sleep(2 * INTERVAL)
+        start = prom.value(queries)
+        assert start is not None
+        n = 17
+        lab.run(1, f"for i in $(seq {n}); do dig +short +time=1 +tries=1 @{MESH[1]} nothing-{n}.jiji >/dev/null; done")
+        wait_until(lambda: prom.value(queries) == start + n, 5 * INTERVAL, f"lab1's counter up by {n}")
+        time.sleep(2 * INTERVAL)
+        assert prom.value(queries) == start + n, "more than the test's queries were counted"
+
+        # What a scrape costs each exporter on lab0 (CPU of the process and the commands it runs).
+        for unit, port in (("jiji-metrics", 9480), ("jiji-dns", 9481)):
+            print(f"{unit} scrape on lab0: {scrape_cpu_ms(lab, 0, unit, port):.1f} ms of CPU each (20 scrapes)")
+
+        # A container killed on lab0: its healthy gauge goes down.
+        api(lab, 0)
+        healthy = 'jiji_containers{server="lab0",health="healthy"}'
+        wait_until(lambda: prom.value(healthy) == 1, 30, "lab0's healthy container in Prometheus")
+        lab.run(0, "podman kill api >/dev/null")
+        wait_until(lambda: (prom.value(healthy) or 0) == 0, 30, "lab0's healthy gauge down")
+
+        # Metrics are for the servers: not from a container on lab0, nor from the underlay (a
+        # neighbour routing the mesh address to lab0). The probes can see a leak: with the rules
+        # that drop them deleted, both get metrics; the network unit's restart puts the rules back.
+        bridge = bridge_of(lab, 0, "podman")
+        lab.run(0, f"iptables -D JIJI-INPUT -i {bridge} -j DROP")
+        lab.run(0, f"iptables -D JIJI-INPUT -d {MESH[0]}/32 -p tcp -m multiport --dports 9480,9481 -j DROP")
+        try:
+            leak = from_a_container(lab, MESH[0], 9480)
+            assert "jiji_" in leak, f"the container probe cannot see a leak: {leak[-500:]}\n" + lab.run(0, "iptables -S; iptables -t nat -S")
+            assert "jiji_" in from_the_underlay(lab, MESH[0], 9480), "the underlay probe cannot see a leak"
+        finally:
+            lab.run(0, "systemctl restart jiji-net-network")
+        for address, port in ((MESH[0], 9480), (MESH[0], 9481), (MESH[1], 9480)):
+            assert "jiji_" not in from_a_container(lab, address, port), (address, port)
+        for port in (9480, 9481):
+            assert "jiji_" not in from_the_underlay(lab, MESH[0], port), port
+
+        # Drift on lab2: a line in jiji0.conf, jiji-dns stopped, a rule gone from our chain.
+        wait_until(lambda: "exit=0" in ready(lab, 2), REPLICATED, "lab2 ready before the hand edit")
+        # What the program applied; jiji-dns's Corrosion subscriptions (new ones after its restart)
+        # are the registry's data, not the program's.
+        def applied() -> str:
+            return "\n".join(line for line in lab.run(2, SNAPSHOT).splitlines() if "/corrosion/subscriptions/" not in line)
+
+        as_applied = applied()
+        rule = lab.run(2, "iptables -S JIJI-INPUT | sed -n 2p").strip()
+        lab.run(2, "echo '# a hand edit' >> /etc/wireguard/jiji0.conf; systemctl stop jiji-dns")
+        lab.run(2, f"iptables {rule.replace('-A ', '-D ', 1)}")
+        said = ready(lab, 2)
+        assert "exit=0" not in said, said
+        for thing in ("/etc/wireguard/jiji0.conf", "jiji-dns", "JIJI-INPUT"):
+            assert thing in said, (thing, said)
+        drift = 'sum(jiji_drift_items{server="lab2"})'
+        wait_until(lambda: prom.value(drift) == 3, 10 * INTERVAL, "lab2's drift in Prometheus")
+        lab.run(2, "jiji-net repair")
+        wait_until(lambda: "exit=0" in ready(lab, 2), REPLICATED, "lab2 ready after repair")
+        assert_unchanged(as_applied, applied(), "lab2 after repair")
+        wait_until(lambda: prom.value(drift) == 0, 10 * INTERVAL, "lab2's drift cleared in Prometheus")
+    finally:
+        if prom is not None:
+            prom.close()
+        for i in range(3):
+            lab.run(i, "podman rm -af >/dev/null 2>&1; true", check=False)
+        try:
+            engine.destroy()
+        finally:
+            engine.close()
+    for i in range(3):
+        assert_unchanged(before[i], lab.run(i, HOST_AS_FOUND), f"lab{i} after destroy")

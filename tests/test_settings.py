@@ -540,6 +540,8 @@ def test_the_base_config_is_valid() -> None:
         (["22"], "is not a list of ports"),
         ([9280], "opens Corrosion's gossip or API port"),
         ([9220], "opens Corrosion's gossip or API port"),
+        ([9480], "opens a metrics port to containers"),
+        ([8125, 9481], "opens a metrics port to containers"),
     ],
 )
 def test_container_host_ports_are_ports_and_never_corrosions(ports: object, fragment: str) -> None:
@@ -592,3 +594,27 @@ def test_a_gone_servers_host_key_is_still_a_string() -> None:
     # number with a TypeError, a traceback instead of a sentence.
     text = refused(with_changes({"server": {"gone": True, "host_key": 5}}))
     assert "servers[lab0].host_key: 5 is not a string" in text
+
+
+def test_metrics_ports_reach_the_units_and_the_firewall_and_leave_with_metrics_off() -> None:
+    """On by default: jiji-dns gets --metrics-listen, the dns step installs jiji-metrics, the
+    firewall lets lo in and drops the underlay; off: none of it, and the dns step removes an
+    exporter left from before."""
+    on = evaluate(lab_config(Path(__file__))).commands()
+    dns, network = on["lab0-dns"].inputs["stdin"], on["lab0-network"].inputs["stdin"]
+    assert "--metrics-listen 10.210.0.1:9481" in dns and "metrics --listen 10.210.0.1:9480" in dns
+    assert "-A JIJI-INPUT -i lo -p tcp -m multiport --dports 9480,9481 -j ACCEPT" in network
+    assert "-A JIJI-INPUT -d $MESH -p tcp -m multiport --dports 9480,9481 -j DROP" in network
+    off = evaluate(lab_config(Path(__file__), metrics_enabled=False)).commands()
+    dns, network = off["lab0-dns"].inputs["stdin"], off["lab0-network"].inputs["stdin"]
+    assert "--metrics-listen" not in dns and "metrics --listen" not in dns and "unit_gone jiji-metrics" in dns
+    assert "9480" not in network
+
+
+def test_metrics_ports_are_their_own() -> None:
+    with pytest.raises(ConfigError) as err:
+        evaluate(lab_config(Path(__file__), dns_metrics_port=9480))
+    assert "dns_metrics_port: 9480 is also metrics_port" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        evaluate(lab_config(Path(__file__), metrics_port=53))
+    assert "metrics_port: 53 is also dns_port" in str(err.value)

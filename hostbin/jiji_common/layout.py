@@ -35,6 +35,12 @@ STEP_STAMPS = f"{STATE_DIR}/steps"
 # The staging tree upload (artifacts.staging_tree) is a directory of this name copied into STATE_DIR.
 STAGING = f"{STATE_DIR}/staging"
 MESH_TABLE = f"{STAGING}/mesh.tsv"
+# What each step's last successful apply installed (its ledger, one file a step: files with their
+# SHA-256 and mode, units, firewall chains), and copies of the files it wrote, named by SHA-256,
+# root's only: `jiji-net ready` compares the server with the ledgers, `jiji-net repair` puts the
+# copies back (see hostbin/jiji_ops/drift.py).
+LEDGERS = f"{STATE_DIR}/ledgers"
+KEPT = f"{STATE_DIR}/kept"
 DATA_DIR = "/var/lib/jiji"
 CORROSION_DATA = f"{DATA_DIR}/corrosion"
 CORROSION_DB = f"{CORROSION_DATA}/state.db"
@@ -49,6 +55,11 @@ WIREGUARD_SYNC_TEMP = "/run/jiji0.sync.XXXXXX"
 # Sockets of the running services.
 CORROSION_ADMIN_SOCKET = "/run/jiji-corrosion/admin.sock"
 DNS_STATS_SOCKET = "/run/jiji-dns/stats.sock"
+# Counters of the daemons without an endpoint of their own, read by `jiji-net metrics`
+# (jiji_common/counters.py): in each unit's RuntimeDirectory, which systemd removes at its stop.
+REGISTRAR_COUNTERS = "/run/jiji-registrar/counters.json"
+REJOIN_COUNTERS = "/run/jiji-rejoin/counters.json"
+JIT_COUNTERS = "/run/jiji-jit/counters.json"
 
 # Directories the program creates; the host step removes them last, and only when empty.
 OWN_DIRS = (
@@ -58,6 +69,8 @@ OWN_DIRS = (
     LIB_DIR,
     STAGING,
     STEP_STAMPS,
+    LEDGERS,
+    KEPT,
     STATE_DIR,
     DATA_DIR,
 )

@@ -60,6 +60,8 @@ class Config:
     workers: int
     stats_socket: str | None
     subscription_sql: str
+    # Prometheus endpoint (GET /metrics); None: no endpoint and nothing measured per query.
+    metrics_listen: Endpoint | None = None
     # Where the upstreams came from: "--upstream", a resolv.conf path, or "fallback" (public
     # resolvers, which main logs as a warning: names only the local resolvers know stop resolving).
     upstreams_from: str = "--upstream"
@@ -166,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--stats-socket",
         help=f"Unix socket that answers counters as JSON (env JIJI_STATS_SOCKET; default {layout.DNS_STATS_SOCKET}; 'none' disables)",
     )
+    p.add_argument(
+        "--metrics-listen",
+        help="ip:port of the Prometheus endpoint, GET /metrics (env JIJI_METRICS_LISTEN; default none: off)",
+    )
     return p
 
 
@@ -204,6 +210,14 @@ def load(argv: Sequence[str] | None = None) -> Config:
     max_tcp = _int(args.max_tcp_connections or _env(["JIJI_MAX_TCP"], "256"), "--max-tcp-connections", 1, 65535)
     workers = parse_workers(args.workers or _env(["JIJI_DNS_WORKERS"], "auto") or "auto")
     stats = args.stats_socket or _env(["JIJI_STATS_SOCKET"], layout.DNS_STATS_SOCKET)
+    metrics_text = args.metrics_listen or _env(["JIJI_METRICS_LISTEN"], "none") or "none"
+    metrics = None if metrics_text == "none" else parse_endpoint(metrics_text, 9481, "--metrics-listen")
+    if metrics is not None and workers > 1 and stats == "none":
+        raise ConfigError(
+            "--metrics-listen with more than one worker needs the stats socket (the workers' counters are read there); drop --stats-socket none"
+        )
+    if metrics is not None and any((e.host, e.port) == (metrics.host, metrics.port) for e in listen):
+        raise ConfigError(f"--metrics-listen {metrics} is also a DNS listen address; give it a port of its own")
     return Config(
         listen=listen,
         corrosion_api=api,
@@ -222,6 +236,7 @@ def load(argv: Sequence[str] | None = None) -> Config:
         stats_socket=None if stats == "none" else stats,
         subscription_sql=SUBSCRIPTION_SQL,
         upstreams_from=upstreams_from,
+        metrics_listen=metrics,
     )
 
 

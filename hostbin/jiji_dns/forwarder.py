@@ -29,11 +29,13 @@ import secrets
 import select
 import socket
 import struct
+import time
 from collections.abc import Callable
 
 from . import wire
 from .config import Endpoint
 from .events import Counters
+from .metrics import WorkerMetrics
 
 UDP_READ = 65535
 # Most queries one upstream socket carries, and for how long it takes new ones after its first.
@@ -58,7 +60,7 @@ def reply_matches(query_question: bytes, qid: bytes, reply: bytes) -> bool:
 class _UdpForward:
     """One client query on its way through the upstreams."""
 
-    __slots__ = ("query", "question", "done", "next_upstream", "channel", "attempt", "qid")
+    __slots__ = ("query", "question", "done", "next_upstream", "channel", "attempt", "qid", "sent")
 
     def __init__(self, query: bytes, question: bytes, done: Callable[[bytes | None], None]) -> None:
         self.query = query
@@ -68,6 +70,7 @@ class _UdpForward:
         self.channel: _Channel | None = None
         self.attempt = 0
         self.qid = b""
+        self.sent = 0.0
 
 
 class _Channel:
@@ -90,11 +93,19 @@ class Forwarder:
     own (one reader for the event loop, not a selector registration per socket), and since every
     attempt has the same timeout the deadlines form a FIFO queue checked by one timer."""
 
-    def __init__(self, upstreams: tuple[Endpoint, ...], timeout: float, max_inflight: int, counters: Counters) -> None:
+    def __init__(
+        self,
+        upstreams: tuple[Endpoint, ...],
+        timeout: float,
+        max_inflight: int,
+        counters: Counters,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
         self.upstreams = upstreams
         self.timeout = timeout
         self.max_inflight = max_inflight
         self.counters = counters
+        self.metrics = metrics
         self.inflight = 0
         self._epoll: select.epoll | None = None
         self._by_fd: dict[int, _Channel] = {}
@@ -172,19 +183,20 @@ class Forwarder:
             fwd.next_upstream += 1
             channel = self._channel(index, now)
             if channel is None:
-                self.counters.upstream_failures += 1
+                self._failed(index, "error")
                 continue
             qid = self._new_id(channel.pending)
             try:
                 channel.sock.send(qid + fwd.query[2:])
             except OSError:
                 # A refused send (a pending ICMP error) condemns the socket for all its forwards.
-                self.counters.upstream_failures += 1
+                self._failed(index, "error")
                 self._fail(channel)
                 continue
             fwd.qid = qid
             fwd.channel = channel
             fwd.attempt += 1
+            fwd.sent = now
             channel.pending[qid] = fwd
             channel.uses += 1
             if channel.uses >= CHANNEL_USES or now >= channel.expires:
@@ -222,6 +234,8 @@ class Forwarder:
             if fwd is not None and reply_matches(fwd.question, fwd.qid, data):
                 del pending[fwd.qid]
                 fwd.channel = None
+                if self.metrics is not None:
+                    self.metrics.forward_done(channel.upstream, "answer", time.monotonic() - fwd.sent)
                 self._finish(fwd, fwd.query[:2] + data[2:])
                 if not pending:
                     self._close(channel)
@@ -234,7 +248,7 @@ class Forwarder:
         channel.pending.clear()
         self._close(channel)
         for fwd in waiting:
-            self.counters.upstream_failures += 1
+            self._failed(channel.upstream, "error")
             fwd.channel = None
             self._send_next(fwd)
 
@@ -246,7 +260,7 @@ class Forwarder:
             _, fwd, attempt = deadlines.popleft()
             channel = fwd.channel
             if fwd.attempt == attempt and channel is not None:
-                self.counters.upstream_failures += 1
+                self._failed(channel.upstream, "timeout")
                 del channel.pending[fwd.qid]
                 fwd.channel = None
                 if not channel.pending:
@@ -276,8 +290,9 @@ class Forwarder:
         if end is None:
             return None
         question = query[12:end].lower()
-        for upstream in self.upstreams:
+        for index, upstream in enumerate(self.upstreams):
             writer = None
+            started = time.monotonic()
             try:
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection(upstream.host, upstream.port), self.timeout
@@ -287,15 +302,24 @@ class Forwarder:
                 size = struct.unpack(">H", await asyncio.wait_for(reader.readexactly(2), self.timeout))[0]
                 reply = await asyncio.wait_for(reader.readexactly(size), self.timeout)
                 if reply_matches(question, query[:2], reply):
+                    if self.metrics is not None:
+                        self.metrics.forward_done(index, "answer", time.monotonic() - started)
                     return reply
                 self.counters.forward_replies_dropped += 1
-                self.counters.upstream_failures += 1
-            except (TimeoutError, OSError, asyncio.IncompleteReadError):
-                self.counters.upstream_failures += 1
+                self._failed(index, "error")
+            except TimeoutError:
+                self._failed(index, "timeout")
+            except (OSError, asyncio.IncompleteReadError):
+                self._failed(index, "error")
             finally:
                 if writer is not None:
                     writer.close()
         return None
+
+    def _failed(self, upstream: int, result: str) -> None:
+        self.counters.upstream_failures += 1
+        if self.metrics is not None:
+            self.metrics.forward_done(upstream, result)
 
     def close(self) -> None:
         for channel in list(self._by_fd.values()):

@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import os
 import signal
+import socket
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -24,10 +25,11 @@ from . import config as config_mod
 from .events import Counters, log, log_limited, warn
 from .forwarder import Forwarder
 from .hints import ChangeHints
+from .metrics import WorkerMetrics, serve_metrics
 from .owner import TableOwner
 from .responder import Responder
 from .sdnotify import notify
-from .server import BindError, DNSServer, Listeners, bind_all, fd_limits, probe_free, serve_stats
+from .server import BindError, DNSServer, Listeners, bind_all, bind_tcp, fd_limits, probe_free, serve_stats
 from .subscriber import Subscriber
 from .supervisor import Supervisor, worker_stats_path
 
@@ -39,18 +41,27 @@ def _loop_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> No
     log_limited("loop_error", message=context.get("message", ""), error=f"{type(error).__name__}: {error}"[:300])
 
 
-async def run_worker(cfg: config_mod.Config, listeners: Listeners, on_serving: Callable[[], None]) -> int:
-    """Serve until SIGTERM/SIGINT (0) or until the subscriber or a hints task ends (1)."""
+async def run_worker(
+    cfg: config_mod.Config,
+    listeners: Listeners,
+    on_serving: Callable[[], None],
+    metrics_socket: socket.socket | None = None,
+) -> int:
+    """Serve until SIGTERM/SIGINT (0) or until the subscriber or a hints task ends (1). With
+    `metrics_socket` (a single worker) it serves the Prometheus endpoint too."""
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_loop_errors)
     counters = Counters()
+    measured = WorkerMetrics(len(cfg.upstreams)) if cfg.metrics_listen is not None else None
     tables = TableOwner(cfg.domain, cfg.ttl, counters)
     responder = Responder(tables, cfg.negative_ttl)
     limits = fd_limits(cfg.max_tcp, cfg.max_inflight)
     if (limits.tcp_connections, limits.inflight) != (cfg.max_tcp, cfg.max_inflight):
-        log("limits_lowered", reason="open-file limit", tcp_connections=limits.tcp_connections, inflight=limits.inflight)
-    forwarder = Forwarder(cfg.upstreams, cfg.upstream_timeout, limits.inflight, counters)
-    server = DNSServer(cfg, responder, forwarder, counters, limits.tcp_connections)
+        log(
+            "limits_lowered", reason="open-file limit", tcp_connections=limits.tcp_connections, inflight=limits.inflight
+        )
+    forwarder = Forwarder(cfg.upstreams, cfg.upstream_timeout, limits.inflight, counters, measured)
+    server = DNSServer(cfg, responder, forwarder, counters, limits.tcp_connections, measured)
     server.start(listeners)
 
     def stats() -> dict[str, Any]:
@@ -63,9 +74,12 @@ async def run_worker(cfg: config_mod.Config, listeners: Listeners, on_serving: C
             version=__version__,
             pid=os.getpid(),
         )
+        if measured is not None:
+            out["metrics"] = measured.snapshot()
         return out
 
     stats_server = await serve_stats(cfg.stats_socket, stats) if cfg.stats_socket else None
+    metrics_server = await serve_metrics(metrics_socket, stats) if metrics_socket is not None else None
     hints = ChangeHints(cfg, tables, counters)
     subscriber = Subscriber(cfg, tables, counters, on_connected=hints.request_reconcile)
     critical: dict[asyncio.Future[Any], str] = {
@@ -107,6 +121,8 @@ async def run_worker(cfg: config_mod.Config, listeners: Listeners, on_serving: C
     forwarder.close()
     if stats_server is not None:
         stats_server.close()
+    if metrics_server is not None:
+        metrics_server.close()
     return code
 
 
@@ -129,15 +145,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if cfg.workers > 1:
             probe_free(cfg.listen)
         sets = [bind_all(cfg.listen, reuse_port=cfg.workers > 1) for _ in range(cfg.workers)]
+        metrics_socket = bind_tcp(cfg.metrics_listen) if cfg.metrics_listen is not None else None
     except BindError as e:
         log("fatal", error=str(e))
         print(f"jiji-dns: {e}", file=sys.stderr)
         return 1
     if cfg.workers == 1:
         return asyncio.run(
-            run_worker(cfg, sets[0], lambda: notify("READY=1\nSTATUS=listening; waiting for the first Corrosion snapshot"))
+            run_worker(
+                cfg,
+                sets[0],
+                lambda: notify("READY=1\nSTATUS=listening; waiting for the first Corrosion snapshot"),
+                metrics_socket,
+            )
         )
-    return Supervisor(cfg, sets, run_in_child).run()
+    return Supervisor(cfg, sets, run_in_child, metrics_socket).run()
 
 
 def run_in_child(cfg: config_mod.Config, index: int, listeners: Listeners, on_serving: Callable[[], None]) -> int:
@@ -149,4 +171,3 @@ def run_in_child(cfg: config_mod.Config, index: int, listeners: Listeners, on_se
     except BaseException:
         traceback.print_exc()
         return 1
-

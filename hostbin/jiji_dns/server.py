@@ -12,11 +12,13 @@ import resource
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
 from .config import Config, Endpoint
 from .events import RCODE_NAMES, Counters, log, log_limited
 from .forwarder import Forwarder
+from .metrics import WorkerMetrics
 from .responder import FORWARD, Responder
 from .udpsize import fit_udp
 from .wire import PLAIN_UDP_LIMIT
@@ -140,9 +142,16 @@ def fd_limits(max_tcp: int, max_inflight: int) -> Limits:
 
 class DNSServer:
     def __init__(
-        self, config: Config, responder: Responder, forwarder: Forwarder, counters: Counters, tcp_limit: int
+        self,
+        config: Config,
+        responder: Responder,
+        forwarder: Forwarder,
+        counters: Counters,
+        tcp_limit: int,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics
         self.responder = responder
         self.forwarder = forwarder
         self.counters = counters
@@ -195,11 +204,16 @@ class DNSServer:
         rcodes = self.rcodes
         allowed = self._recursion
         recvfrom, sendto = sock.recvfrom, sock.sendto
+        metrics = self.metrics
+        started = 0.0
         received = 0
         try:
             for _ in range(64):
                 data, addr = recvfrom(4096)
                 received += 1
+                if metrics is not None:
+                    started = perf_counter()
+                    metrics.count_type(data)
                 recursion = allowed.get(addr[0])
                 if recursion is None:
                     recursion = self.recursion_allowed(addr[0])
@@ -216,6 +230,8 @@ class DNSServer:
                         sendto(reply, addr)  # type: ignore[arg-type]
                     except OSError:
                         pass
+                    if metrics is not None:
+                        metrics.request.observe(perf_counter() - started)
                 elif reply is FORWARD:
                     self._forward_udp(sock, data, addr, recursion)
         except (BlockingIOError, InterruptedError):
@@ -283,6 +299,8 @@ class DNSServer:
                 head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_TIMEOUT)
                 data = await asyncio.wait_for(reader.readexactly(head[0] << 8 | head[1]), TCP_IDLE_TIMEOUT)
                 self.counters.queries_tcp += 1
+                if self.metrics is not None:
+                    self.metrics.count_type(data)
                 reply = await self._tcp_reply(data, recursion)
                 if reply is None:
                     break

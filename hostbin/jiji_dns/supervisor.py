@@ -16,11 +16,13 @@ import asyncio
 import json
 import os
 import signal
+import socket
 from collections.abc import Callable
 from typing import Any
 
 from .config import Config
 from .events import log
+from .metrics import merge, serve_metrics
 from .sdnotify import notify
 from .server import Listeners, serve_stats
 
@@ -41,11 +43,14 @@ def aggregate(workers: list[dict[str, Any]]) -> dict[str, Any]:
     `ready` only when every worker is, the first state that is not live; and `workers` as read."""
     out: dict[str, Any] = {}
     answers: dict[str, int] = {}
+    parts: list[dict[str, Any]] = []
     for w in workers:
         for key, value in w.items():
             if key == "answers" and isinstance(value, dict):
                 for rcode, n in value.items():
                     answers[rcode] = answers.get(rcode, 0) + n
+            elif key == "metrics" and isinstance(value, dict):
+                parts.append(value)
             elif key in SAME_IN_EVERY_WORKER:
                 if key not in out or value is None or (out[key] is not None and value < out[key]):
                     out[key] = value
@@ -58,8 +63,10 @@ def aggregate(workers: list[dict[str, Any]]) -> dict[str, Any]:
         answers=answers,
         ready=bool(workers) and all(w.get("ready") is True for w in workers),
         subscription_state=next((s for s in states if s != "live"), "live") if workers else "starting",
-        workers=workers,
+        workers=[{k: v for k, v in w.items() if k != "metrics"} for w in workers],
     )
+    if parts:
+        out["metrics"] = merge(parts)
     return out
 
 
@@ -74,9 +81,18 @@ async def read_stats(path: str) -> dict[str, Any]:
 
 
 class Supervisor:
-    def __init__(self, config: Config, listeners: list[Listeners], worker_main: WorkerMain) -> None:
+    def __init__(
+        self,
+        config: Config,
+        listeners: list[Listeners],
+        worker_main: WorkerMain,
+        metrics_socket: socket.socket | None = None,
+    ) -> None:
         self.config = config
         self.listeners = listeners
+        # The Prometheus endpoint is served here, never in a worker: a scrape (or a client that
+        # holds its connection) costs the workers nothing but answering the stats socket.
+        self.metrics_socket = metrics_socket
         self.worker_main = worker_main
         self.pids: list[int] = []
 
@@ -91,6 +107,8 @@ class Supervisor:
                 for other in self.listeners:
                     if other is not own:
                         other.close()
+                if self.metrics_socket is not None:
+                    self.metrics_socket.close()
                 code = 1
 
                 def serving() -> None:
@@ -150,20 +168,22 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_stop)
         on_child()  # a worker may have died before the handler was in place
-        stats_server = await self._serve_stats()
+        stats_server, metrics_server = await self._serve_stats()
         code = await finished
         if code == 0:
             notify("STOPPING=1")
             log("stopping")
         await self._stop_workers()
-        if stats_server is not None:
-            stats_server.close()
+        for server in (stats_server, metrics_server):
+            if server is not None:
+                server.close()
         return code
 
-    async def _serve_stats(self) -> asyncio.base_events.Server | None:
+    async def _serve_stats(self) -> tuple[asyncio.base_events.Server | None, asyncio.base_events.Server | None]:
+        """The stats socket and, when configured, the Prometheus endpoint, both on the workers' sum."""
         path = self.config.stats_socket
         if path is None:
-            return None
+            return None, None
         paths = [worker_stats_path(path, i) for i in range(len(self.listeners))]
 
         async def collect() -> dict[str, Any]:
@@ -176,7 +196,9 @@ class Supervisor:
                     workers.append({"worker": i, "error": f"{type(e).__name__}: {e}", "ready": False})
             return aggregate(workers)
 
-        return await serve_stats(path, collect)
+        stats_server = await serve_stats(path, collect)
+        metrics_server = await serve_metrics(self.metrics_socket, collect) if self.metrics_socket is not None else None
+        return stats_server, metrics_server
 
     async def _stop_workers(self) -> None:
         for pid in self.pids:

@@ -13,7 +13,23 @@ from typing import Any
 
 from jiji_common import layout
 
-from . import access, dnsview, gc, jit, probe, register, registrar, rejoin, remote, sources, sql, table
+from . import (
+    access,
+    dnsview,
+    drift,
+    exporter,
+    gc,
+    jit,
+    probe,
+    promtargets,
+    register,
+    registrar,
+    rejoin,
+    remote,
+    sources,
+    sql,
+    table,
+)
 from .corrosion import Corrosion, CorrosionError
 from .members import parse_members
 from .report import Facts, checks, status
@@ -43,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     q = dbs.add_parser("query", parents=[common], help="one read-only SQL statement")
     q.add_argument("sql")
     sub.add_parser("ready", parents=[common], help="exit 0 only when WireGuard, the container network, Corrosion and DNS are healthy here")
+    sub.add_parser(
+        "repair", parents=[common], help="put back what changed since the last pulumi up (files, units, firewall chains), as root"
+    )
     sub.add_parser("register", parents=[common], help="(used by the Pulumi program) sync servers/cluster_metadata rows from stdin JSON")
     r = sub.add_parser(
         "registrar", help="(run by jiji-registrar.service) keep this server's container rows equal to its engine's containers"
@@ -56,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     jit.add_arguments(jt)
     ac = sub.add_parser("access", parents=[common], help="access peers: their wg-quick file, and those added at run time")
     access.add_arguments(ac, common)
+    m = sub.add_parser("metrics", help="(run by jiji-metrics.service) serve this server's Prometheus metrics")
+    exporter.add_arguments(m)
+    pr = sub.add_parser("prometheus", help="Prometheus: the file_sd targets of the stack's metrics endpoints")
+    promtargets.add_arguments(pr)
     return p
 
 
@@ -69,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"jiji-net access config: {e}", file=sys.stderr)
             return 1
         return 0
+    if args.command == "prometheus":
+        return promtargets.run(args)  # on the operator's machine, from the stack's outputs
     if remote.wanted(args):
         return remote.run(args, sys.argv[1:] if argv is None else argv)
     try:
@@ -81,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
             return rejoin.run(args.interval)
         if args.command == "jit":
             return jit.run(args)
+        if args.command == "metrics":
+            return exporter.run(args)
+        if args.command == "repair":
+            return cmd_repair(args)
         host = sources.HostConfig.load(args.host_config)
         corrosion = Corrosion(host.corrosion_api)
         command = {
@@ -186,6 +215,7 @@ def gather(host: sources.HostConfig, corrosion: Corrosion) -> Facts:
         dns=sources.dns_stats(),
         containers=containers,
         unanswered=unanswered,
+        drift=drift.survey(),
     )
 
 
@@ -234,6 +264,10 @@ def cmd_status(args: argparse.Namespace, host: sources.HostConfig, corrosion: Co
         )
     health = ", ".join(f"{n} {s}" for s, n in sorted(data["containers"].items())) or "none registered"
     parts += ["", f"Containers on this server: {health}", ""]
+    changed = data["drift"] or []
+    parts.append(f"Changed since the last pulumi up: {len(changed) or 'nothing'}")
+    parts += [f"  {d['kind']} {d['name']}: {d['problem']}" for d in changed]
+    parts.append("")
     for ch in data["checks"]:
         mark = table.paint("ok  ", "green", colour) if ch["ok"] else table.paint("FAIL", "red", colour)
         parts.append(f"{mark} {ch['name']}: {ch['detail']}")
@@ -247,6 +281,17 @@ def cmd_ready(args: argparse.Namespace, host: sources.HostConfig, corrosion: Cor
     data = {"server": host.server, "ready": ok, "checks": [c.__dict__ for c in results]}
     _emit(args, data, "\n".join(f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}" for c in results))
     return 0 if ok else 1
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        print("jiji-net repair: it rewrites system files and starts units; run it as root (sudo jiji-net repair)", file=sys.stderr)
+        return 1
+    result = drift.repair()
+    data = {"done": result.done, "failed": result.failed, "remaining": drift.as_dicts(result.remaining)}
+    lines = result.done + [f"FAIL {line}" for line in result.failed]
+    _emit(args, data, "\n".join(lines) or "nothing changed since the last pulumi up; nothing to do")
+    return 1 if result.failed else 0
 
 
 def cmd_dns(args: argparse.Namespace, host: sources.HostConfig, corrosion: Corrosion) -> int:

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+from jiji_common import layout
+from jiji_common.counters import CounterFile
 from jiji_common.logline import log, warn
 
 from . import handshake, initiations, jitpeers
@@ -31,6 +33,9 @@ from .admission import AccessPeer, Admission, ReplayMemory
 from .cookies import CookieJar
 from .corrosion import Corrosion
 from .wg import parse_dump
+
+# installs, refusals by reason, removals by reason: for `jiji-net metrics`.
+COUNTERS = CounterFile(layout.JIT_COUNTERS)
 
 REAP = 1.0  # seconds between looks at the kernel's access peers
 
@@ -119,6 +124,7 @@ def reap_forever(
                     remove(args.interface, key)
                     activity.pop(key, None)
                     log("jit-removed", peer=key, reason=reason)
+                    COUNTERS.add("removals", reason)
         except (subprocess.SubprocessError, OSError, ValueError) as e:
             warn("jit-reap-failed", error=e)
         changed.wait(REAP)
@@ -135,6 +141,7 @@ class Refusals:
         self.started, self.counts = 0.0, dict[str, int]()
 
     def count(self, reason: str, source: str, now: float) -> None:
+        COUNTERS.add("refusals", reason)
         if now - self.started >= self.WINDOW:
             if sum(self.counts.values()) > self.EACH:
                 log("jit-refusals", seconds=round(now - self.started, 1), **self.counts)
@@ -187,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
     )
     watcher = initiations.Watcher(args.port)
     refusals = Refusals()
+    COUNTERS.start()
     log("jit-watching", interface=args.interface, port=args.port, peers="registry" if args.registry else "file")
     for knock in watcher:
         now = time.monotonic()
@@ -212,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
         except (subprocess.SubprocessError, OSError) as e:
             warn("jit-install-failed", peer=key, error=e)  # the client's retry comes through here again
             continue
+        COUNTERS.add("installs")
         log("jit-installed", peer=key, address=verdict.peer.address, source=source,
             ms=round((time.monotonic() - started) * 1000, 1))  # fmt: skip
     return 0

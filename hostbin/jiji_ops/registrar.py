@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from jiji_common import layout
+from jiji_common.counters import CounterFile
 from jiji_common.logline import log
 
 from . import engine, registrations
@@ -33,6 +35,8 @@ from .sources import HostConfig
 
 CONFIG_ERROR = 2  # the unit's RestartPreventExitStatus: restarting cannot fix the configuration
 STREAM_GRACE = 2.0  # seconds the first reconcile waits for the event stream to open
+# events (relevant ones read), errors (malformed events and inspects, failed rounds): for `jiji-net metrics`.
+COUNTERS = CounterFile(layout.REGISTRAR_COUNTERS)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -182,11 +186,13 @@ class Registrar:
             event = engine.parse_event(line)
         except engine.Malformed as e:
             log("malformed_event", error=str(e), line=line.strip()[:200])
+            COUNTERS.add("errors")
             return
         if event is None or not event.relevant:
             return
         labelled = engine.PROJECT_LABEL in event.labels and engine.SERVICE_LABEL in event.labels
         if labelled or event.container_id in self.rows:
+            COUNTERS.add("events")
             self.pending.add(event.container_id)
 
     def follow_events(self) -> None:
@@ -230,6 +236,7 @@ class Registrar:
         desired: dict[str, Row | None] = dict.fromkeys(looked.gone)
         for cid, error in looked.malformed.items():
             log("malformed_inspect", id=cid[:12], error=error)
+            COUNTERS.add("errors")
         for cid, c in looked.found.items():
             row, why = registrations.desired_row(c, self.settings.host)
             desired[cid] = row
@@ -305,6 +312,7 @@ class Registrar:
                 delay = backoff.next()
                 error = str(e) if isinstance(e, EngineUnavailable | CorrosionError) else f"{type(e).__name__}: {e}"
                 log("retry", what="reconcile" if due else "write", error=error[:300], retry_in=f"{delay:.1f}")
+                COUNTERS.add("errors")
                 self.clock.sleep(self.stop, delay)
         self.stop_events()
         events.join(5)
@@ -328,6 +336,7 @@ def main(settings: Settings, once: bool = False) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
+    COUNTERS.start()
     log("started", server=settings.host.server, engine=settings.engine, network=settings.host.network,
         subnet=settings.host.subnet, corrosion=settings.corrosion_api)  # fmt: skip
     return registrar.run()

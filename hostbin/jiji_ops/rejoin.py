@@ -48,6 +48,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from jiji_common import layout
+from jiji_common.counters import CounterFile
+
 from . import probe, sources
 from .members import parse_members
 from .wg import parse_dump
@@ -297,6 +300,7 @@ def run(
     rounds: int | None = None,
 ) -> int:
     watch = watch or Watch(me=own_address())
+    counters = CounterFile(layout.REJOIN_COUNTERS).start() if rounds is None else None
     n = 0
     while rounds is None or n < rounds:
         n += 1
@@ -310,6 +314,8 @@ def run(
                 flush=True,
             )
             restart_corrosion()
+            if counters is not None:
+                counters.add("restarts")
         time.sleep(max(0.0, interval - (clock() - started)))
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .drift import Survey
 from .members import Member
 from .wg import STALE_AFTER, Interface, Peer
 
@@ -23,6 +24,8 @@ class Facts:
     containers: dict[str, int] = field(default_factory=dict)  # health_status -> count on this server
     # Public keys of peers that answered no echo over jiji0 just now; None = not probed.
     unanswered: frozenset[str] | None = None
+    # What changed since the last `pulumi up` (drift.py); None = not looked at.
+    drift: Survey | None = None
 
 
 def _silent(f: Facts, public_key: str) -> bool:
@@ -104,7 +107,20 @@ def checks(f: Facts) -> list[Check]:
         )
     else:
         out.append(Check("dns", True, f"serving {f.dns.get('cache_names', 0)} names, subscription {f.dns.get('subscription_state')}"))
+    if f.drift is not None:
+        out += drift_checks(f.drift)
     return out
+
+
+def drift_checks(survey: Survey) -> list[Check]:
+    """One failing check per thing changed since the last `pulumi up`, naming it, what is wrong
+    and the remedy; one passing check when nothing is."""
+    if survey.findings:
+        return [Check(f"drift {d.kind} {d.name}", False, f"{d.problem}; {d.remedy}") for d in survey.findings]
+    if not survey.ledgers:
+        return [Check("drift", True, "nothing recorded yet: the steps record what they install on their next pulumi up")]
+    c = survey.checked
+    return [Check("drift", True, f"{c['file']} files, {c['unit']} units, {c['chain']} chains as the last pulumi up left them")]
 
 
 def status(f: Facts) -> dict[str, Any]:
@@ -142,5 +158,6 @@ def status(f: Facts) -> dict[str, Any]:
             "queries": (dns.get("queries_udp") or 0) + (dns.get("queries_tcp") or 0),
         },
         "containers": f.containers,
+        "drift": None if f.drift is None else [d.__dict__ for d in f.drift.findings],
         "checks": [c.__dict__ for c in checks(f)],
     }

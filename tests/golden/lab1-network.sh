@@ -43,6 +43,8 @@ rules_filter() {
 -A JIJI-INPUT -p udp --dport 51820 -j ACCEPT
 -A JIJI-INPUT -i lo -p tcp -m multiport --dports 53,9280,9220 -j ACCEPT
 -A JIJI-INPUT -i lo -p udp -m multiport --dports 53,9280,9220 -j ACCEPT
+# Prometheus endpoints: this server (lo) and, below, the other servers over jiji0; nobody else.
+-A JIJI-INPUT -i lo -p tcp -m multiport --dports 9480,9481 -j ACCEPT
 # Over jiji0, WireGuard vouches for the source subnet; a source that is a mesh address is another server.
 -A JIJI-FROM-MESH -s $HOST_PART -j ACCEPT
 -A JIJI-FROM-MESH -p tcp -d $MESH --dport 53 -j ACCEPT
@@ -59,6 +61,7 @@ rules_filter() {
 # From anywhere else (the underlay), the mesh's own services are not there.
 -A JIJI-INPUT -d $MESH -p tcp -m multiport --dports 53,9280 -j DROP
 -A JIJI-INPUT -d $MESH -p udp -m multiport --dports 53,9280 -j DROP
+-A JIJI-INPUT -d $MESH -p tcp -m multiport --dports 9480,9481 -j DROP
 # Forwarding: containers here and on other servers reach each other with their own addresses;
 # nobody else gets into the container subnet, and no container may pose as this host.
 -A JIJI-FORWARD -i $BRIDGE -s $MESH -j DROP

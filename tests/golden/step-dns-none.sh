@@ -21,6 +21,7 @@ UNIT=/etc/systemd/system/jiji-dns.service
 REGISTRAR_UNIT=/etc/systemd/system/jiji-registrar.service
 REJOIN_UNIT=/etc/systemd/system/jiji-rejoin.service
 JIT_UNIT=/etc/systemd/system/jiji-jit.service
+METRICS_UNIT=/etc/systemd/system/jiji-metrics.service
 apply() {
     dns=$(from_upload "$DNS_STAGED" 5555555555555555555555555555555555555555555555555555555555555555 "$DNS_PYZ")
     tool=$(from_upload "$TOOL_STAGED" 6666666666666666666666666666666666666666666666666666666666666666 "$TOOL")
@@ -48,7 +49,7 @@ Wants=network-online.target jiji-corrosion.service
 
 [Service]
 Type=notify
-ExecStart=/usr/bin/python3 /usr/local/lib/jiji-net/jiji-dns.pyz --listen 10.210.1.1:53 --corrosion-api 127.0.0.1:9220 --domain jiji --ttl 60 --recursion-from 10.210.0.0/16,127.0.0.0/8 --stats-socket /run/jiji-dns/stats.sock
+ExecStart=/usr/bin/python3 /usr/local/lib/jiji-net/jiji-dns.pyz --listen 10.210.1.1:53 --corrosion-api 127.0.0.1:9220 --domain jiji --ttl 60 --recursion-from 10.210.0.0/16,127.0.0.0/8 --stats-socket /run/jiji-dns/stats.sock --metrics-listen 10.210.1.1:9481
 Restart=always
 RestartSec=2
 # A stop signals the supervisor only, which stops its workers itself (SIGKILL for what is left);
@@ -82,6 +83,8 @@ Type=exec
 ExecStart=/usr/local/bin/jiji-net rejoin
 Restart=always
 RestartSec=5
+# Its counters for `jiji-net metrics` (removed at stop).
+RuntimeDirectory=jiji-rejoin
 # Reads `wg show`, `corrosion cluster members` and systemd, sends echo requests over jiji0 and
 # restarts one unit: root, but nothing else of the host is written.
 ProtectHome=yes
@@ -90,7 +93,30 @@ PrivateTmp=yes
 [Install]
 WantedBy=multi-user.target
 __JIJI_EOF__
-    if changed "$UNIT" "$REGISTRAR_UNIT" "$REJOIN_UNIT" "$JIT_UNIT"; then systemctl daemon-reload; fi
+    put_file "$METRICS_UNIT" 644 <<'__JIJI_EOF__'
+# Managed by jiji-net: changes here are overwritten by the next `pulumi up`.
+[Unit]
+Description=jiji-metrics: Prometheus metrics of this server's part of the jiji mesh
+After=wg-quick@jiji0.service jiji-corrosion.service
+
+[Service]
+Type=exec
+ExecStart=/usr/local/bin/jiji-net metrics --listen 10.210.1.1:9480
+Restart=always
+RestartSec=2
+# Root, because what it reads is root's (wireguard-go's control socket, jiji0.conf, Corrosion's
+# admin socket, the steps' ledgers), with only the capabilities `wg show` and `iptables -S` use.
+# It writes nothing; /run stays writable for iptables' lock file.
+CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW
+NoNewPrivileges=yes
+ProtectSystem=full
+ProtectHome=yes
+PrivateTmp=yes
+
+[Install]
+WantedBy=multi-user.target
+__JIJI_EOF__
+    if changed "$UNIT" "$REGISTRAR_UNIT" "$REJOIN_UNIT" "$JIT_UNIT" "$METRICS_UNIT"; then systemctl daemon-reload; fi
     if changed "$DNS_PYZ" "$UNIT"; then unit_running jiji-dns yes; else unit_running jiji-dns no; fi
     if changed "$TOOL" "$REJOIN_UNIT"; then unit_running jiji-rejoin yes; else unit_running jiji-rejoin no; fi
     if [ -e "$REGISTRAR_UNIT" ]; then
@@ -104,13 +130,15 @@ __JIJI_EOF__
         rm -rf /var/lib/jiji-jit
         systemctl daemon-reload
     fi
+    if changed "$TOOL" "$METRICS_UNIT"; then unit_running jiji-metrics yes; else unit_running jiji-metrics no; fi
 }
 remove() {
+    unit_gone jiji-metrics
     unit_gone jiji-jit
     unit_gone jiji-registrar
     unit_gone jiji-rejoin
     unit_gone jiji-dns
-    rm -f "$UNIT" "$REGISTRAR_UNIT" "$REJOIN_UNIT" "$JIT_UNIT" "$DNS_PYZ" "$TOOL" "$HOST_CONFIG"
+    rm -f "$UNIT" "$REGISTRAR_UNIT" "$REJOIN_UNIT" "$JIT_UNIT" "$METRICS_UNIT" "$DNS_PYZ" "$TOOL" "$HOST_CONFIG"
     rm -rf /var/lib/jiji-jit
     systemctl daemon-reload
 }

@@ -20,7 +20,9 @@ main() {
         fi
         if command -v preflight >/dev/null 2>&1; then preflight; fi
         [ -z "$STAMP" ] || claim
+        if [ -n "$STAMP" ] && command -v ledger_begin >/dev/null 2>&1; then ledger_begin; fi
         apply
+        if [ -n "${LEDGER:-}" ]; then ledger_commit; fi
         ;;
     remove)
         if [ -z "$STAMP" ]; then
@@ -28,6 +30,7 @@ main() {
         elif [ "$(cat "$STAMP" 2>/dev/null || true)" = "$OWNER" ]; then
             remove
             rm -f "$STAMP"
+            if command -v ledger_drop >/dev/null 2>&1; then ledger_drop; fi
         else
             say "left as it is: it belongs to $(cat "$STAMP" 2>/dev/null || echo 'no resource') now, not to $OWNER"
         fi
@@ -39,7 +42,7 @@ main() {
 }
 STAMP=$STATE/steps/$STEP
 KEY=/etc/wireguard/jiji0.key
-OWN_DIRS='/etc/jiji/corrosion/schemas /etc/jiji/corrosion /etc/jiji /usr/local/lib/jiji-net /var/lib/jiji-net/staging /var/lib/jiji-net/steps /var/lib/jiji-net /var/lib/jiji'
+OWN_DIRS='/etc/jiji/corrosion/schemas /etc/jiji/corrosion /etc/jiji /usr/local/lib/jiji-net /var/lib/jiji-net/staging /var/lib/jiji-net/steps /var/lib/jiji-net/ledgers /var/lib/jiji-net/kept /var/lib/jiji-net /var/lib/jiji'
 ENGINE=none
 BRIDGE=jiji-br0
 ENGINE_RECORD=$STATE/network-engine

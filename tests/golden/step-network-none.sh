@@ -78,6 +78,8 @@ rules_filter() {
 -A JIJI-INPUT -p udp --dport 51820 -j ACCEPT
 -A JIJI-INPUT -i lo -p tcp -m multiport --dports 53,9280,9220 -j ACCEPT
 -A JIJI-INPUT -i lo -p udp -m multiport --dports 53,9280,9220 -j ACCEPT
+# Prometheus endpoints: this server (lo) and, below, the other servers over jiji0; nobody else.
+-A JIJI-INPUT -i lo -p tcp -m multiport --dports 9480,9481 -j ACCEPT
 # Over jiji0, WireGuard vouches for the source subnet; a source that is a mesh address is another server.
 -A JIJI-FROM-MESH -s $HOST_PART -j ACCEPT
 -A JIJI-FROM-MESH -p tcp -d $MESH --dport 53 -j ACCEPT
@@ -94,6 +96,7 @@ rules_filter() {
 # From anywhere else (the underlay), the mesh's own services are not there.
 -A JIJI-INPUT -d $MESH -p tcp -m multiport --dports 53,9280 -j DROP
 -A JIJI-INPUT -d $MESH -p udp -m multiport --dports 53,9280 -j DROP
+-A JIJI-INPUT -d $MESH -p tcp -m multiport --dports 9480,9481 -j DROP
 # Forwarding: containers here and on other servers reach each other with their own addresses;
 # nobody else gets into the container subnet, and no container may pose as this host.
 -A JIJI-FORWARD -i $BRIDGE -s $MESH -j DROP
@@ -167,7 +170,12 @@ ExecStart=/usr/local/lib/jiji-net/network.sh up
 WantedBy=multi-user.target
 __JIJI_EOF__
     if changed "$UNIT"; then systemctl daemon-reload; fi
-    if changed "$SCRIPT" "$UNIT"; then unit_running jiji-net-network yes; else unit_running jiji-net-network no; fi
+    if changed "$SCRIPT" "$UNIT" || ! chains_as_recorded; then unit_running jiji-net-network yes; else unit_running jiji-net-network no; fi
+    for chain in JIJI-INPUT JIJI-FROM-MESH JIJI-FORWARD; do chain_record filter "$chain"; done
+    chain_record nat JIJI-POSTROUTING
+    jump_record filter INPUT JIJI-INPUT
+    jump_record filter FORWARD JIJI-FORWARD
+    jump_record nat POSTROUTING JIJI-POSTROUTING
     printf '%s\n' "$ENGINE" > "$ENGINE_RECORD"
 }
 remove() {

@@ -26,7 +26,10 @@ main() {
         # A step's own checks come before its stamp: a refused server is left untouched.
         if command -v preflight >/dev/null 2>&1; then preflight; fi
         [ -z "$STAMP" ] || claim
+        # A stamped step that sources the library keeps a ledger of what it installs.
+        if [ -n "$STAMP" ] && command -v ledger_begin >/dev/null 2>&1; then ledger_begin; fi
         apply
+        if [ -n "${LEDGER:-}" ]; then ledger_commit; fi
         ;;
     remove)
         if [ -z "$STAMP" ]; then
@@ -34,6 +37,7 @@ main() {
         elif [ "$(cat "$STAMP" 2>/dev/null || true)" = "$OWNER" ]; then
             remove
             rm -f "$STAMP"
+            if command -v ledger_drop >/dev/null 2>&1; then ledger_drop; fi
         else
             say "left as it is: it belongs to $(cat "$STAMP" 2>/dev/null || echo 'no resource') now, not to $OWNER"
         fi
@@ -46,12 +50,114 @@ main() {
 # The paths put_file and install_staged replaced in this run.
 CHANGED=""
 
+# The ledger of a step: what its last successful apply installed, one line each, read by
+# `jiji-net ready` and `jiji-net repair` (hostbin/jiji_ops/drift.py):
+#   owner RESOURCE                   the step's Pulumi resource
+#   file PATH MODE SHA256 [SOURCE]   SOURCE: the upload it was installed from; else a kept copy
+#   unit NAME                        enabled and running
+#   chain TABLE NAME SHA256          of `iptables -w -t TABLE -S NAME`, kept like a file
+#   jump TABLE FROM TO
+# A run writes it beside the last one and moves it over that one when apply ends well, so a failed
+# run leaves the ledger of the last good one. What put_file writes (never a secret: the WireGuard
+# key has its own file) is kept by content hash in KEPT, root's only, for repair without Pulumi.
+LEDGER=""
+LEDGERS=/var/lib/jiji-net/ledgers
+KEPT=/var/lib/jiji-net/kept
+
+ledger_begin() {
+    mkdir -p "$LEDGERS"
+    LEDGER=$LEDGERS/$STEP
+    printf 'owner %s\n' "$OWNER" > "$LEDGER.new"
+}
+
+ledger_add() {
+    [ -z "$LEDGER" ] || printf '%s\n' "$*" >> "$LEDGER.new"
+}
+
+sha_of() { sha256sum < "$1" | cut -d ' ' -f 1; }
+
+# keep FILE SHA256: FILE's content in KEPT under its hash.
+keep() {
+    has_sha "$KEPT/$2" "$2" && return 0
+    (
+        umask 077
+        mkdir -p "$KEPT"
+        cp "$1" "$KEPT/$2.new"
+        chmod 600 "$KEPT/$2.new"
+        mv -f "$KEPT/$2.new" "$KEPT/$2"
+    )
+}
+
+ledger_commit() {
+    while read -r kind a b c upload; do
+        # An upload gone by the end of the run (a binary taken out of a release archive) is no source.
+        if [ "$kind" = file ] && [ -n "$upload" ] && [ ! -f "$upload" ]; then upload=""; fi
+        printf '%s\n' "$kind $a${b:+ $b}${c:+ $c}${upload:+ $upload}"
+    done < "$LEDGER.new" > "$LEDGER.commit"
+    rm -f "$LEDGER.new"
+    mv -f "$LEDGER.commit" "$LEDGER"
+    kept_tidy
+}
+
+ledger_drop() {
+    rm -f "$LEDGERS/$STEP" "$LEDGERS/$STEP.new" "$LEDGERS/$STEP.commit"
+    kept_tidy
+}
+
+# Copies no ledger names any more go.
+kept_tidy() {
+    [ -d "$KEPT" ] || return 0
+    named=$(for ledger in "$LEDGERS"/*; do
+        case "$ledger" in *.new | *.commit) continue ;; esac
+        [ ! -f "$ledger" ] || awk '$1 == "file" || $1 == "chain" { print $4 }' "$ledger"
+    done)
+    for copy in "$KEPT"/*; do
+        [ -e "$copy" ] || continue
+        printf '%s\n' "$named" | grep -qx "${copy##*/}" || rm -f "$copy"
+    done
+}
+
+# chain_record TABLE CHAIN: the chain as the kernel prints it back, into the ledger.
+chain_record() {
+    if ! iptables -w -t "$1" -S "$2" > "$STATE/chain.jiji-new" </dev/null; then
+        rm -f "$STATE/chain.jiji-new"
+        fail "firewall chain $2 ($1) is not there after jiji-net-network ran"
+    fi
+    sha=$(sha_of "$STATE/chain.jiji-new")
+    keep "$STATE/chain.jiji-new" "$sha"
+    rm -f "$STATE/chain.jiji-new"
+    ledger_add "chain $1 $2 $sha"
+}
+
+# jump_record TABLE FROM TO
+jump_record() {
+    iptables -w -t "$1" -C "$2" -j "$3" </dev/null 2>/dev/null || fail "no jump from $2 to $3 ($1) after jiji-net-network ran"
+    ledger_add "jump $1 $2 $3"
+}
+
+# chains_as_recorded: true when the last good run recorded chains and they and their jumps are
+# still as it recorded them.
+chains_as_recorded() {
+    grep -qs '^chain ' "$LEDGERS/$STEP" || return 1
+    while read -r kind table name sha; do
+        case "$kind" in
+        chain) [ "$(iptables -w -t "$table" -S "$name" </dev/null 2>/dev/null | sha256sum | cut -d ' ' -f 1)" = "$sha" ] || return 1 ;;
+        jump) iptables -w -t "$table" -C "$name" -j "$sha" </dev/null 2>/dev/null || return 1 ;;
+        esac
+    done < "$LEDGERS/$STEP"
+}
+
 # put_file PATH MODE, content on stdin: replaces PATH only when content or mode differ, so a run
 # with the same content touches nothing; changed paths are collected in CHANGED.
 put_file() {
     mkdir -p "$(dirname "$1")"
     cat > "$1.jiji-new"
     chmod "$2" "$1.jiji-new"
+    if [ -n "$LEDGER" ]; then
+        sha=$(sha_of "$1.jiji-new")
+        keep "$1.jiji-new" "$sha"
+        ledger_add "file $1 $2 $sha"
+    fi
     if [ -f "$1" ] && cmp -s "$1.jiji-new" "$1" && [ "$(stat -c %a "$1")" = "$2" ]; then
         rm -f "$1.jiji-new"
     else
@@ -83,7 +189,13 @@ from_upload() {
 }
 
 # install_staged FILE FINAL: copies an upload into place (a rename, safe while the old binary runs).
+# Uploads are big: the ledger names FILE as the source to restore from, not a copy.
 install_staged() {
+    if [ -n "$LEDGER" ]; then
+        upload=$1
+        [ "$upload" != "$2" ] || upload=""
+        ledger_add "file $2 755 $(sha_of "$1")${upload:+ $upload}"
+    fi
     if [ -f "$2" ] && cmp -s "$1" "$2"; then return 0; fi
     mkdir -p "$(dirname "$2")"
     cp "$1" "$2.jiji-new"
@@ -101,6 +213,7 @@ unit_running() {
             fail "$1 did not start (its log is above)"
         fi
     fi
+    ledger_add "unit $1"
 }
 
 # unit_gone UNIT: stopped and disabled, with no failed record left (systemctl --failed, and
