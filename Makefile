@@ -9,7 +9,7 @@ VENV := .venv
 DEPLOY := PULUMI_CONFIG_PASSPHRASE= $(VENV)/bin/python -m deploy --stack $(STACK) --dir .lab \
 	--backend file://$(CURDIR)/.lab/state
 
-.PHONY: test up preview lab-up lab-down toolchain bench-dns bench-access bench-program bench-lab tool lint
+.PHONY: test up preview lab-up lab-down toolchain bench-dns bench-access bench-access-lab bench-program bench-lab tool lint
 
 ## test: install what the tests need (cached), then run every test
 test:
@@ -63,6 +63,12 @@ lint:
 bench-access:
 	bash lab/toolchain.sh all
 	$(VENV)/bin/python bench/access_peers.py
+
+## bench-access-lab: 10,000 declared access peers deployed on 3 lab hosts: up, no kernel loads
+## them, jiji-jit's idle CPU, and preview --diff of a 10,001st (only the registry step)
+bench-access-lab:
+	bash lab/toolchain.sh all
+	$(VENV)/bin/python bench/access_lab.py
 
 ## bench-lab: real `pulumi up` on 3, 8 and 16 lab hosts: cold, no-op, one server added, destroy
 bench-lab:

@@ -52,3 +52,12 @@ CREATE TABLE IF NOT EXISTS access_peers (
     expires_at INTEGER NOT NULL DEFAULT 0,
     origin TEXT NOT NULL DEFAULT 'stack'
 );
+
+-- What an access peer may reach beyond DNS and ping on the servers' mesh addresses, e.g.
+-- 'tcp/22,udp/5353' (jiji_common/allow.py), one row per peer that has any: jiji-jit opens exactly
+-- these for the peer while it is in the kernel. A table of its own rather than a column of
+-- access_peers, so nodes that made that table before keep their schema as it is.
+CREATE TABLE IF NOT EXISTS access_allow (
+    name TEXT NOT NULL PRIMARY KEY,
+    allow TEXT NOT NULL DEFAULT ''
+);

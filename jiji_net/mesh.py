@@ -359,12 +359,17 @@ def _registry_rows(
 
 
 def _access_output(settings: MeshSettings) -> dict[str, Any] | None:
-    """The access range and each declared access peer's address, key and expiry (0: none)."""
+    """The access range and each declared access peer's address, key, expiry (0: none) and allow."""
     if not settings.access_enabled:
         return None
     addresses = plan_access(settings, settings.access_peers)
     peers = {
-        p.name: {"address": addresses[p.name], "public_key": p.public_key, "expires_at": p.expires_at or 0}
+        p.name: {
+            "address": addresses[p.name],
+            "public_key": p.public_key,
+            "expires_at": p.expires_at or 0,
+            "allow": list(p.allow),
+        }
         for p in sorted(settings.access_peers, key=lambda p: p.name)
     }
     return {"cidr": settings.access_cidr, "idle_timeout": settings.access_idle_timeout, "peers": peers}

@@ -69,12 +69,14 @@ class CorrosionSource(_Checked):
 class AccessPeer(_Checked):
     """A machine that joins the mesh just in time (a laptop, a CI runner): its WireGuard public
     key (its private key stays on it), its address in access_cidr (planned when not given, see
-    plan.plan_access) and when it stops being let in (unix seconds; None: never)."""
+    plan.plan_access), when it stops being let in (unix seconds; None: never), and the ports of
+    the servers' mesh addresses it may reach beyond DNS and ping ("tcp/22", "udp/5353")."""
 
     name: str
     public_key: str
     address: str | None = None
     expires_at: int | None = None
+    allow: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,10 +7,10 @@ index never changes when others come and go, so nothing is ever renumbered.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import netaddr
+from jiji_common import accessrange
 
 from .model import AccessPeer, MeshSettings, Server
 
@@ -64,23 +64,20 @@ def plan_access(settings: MeshSettings, peers: tuple[AccessPeer, ...]) -> dict[s
     peer that must never move declares its address. The upper half is for peers added at run time
     (`jiji-net access add`), so the two never pick the same address. validation checks that the
     lower half has room for them all."""
-    first, size = stack_half(settings.access_cidr)
+    half = stack_half(settings.access_cidr)
     taken = {int(netaddr.IPAddress(p.address)) for p in peers if p.address}
     out = {p.name: p.address for p in peers if p.address}
     for peer in sorted((p for p in peers if not p.address), key=lambda p: p.name):
-        offset = int.from_bytes(hashlib.sha256(peer.name.encode()).digest()[:8], "big") % size
-        while first + offset in taken:
-            offset = (offset + 1) % size
-        taken.add(first + offset)
-        out[peer.name] = str(netaddr.IPAddress(first + offset))
+        address = accessrange.pick(peer.name, half, taken)  # validation checked the half has room
+        taken.add(address)
+        out[peer.name] = str(netaddr.IPAddress(address))
     return out
 
 
 def stack_half(access_cidr: str) -> tuple[int, int]:
     """The first address and the size of the lower half of access_cidr, less its network address:
     where the stack's access peers live."""
-    network = netaddr.IPNetwork(access_cidr)
-    return network.first + 1, network.size // 2 - 1
+    return accessrange.lower_half(access_cidr)
 
 
 def configured_endpoint(server: Server, port: int) -> str | None:

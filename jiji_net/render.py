@@ -192,9 +192,12 @@ def registrar_unit(settings: MeshSettings) -> str:
     )
 
 
-def jit_unit(settings: MeshSettings) -> str:
-    """`jiji-net jit`, which lets access peers into jiji0 on their first handshake."""
+def jit_unit(settings: MeshSettings, plan: ServerPlan) -> str:
+    """`jiji-net jit`, which lets access peers into jiji0 on their first handshake and opens their
+    allowed ports on the mesh address (never Corrosion's)."""
     return _ENV.get_template("jiji-jit.service.j2").render(
+        mesh_address=plan.mesh_address,
+        closed_ports=f"{settings.gossip_port},{settings.api_port}",
         port=settings.wireguard_port,
         key_path=layout.WIREGUARD_KEY,
         registry=f"127.0.0.1:{settings.api_port}",
@@ -229,6 +232,7 @@ def host_config(settings: MeshSettings, plan: ServerPlan) -> str:
                 "container_engine": settings.container_engine,
                 "domain": settings.domain,
                 "corrosion_api": f"127.0.0.1:{settings.api_port}",
+                "gossip_port": settings.gossip_port,
                 **({"access_cidr": settings.access_cidr} if settings.access_enabled else {}),
             },
             indent=2,

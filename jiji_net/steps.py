@@ -257,7 +257,7 @@ def dns_step(
         rejoin_unit_path=f"{layout.SYSTEMD_UNITS}/jiji-rejoin.service",
         rejoin_unit_text=render.rejoin_unit(),
         jit_unit_path=f"{layout.SYSTEMD_UNITS}/jiji-jit.service",
-        jit_unit_text=render.jit_unit(settings) if settings.access_enabled else "",
+        jit_unit_text=render.jit_unit(settings, plan) if settings.access_enabled else "",
         metrics_unit_path=f"{layout.SYSTEMD_UNITS}/jiji-metrics.service",
         metrics_unit_text=render.metrics_unit(settings, plan) if settings.metrics_enabled else "",
     )

@@ -21,6 +21,7 @@ from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
 import netaddr
+from jiji_common import allow as allow_entries
 
 from .model import CONTAINER_ENGINES, AccessPeer, CorrosionSource, MeshSettings, Server
 from .plan import endpoint_host, stack_half, subnet_count
@@ -214,8 +215,11 @@ def _server_drafts(text: str | None, problems: list[str]) -> list[SimpleNamespac
     return [] if shape_problems else drafts
 
 
-_ACCESS_KEYS = ("name", "public_key", "address", "expires")
-_ACCESS_FIX = "write {name, public_key} (optionally address and expires), e.g. {name: ana-laptop, public_key: <wg pubkey>}"
+_ACCESS_KEYS = ("name", "public_key", "address", "expires", "allow")
+_ACCESS_FIX = (
+    "write {name, public_key} (optionally address, expires and allow), e.g. {name: ana-laptop, public_key: <wg pubkey>}"
+)
+
 _RFC3339_UTC = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 
 
@@ -251,8 +255,15 @@ def _access_drafts(text: str | None, problems: list[str]) -> tuple[SimpleNamespa
                 expires = int(datetime.datetime.strptime(expires, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC).timestamp())
             except ValueError:
                 pass  # not a real date: validate names it as typed
+        allow = item.get("allow", [])
         drafts.append(
-            SimpleNamespace(name=item["name"], public_key=item["public_key"], address=item.get("address"), expires_at=expires)
+            SimpleNamespace(
+                name=item["name"],
+                public_key=item["public_key"],
+                address=item.get("address"),
+                expires_at=expires,
+                allow=tuple(allow) if isinstance(allow, list) else allow,
+            )
         )
     return tuple(drafts)
 
@@ -449,6 +460,8 @@ def _check_access(
                     f" ({netaddr.IPAddress(first)}-{netaddr.IPAddress(first + room - 1)}; the upper half is for peers"
                     " added with `jiji-net access add`); pick one there, or leave it out to have one picked"
                 )
+        if problem := _allow_problem(p.allow, settings):
+            problems.append(f"{where}.allow: {problem}")
         if p.expires_at is not None and not (_is_int(p.expires_at) and 0 <= p.expires_at < 2**63):
             problems.append(
                 f"{where}.expires: {p.expires_at!r} is not a time; write UTC as '2026-12-31T18:00:00Z' or unix seconds,"
@@ -465,6 +478,25 @@ def _check_access(
                     f"access_peers: {field} {value!r} is used by both {seen[value]!r} and {p.name!r}; each peer needs its own"
                 )
             seen.setdefault(value, p.name)
+
+
+def _allow_problem(allow: object, settings: MeshSettings) -> str | None:
+    """Why an access peer's `allow` is refused, or None. Corrosion's ports are never opened: its
+    gossip port accepts writes to the registry (every DNS answer), its API listens on loopback."""
+    fix = "write a list of 'tcp/PORT' or 'udp/PORT', e.g. ['tcp/22'] for sshd on the servers' mesh addresses"
+    if not isinstance(allow, tuple) or not all(isinstance(a, str) for a in allow):
+        return f"{allow!r} is not a list of strings; {fix}"
+    try:
+        parsed = allow_entries.entries(allow)
+    except ValueError as e:
+        return f"{e}; {fix}"
+    for entry, (_, port) in zip(allow, parsed, strict=True):
+        if port in (settings.gossip_port, settings.api_port):
+            return (
+                f"{entry!r} opens Corrosion's gossip or API port: an access peer could rewrite the registry"
+                " (every DNS answer of the mesh); remove it"
+            )
+    return None
 
 
 def _check_ports(settings: MeshSettings, problems: list[str]) -> None:

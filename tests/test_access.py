@@ -270,3 +270,119 @@ def test_a_peer_whose_address_was_taken_or_changed_leaves_to_come_back_right() -
     assert jitpeers.leaving(peers, declared, ACCESS, 1000.0, 600, {}) == [(key("ana"), "moved")]
     old = [kernel("ana", "10.211.0.5/32", handshake=990)]
     assert jitpeers.leaving(old, declared, ACCESS, 1000.0, 600, {}) == [(key("ana"), "moved")]
+
+
+# ---- allow: the ports an access peer may reach beyond DNS and ping -------------------------------
+
+
+def test_allow_is_checked_in_the_stack_and_never_opens_corrosion() -> None:
+    peer = {"name": "ana", "public_key": key("ana"), "allow": ["tcp/22", "udp/5353"]}
+    settings, _ = parse(values(access_enabled="true", access_peers=[peer]))
+    assert settings.access_peers[0].allow == ("tcp/22", "udp/5353")
+    for allow, why in (
+        (["tcp/9280"], "opens Corrosion's gossip or API port"),
+        (["udp/9220"], "opens Corrosion's gossip or API port"),
+        (["tcp/22,tcp/23"], "is not 'tcp/PORT' or 'udp/PORT'"),
+        (["ssh"], "is not 'tcp/PORT' or 'udp/PORT'"),
+        (["tcp/0"], "is not 'tcp/PORT' or 'udp/PORT'"),
+        (["tcp/65536"], "is not 'tcp/PORT' or 'udp/PORT'"),
+        (["tcp/22", "tcp/22"], "names an entry twice"),
+        ([f"tcp/{p}" for p in range(1000, 1017)], "17 entries; at most 16"),
+        ("tcp/22", "is not a list of strings"),
+        ([22], "is not a list of strings"),
+    ):
+        with pytest.raises(ConfigError, match=r"access_peers\[ana\]\.allow: ") as refused:
+            parse(values(access_enabled="true", access_peers=[{**peer, "allow": allow}]))
+        assert why in str(refused.value), (allow, str(refused.value))
+
+
+def registry_db() -> Any:
+    import sqlite3
+    from pathlib import Path
+
+    db = sqlite3.connect(":memory:")
+    db.executescript((Path(__file__).parent.parent / "hostbin" / "corrosion-schema.sql").read_text())
+    return db
+
+
+def test_the_registry_step_keeps_allow_as_declared_and_leaves_cli_peers_alone() -> None:
+    from jiji_ops import register
+
+    db = registry_db()
+    db.execute("INSERT INTO access_peers (name, public_key, address, origin) VALUES ('ci', 'k', '10.211.200.1', 'cli')")
+    db.execute("INSERT INTO access_allow (name, allow) VALUES ('ci', 'tcp/8080')")
+    servers = [{"id": "a", "hostname": "h", "subnet": "10.210.0.0/24", "wireguard_ip": "10.210.0.1",
+                "wireguard_pubkey": key("a"), "endpoints": []}]  # fmt: skip
+
+    def sync(peers: list[dict[str, Any]] | None) -> dict[str, str]:
+        for sql, params in register.statements({"servers": servers, "metadata": {}, "access_peers": peers}):
+            db.execute(sql, params)
+        return dict(db.execute("SELECT name, allow FROM access_allow").fetchall())
+
+    ana = {"name": "ana", "public_key": key("ana"), "address": "10.211.0.9", "expires_at": 0}
+    assert sync([{**ana, "allow": ["tcp/22", "udp/5353"]}]) == {"ana": "tcp/22,udp/5353", "ci": "tcp/8080"}
+    assert sync([{**ana, "allow": ["tcp/2222"]}]) == {"ana": "tcp/2222", "ci": "tcp/8080"}
+    assert sync([{**ana, "allow": []}]) == {"ci": "tcp/8080"}
+    assert sync([{**ana, "allow": ["tcp/22"]}]) == {"ana": "tcp/22", "ci": "tcp/8080"}
+    assert sync([]) == {"ci": "tcp/8080"}  # ana left the stack: its allow went with it
+    assert sync(None) == {}  # the feature off: every access peer and allow goes
+
+
+def test_the_daemon_reads_allow_and_a_broken_one_closes_never_locks_out() -> None:
+    rows = [
+        ["ana", key("ana"), "10.211.0.9", 0, "tcp/22,udp/5353"],
+        ["bob", key("bob"), "10.211.0.10", 0, "tcp/22;rm -rf /"],
+        ["old", key("old"), "10.211.0.11", 0],  # a row read before the table existed
+    ]
+    peers, problems = jitpeers.parse_rows(rows, ACCESS)
+    by_name = {p.address: p.allow for p in peers.values()}
+    assert by_name == {"10.211.0.9": (("tcp", 22), ("udp", 5353)), "10.211.0.10": (), "10.211.0.11": ()}
+    assert len(problems) == 1 and problems[0].startswith("bob: allow")
+
+
+def test_the_rules_open_only_allowed_ports_of_present_peers_and_never_corrosion() -> None:
+    from jiji_ops.accessrules import present_peers, wanted_rules
+
+    ana = DaemonPeer(base64.b64decode(key("ana")), "10.211.0.9", allow=(("tcp", 22), ("tcp", 9280)))
+    bob = DaemonPeer(base64.b64decode(key("bob")), "10.211.0.10", allow=(("udp", 5353),))
+    cy = DaemonPeer(base64.b64decode(key("cy")), "10.211.0.11", allow=(("tcp", 22),))
+    kernel = {ana.public_key: {"10.211.0.9/32"}, bob.public_key: {"10.211.0.99/32"}}  # bob's address was taken
+    present = present_peers(kernel, {p.public_key: p for p in (ana, bob, cy)})
+    assert present == [ana]
+    assert wanted_rules(present + [bob], "10.210.0.1", {9280, 9220}) == [
+        "-A JIJI-ACCESS -s 10.211.0.9/32 -d 10.210.0.1/32 -p tcp -m tcp --dport 22 -j ACCEPT",
+        "-A JIJI-ACCESS -s 10.211.0.10/32 -d 10.210.0.1/32 -p udp -m udp --dport 5353 -j ACCEPT",
+    ]
+
+
+def test_the_chain_is_replaced_whole_and_only_when_it_differs(tmp_path: Any, monkeypatch: Any) -> None:
+    """With stand-in iptables and iptables-restore: the chain as shown, and what restore received."""
+    from jiji_ops.accessrules import AccessRules
+
+    shown = tmp_path / "shown"
+    shown.write_text("-N JIJI-ACCESS\n")
+    (tmp_path / "iptables").write_text(f"#!/bin/sh\ncat {shown}\n")
+    (tmp_path / "iptables-restore").write_text(
+        f"#!/bin/sh\ncat > {tmp_path}/restored\n{{ echo '-N JIJI-ACCESS'; grep '^-A' {tmp_path}/restored || true; }} > {shown}\n"
+    )
+    for tool in ("iptables", "iptables-restore"):
+        (tmp_path / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    rules = AccessRules("10.210.0.1", {9280})
+    ana = DaemonPeer(base64.b64decode(key("ana")), "10.211.0.9", allow=(("tcp", 22),))
+    assert rules.sync([ana]) == 1
+    restored = (tmp_path / "restored").read_text()
+    assert restored.startswith("*filter\n:JIJI-ACCESS - [0:0]\n-A JIJI-ACCESS -s 10.211.0.9/32") and restored.endswith("COMMIT\n")
+    (tmp_path / "restored").unlink()
+    assert rules.sync([ana]) is None and not (tmp_path / "restored").exists()  # as wanted: nothing written
+    assert rules.sync([]) == 0 and (tmp_path / "restored").read_text() == "*filter\n:JIJI-ACCESS - [0:0]\nCOMMIT\n"
+
+
+def test_access_add_writes_allow_and_refuses_corrosions_ports() -> None:
+    registry = FakeRegistry([])
+    added = access.add(registry, HOST, "ci-8", key("ci-8"), 60, allow=["tcp/22"])  # type: ignore[arg-type]
+    assert added["allow"] == "tcp/22"
+    assert registry.executed[-1] == ("INSERT INTO access_allow (name, allow) VALUES (?, ?)", ["ci-8", "tcp/22"])
+    for bad, why in ((["tcp/9220"], "Corrosion's port"), (["tcp/9280"], "Corrosion's port"), (["ssh"], "not 'tcp/PORT'")):
+        with pytest.raises(ValueError, match=why):
+            access.add(registry, HOST, "ci-9", key("ci-9"), 60, allow=bad)  # type: ignore[arg-type]

@@ -51,7 +51,9 @@ IDLE = 30  # access_idle_timeout in this test (the setting's minimum)
 # The daemon reads the registry and looks at the kernel every second each (jitpeers.REFRESH,
 # jit.REAP): a change is acted on within 2 s; 1 s more for the SSH round trips that look.
 ACTED_ON = 3.0
-REVOCATIONS = 20
+# `jiji-net access remove` rounds, each a real revocation held to ACTED_ON: 5 in `make test` (its
+# time budget); the p50/p99 in docs/performance.md are over 20 (JIJI_ACCESS_REVOCATIONS=20).
+REVOCATIONS = int(os.environ.get("JIJI_ACCESS_REVOCATIONS", "5"))
 
 
 @pytest.fixture(scope="module")
@@ -224,9 +226,28 @@ def test_a_laptop_gets_in_just_in_time_and_leaves(lab3: Lab, tmp_path: Path) -> 
         laptop_up(conf)
         _, answer = first_answer(["dig", "+short", "+time=3", "+tries=1", f"@{MESH[0]}", NAME], 10)
         assert answer == WEB
+
+        # Its `allow` opens what it names on the servers it comes in by, and nothing more: a
+        # registry change (jiji-jit keeps JIJI-ACCESS), acted on within ACTED_ON of `up`. The
+        # peer's removal below takes its rules with it.
+        def reaches(target: str, port: int) -> str:
+            return in_laptop(sys.executable, "-c", CONNECT, target, str(port), check=False, timeout=10).stdout.strip()
+
+        allowing = [{"name": "laptop", "public_key": public, "allow": ["tcp/22"]}]
+        engine.up(config(lab, 3, access_enabled=True, access_peers=allowing, access_idle_timeout=IDLE))
+        opened = time.monotonic()
+        wait_until(lambda: reaches(MESH[0], 22) == "connected", ACTED_ON + 2, "sshd on lab0 opened by allow")
+        print(f"allow tcp/22 through the stack: lab0's sshd reachable {time.monotonic() - opened:.1f} s after `up` returned")
+        assert reaches(MESH[1], 22) == "connected", "allow opens every server the laptop comes in by"
+        for port in (9280, 9220, 9480):
+            assert reaches(MESH[0], port) in ("timeout", "refused"), f"allow tcp/22 opened {port}"
+
         engine.up(config(lab, 3, access_enabled=True, access_peers=[], access_idle_timeout=IDLE))
         removed = time.monotonic()
         wait_until(lambda: all(public not in kernel_peers(lab, i) for i in range(3)), ACTED_ON, "the removed laptop to leave")
+        for i in range(2):
+            wait_until(lambda i=i: lab.run(i, "iptables -S JIJI-ACCESS").strip() == "-N JIJI-ACCESS", ACTED_ON,
+                       f"lab{i}'s allow rules gone with the peer")  # fmt: skip
         print(f"removed from the stack: gone from every kernel {time.monotonic() - removed:.1f} s after `up` returned")
         _, answer = first_answer(["dig", "+short", "+time=2", "+tries=1", f"@{MESH[0]}", NAME], 10)
         assert answer != WEB, "a removed laptop still gets answers"
@@ -270,8 +291,8 @@ def test_a_laptop_gets_in_just_in_time_and_leaves(lab3: Lab, tmp_path: Path) -> 
             wait_until(lambda: all(public not in kernel_peers(lab, i) for i in range(3)), ACTED_ON, "the runner to leave")
             if not last:
                 revocations.append(time.monotonic() - gone_at)
-        p50, p99 = statistics.median(revocations), max(revocations)
-        print(f"`jiji-net access remove` -> gone from every kernel, {REVOCATIONS} times: p50 {p50:.2f} s, p99 {p99:.2f} s")
+        p50, worst = statistics.median(revocations), max(revocations)
+        print(f"`jiji-net access remove` -> gone from every kernel, {REVOCATIONS} times: p50 {p50:.2f} s, max {worst:.2f} s")
         print(f"expired -> gone from every kernel: {time.monotonic() - gone_at:.2f} s")
         _, answer = first_answer(["dig", "+short", "+time=2", "+tries=1", f"@{MESH[0]}", NAME], 10)
         assert answer != WEB, "the expired runner still gets answers"
@@ -287,42 +308,3 @@ def test_a_laptop_gets_in_just_in_time_and_leaves(lab3: Lab, tmp_path: Path) -> 
         engine.close()
     for i in range(3):
         assert_unchanged(before[i], lab.run(i, SNAPSHOT), f"lab{i} after destroy")
-
-
-def many_peers(n: int) -> list[dict[str, str]]:
-    """n access peers with well-formed keys no machine holds."""
-    import base64
-    import hashlib
-
-    return [
-        {"name": f"peer-{i}", "public_key": base64.b64encode(hashlib.sha256(f"lab-peer-{i}".encode()).digest()).decode()}
-        for i in range(n)
-    ]
-
-
-def test_ten_thousand_access_peers_are_registry_rows_and_one_more_changes_only_the_registry(lab3: Lab) -> None:
-    """10,000 declared peers deployed for real: every server's daemon holds them (none is in any
-    kernel), and `preview --diff` of a 10,001st shows only the registry step."""
-    lab = lab3
-    engine = make_engine("lab-access-10k")
-    try:
-        ten_k = engine.up(config(lab, 3, access_enabled=True, access_peers=many_peers(10_000)))
-        print(f"\nup with 10,000 access peers: {ten_k.seconds:.1f} s")
-        for i in range(3):
-            wait_until(lambda i=i: '"access_peers": 10000' in lab.run(i, "jiji-net --json db stats"), REPLICATED, f"lab{i} rows")
-            assert len(kernel_peers(lab, i)) == 2, "an access peer was loaded into the kernel"
-        # What the idle daemon costs with 10,000 rows: its CPU over 20 s (nothing changes: the
-        # fingerprint of the table is all it reads).
-        cpu = 'pid=$(systemctl show -p MainPID --value jiji-jit); awk "{print \\$14 + \\$15}" /proc/$pid/stat'
-        ticks = int(lab.run(0, "getconf CLK_TCK"))
-        before = int(lab.run(0, cpu))
-        time.sleep(20)
-        used = (int(lab.run(0, cpu)) - before) / ticks
-        print(f"jiji-jit on lab0 with 10,000 peers, nothing changing: {used:.2f} s of CPU in 20 s ({used / 20:.1%} of a core)")
-        preview = engine.up(config(lab, 3, access_enabled=True, access_peers=many_peers(10_001)), preview=True)
-        changed = sorted({name for op, name in preview.actions if op != "same"})
-        print(f"preview --diff of the 10,001st: {preview.seconds:.1f} s, changes {changed}")
-        assert changed == ["jiji-registry"], preview.actions
-    finally:
-        engine.destroy()
-        engine.close()

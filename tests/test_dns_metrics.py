@@ -78,17 +78,23 @@ def test_counts_follow_the_queries_summed_over_workers(
         assert dig(d.port, "nothing-here.jiji", "AAAA").status == "NXDOMAIN"
     for _ in range(3):
         assert dig(d.port, "www.upstream.test").answers
+    # dig always adds an OPT record; a plain query (a stub resolver's) takes the server's short path.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as plain:
+        plain.settimeout(5)
+        for n in range(5):
+            plain.sendto(harness.dns_query("metered-web.jiji", n), ("127.0.0.1", d.port))
+            assert plain.recv(4096)[:2] == n.to_bytes(2, "big")
     after = metrics_of(port)
 
     def delta(key: str) -> float:
         return after.get(key, 0) - before.get(key, 0)
 
-    assert delta('jiji_dns_queries_total{type="A"}') == 23 + 3
+    assert delta('jiji_dns_queries_total{type="A"}') == 23 + 3 + 5
     assert delta('jiji_dns_queries_total{type="AAAA"}') == 4
     assert delta('jiji_dns_responses_total{rcode="NXDOMAIN"}') == 4
-    assert delta('jiji_dns_responses_total{rcode="NOERROR"}') == 23 + 3
+    assert delta('jiji_dns_responses_total{rcode="NOERROR"}') == 23 + 3 + 5
     # Answered here: timed by the request histogram; forwarded: by the upstream's.
-    assert delta("jiji_dns_request_duration_seconds_count") == 23 + 4
+    assert delta("jiji_dns_request_duration_seconds_count") == 23 + 4 + 5
     upstream = next(k for k in after if k.startswith("jiji_dns_forwards_total") and 'result="answer"' in k)
     assert delta(upstream) == 3
     assert delta(upstream.replace("jiji_dns_forwards_total", "jiji_dns_forward_duration_seconds_count").replace(',result="answer"', "")) == 3
@@ -161,14 +167,16 @@ def test_types_are_bounded_and_histograms_add_up() -> None:
     m = WorkerMetrics(1)
     for qtype in range(1000):
         m.count_type(harness.dns_query("x.jiji", 1)[:-4] + qtype.to_bytes(2, "big") + b"\x00\x01")
-    m.count_type(b"\x00" * 5)  # too short: not counted, no error
-    assert len(m.types) == 64
+    m.count_type(b"\x00" * 5)  # too short: counted as other, no error
+    types = m.snapshot()["types"]
+    assert len(types) == 257, len(types)
+    assert types["other"] == 1000 - 256 + 1 and types["A"] == 1 and types["ANY"] == 1 and types["3"] == 1
     h = Histogram((0.1, 1.0))
     for v in (0.05, 0.1, 0.5, 3.0):
         h.observe(v)
     assert h.counts == [2, 1, 1]
     total = merge([{**m.snapshot()}, {**m.snapshot()}])
-    assert sum(total["types"].values()) == 2 * 64
+    assert sum(total["types"].values()) == 2 * 1001
     text = render({"ready": True, "metrics": total, "upstreams": ["127.0.0.1:9"]})
     assert re.search(r'^jiji_dns_queries_total\{type="A"\} 2$', text, re.M), text[:500]
     assert 'jiji_dns_forwards_total{upstream="127.0.0.1:9",result="answer"} 0' in text

@@ -25,6 +25,12 @@ for unit; do :; done
 case "$1" in
 is-active) state=$(cat "$units/$unit.active" 2>/dev/null || echo inactive); echo "$state"; [ "$state" = active ] ;;
 is-enabled) state=$(cat "$units/$unit.enabled" 2>/dev/null || echo disabled); echo "$state"; [ "$state" = enabled ] ;;
+show)
+    for u; do
+        case "$u" in --*|show) continue ;; esac
+        printf 'Id=%s.service\nUnitFileState=%s\nActiveState=%s\n\n' "$u" \
+            "$(cat "$units/$u.enabled" 2>/dev/null || echo disabled)" "$(cat "$units/$u.active" 2>/dev/null || echo inactive)"
+    done ;;
 enable) echo enabled > "$units/$unit.enabled" ;;
 start|restart)
     [ ! -e "$units/$unit.broken" ] || exit 1
@@ -278,6 +284,12 @@ def test_ready_names_each_drift_and_repair_puts_back_only_that(server: Server, m
         "drift unit jiji-dns",
     ]
 
+    # A look (what each scrape of `jiji-net metrics` does) asks systemctl once for every unit.
+    server.forget_calls()
+    drift.findings()
+    units_asked = [c for c in server.calls() if c.startswith("systemctl")]
+    assert units_asked == ["systemctl show --property=Id,UnitFileState,ActiveState jiji-net-network jiji-dns"], units_asked
+
     server.forget_calls()
     result = drift.repair()
     assert result.failed == [] and result.remaining == []
@@ -289,7 +301,7 @@ def test_ready_names_each_drift_and_repair_puts_back_only_that(server: Server, m
     assert conf.read_bytes() == good and conf.stat().st_mode & 0o777 == 0o600
     assert chain.read_text() == CHAIN
     assert drift.findings() == []
-    changes = [c for c in server.calls() if c.split()[1] not in ("is-active", "is-enabled", "-w")]
+    changes = [c for c in server.calls() if c.split()[1] not in ("is-active", "is-enabled", "show", "-w")]
     assert changes == [
         "systemctl reset-failed jiji-dns",
         "systemctl start jiji-dns",

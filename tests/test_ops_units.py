@@ -251,8 +251,9 @@ def test_register_writes_only_differences_and_removes_departed_servers() -> None
         "metadata": {"domain": "jiji", "cluster_cidr": "10.210.0.0/16"},
     }
     statements = register.statements(desired)
-    upsert, drop_containers, drop_servers, drop_access, *meta = statements
-    assert drop_access == ("DELETE FROM access_peers", [])  # no access_peers: the feature is off
+    upsert, drop_containers, drop_servers, drop_access, drop_allow, *meta = statements
+    # no access_peers: the feature is off
+    assert (drop_access, drop_allow) == (("DELETE FROM access_peers", []), ("DELETE FROM access_allow", []))
     assert isinstance(upsert, tuple) and upsert[1] == [
         "lab0",
         "h0",
@@ -275,12 +276,12 @@ def test_register_keeps_the_stacks_access_peers_and_leaves_those_added_at_run_ti
         "metadata": {},
         "access_peers": [{"name": "ana", "public_key": "P", "address": "10.211.0.5", "expires_at": 0}],
     }
-    access = [s for s in register.statements(desired) if "access_peers" in s[0]]
+    access = [s for s in register.statements(desired) if s[0].split()[2] == "access_peers"]
     upsert, drop = access
     assert upsert[1] == ["ana", "P", "10.211.0.5", 0, "stack"] and "ON CONFLICT (name) DO UPDATE" in upsert[0]
     assert drop == ("DELETE FROM access_peers WHERE origin = 'stack' AND name NOT IN (?)", ["ana"])
     # An empty list (the feature on, no peer in the stack) drops the stack's, never the others.
-    (drop,) = [s for s in register.statements({**desired, "access_peers": []}) if "access_peers" in s[0]]
+    (drop,) = [s for s in register.statements({**desired, "access_peers": []}) if s[0].split()[2] == "access_peers"]
     assert drop == ("DELETE FROM access_peers WHERE origin = 'stack' AND name NOT IN ()", [])
 
 

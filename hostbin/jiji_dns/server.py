@@ -181,8 +181,9 @@ class DNSServer:
 
     def start(self, listeners: Listeners) -> None:
         loop = asyncio.get_running_loop()
+        on_udp = self._on_udp if self.metrics is None else self._on_udp_measured
         for sock in listeners.udp:
-            loop.add_reader(sock.fileno(), self._on_udp, sock)
+            loop.add_reader(sock.fileno(), on_udp, sock)
             self._udp.append(sock)
         for sock in listeners.tcp:
             loop.add_reader(sock.fileno(), self._on_accept, sock)
@@ -204,16 +205,11 @@ class DNSServer:
         rcodes = self.rcodes
         allowed = self._recursion
         recvfrom, sendto = sock.recvfrom, sock.sendto
-        metrics = self.metrics
-        started = 0.0
         received = 0
         try:
             for _ in range(64):
                 data, addr = recvfrom(4096)
                 received += 1
-                if metrics is not None:
-                    started = perf_counter()
-                    metrics.count_type(data)
                 recursion = allowed.get(addr[0])
                 if recursion is None:
                     recursion = self.recursion_allowed(addr[0])
@@ -230,8 +226,6 @@ class DNSServer:
                         sendto(reply, addr)  # type: ignore[arg-type]
                     except OSError:
                         pass
-                    if metrics is not None:
-                        metrics.request.observe(perf_counter() - started)
                 elif reply is FORWARD:
                     self._forward_udp(sock, data, addr, recursion)
         except (BlockingIOError, InterruptedError):
@@ -240,6 +234,56 @@ class DNSServer:
             log_limited("udp_error", error=str(e))
         finally:
             self.counters.queries_udp += received
+
+    def _on_udp_measured(self, sock: socket.socket) -> None:
+        """_on_udp with metrics on (a copy, so that with them off the hot loop has not one
+        instruction more): each query's type, and the time the loop took per query, two clock
+        reads a batch (up to 64 queries read at once): a query answered here is counted with its
+        batch's mean. A clock read and a bucket for every query cost 6% of a `.jiji` answer."""
+        assert self.metrics is not None
+        answer = self.responder.answer
+        rcodes = self.rcodes
+        allowed = self._recursion
+        recvfrom, sendto = sock.recvfrom, sock.sendto
+        types, type_of = self.metrics.types, self.metrics.type_of
+        received = answered = 0
+        started = perf_counter()
+        try:
+            for _ in range(64):
+                data, addr = recvfrom(4096)
+                received += 1
+                # The common shape, no additional record: the type is in place near the end; any
+                # other shape looks for the end of the name.
+                if data[-4] == 0 and data[11] == 0 and len(data) > 16:
+                    types[data[-3]] += 1
+                else:
+                    types[type_of(data)] += 1
+                recursion = allowed.get(addr[0])
+                if recursion is None:
+                    recursion = self.recursion_allowed(addr[0])
+                try:
+                    reply = answer(data, recursion)
+                    if type(reply) is bytes and len(reply) > PLAIN_UDP_LIMIT:
+                        reply = fit_udp(data, reply)
+                except Exception as e:  # one bad packet must cost one SERVFAIL, not the loop
+                    reply = self._contained(data, recursion, e)
+                if reply.__class__ is bytes:
+                    rcodes[reply[3] & 15] += 1  # type: ignore[index]
+                    answered += 1
+                    try:
+                        sendto(reply, addr)  # type: ignore[arg-type]
+                    except OSError:
+                        pass
+                elif reply is FORWARD:
+                    self._forward_udp(sock, data, addr, recursion)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as e:
+            log_limited("udp_error", error=str(e))
+        finally:
+            self.counters.queries_udp += received
+            if answered:
+                self.metrics.request.observe_many((perf_counter() - started) / received, answered)
 
     def _forward_udp(self, sock: socket.socket, data: bytes, addr: Any, recursion: bool) -> None:
         def done(reply: bytes | None) -> None:

@@ -30,6 +30,7 @@ class AccessPeer:
     address: str  # its address in the access range: the peer's allowed-ips
     expires_at: float | None = None  # unix seconds; None: no expiry
     revoked: bool = False
+    allow: tuple[tuple[str, int], ...] = ()  # ports of this server's mesh address beyond DNS and ping
 
 
 @dataclass(frozen=True)

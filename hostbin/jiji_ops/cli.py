@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_access(args: argparse.Namespace, host: sources.HostConfig, corrosion: Corrosion) -> int:
     if args.access_command == "add":
-        added = access.add(corrosion, host, args.name, args.public_key, access.lifetime(args.expires_in))
+        added = access.add(corrosion, host, args.name, args.public_key, access.lifetime(args.expires_in), allow=args.allow)
         print(json.dumps(added) if args.json else f"{added['name']}: {added['address']}, until {_utc(added['expires_at'])}")
         return 0
     if args.access_command == "remove":
@@ -147,7 +147,7 @@ def cmd_access(args: argparse.Namespace, host: sources.HostConfig, corrosion: Co
     for p in peers:
         until = _utc(p["expires_at"]) if p["expires_at"] else "no expiry"
         kernel = "in this server's kernel" if p["in_kernel_here"] else "-"
-        print(f"{p['name']:<24} {p['address']:<16} {p['origin']:<6} {until:<21} {kernel}")
+        print(f"{p['name']:<24} {p['address']:<16} {p['origin']:<6} {until:<21} {p.get('allow') or '-':<16} {kernel}")
     return 0
 
 

@@ -192,6 +192,24 @@ def unit_states(unit: str) -> tuple[str, str]:
     return _said(_run(["systemctl", "is-enabled", unit])), _said(_run(["systemctl", "is-active", unit]))
 
 
+def all_unit_states(units: list[str]) -> dict[str, tuple[str, str]]:
+    """Enabled and active state of each unit from one `systemctl show` (a scrape of `jiji-net
+    metrics` runs this: one process instead of two per unit). A unit systemctl does not print
+    is left out; the caller asks it alone."""
+    if not units:
+        return {}
+    result = _run(["systemctl", "show", "--property=Id,UnitFileState,ActiveState", *units])
+    out: dict[str, tuple[str, str]] = {}
+    if result.returncode != 0:
+        return out
+    for block in result.stdout.decode(errors="replace").strip().split("\n\n"):
+        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        unit = props.get("Id", "").removesuffix(".service")
+        if unit:
+            out[unit] = (props.get("UnitFileState") or "not-found", props.get("ActiveState") or "unknown")
+    return out
+
+
 def unit_problem(enabled: str, active: str) -> str | None:
     problems = []
     if active not in RUNNING:
@@ -287,14 +305,15 @@ def remedy(kind: str, owner: str, restorable: bool = True) -> str:
     return f"{how}; or {pulumi}"
 
 
-def ledger_findings(ledger: Ledger, root: str = "") -> list[Finding]:
+def ledger_findings(ledger: Ledger, root: str = "", states: dict[str, tuple[str, str]] | None = None) -> list[Finding]:
     out = []
+    states = states or {}
     for want in ledger.files:
         if problem := file_problem(want, root):
             restorable = restorable_from(want, root) is not None
             out.append(Finding("file", want.path, problem, remedy("file", ledger.owner, restorable), ledger.step))
     for unit in ledger.units:
-        if problem := unit_problem(*unit_states(unit)):
+        if problem := unit_problem(*(states.get(unit) or unit_states(unit))):
             out.append(Finding("unit", unit, problem, remedy("unit", ledger.owner), ledger.step))
     for chain in ledger.chains:
         jumps = [j for j in ledger.jumps if j.target == chain.name and j.table == chain.table]
@@ -312,7 +331,8 @@ def survey(root: str = "") -> Survey:
             "file", root + layout.LEDGERS, f"unreadable ledger: {e}", "run pulumi up --replace on that step", "?"
         )
         return Survey([unread], dict.fromkeys(KINDS, 0), 0)
-    found = [f for ledger in ledgers for f in ledger_findings(ledger, root)]
+    states = all_unit_states([u for ledger in ledgers for u in ledger.units])
+    found = [f for ledger in ledgers for f in ledger_findings(ledger, root, states)]
     checked = {
         "file": sum(len(ledger.files) for ledger in ledgers),
         "unit": sum(len(ledger.units) for ledger in ledgers),

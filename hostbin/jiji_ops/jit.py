@@ -29,6 +29,7 @@ from jiji_common.counters import CounterFile
 from jiji_common.logline import log, warn
 
 from . import handshake, initiations, jitpeers
+from .accessrules import AccessRules, present_peers
 from .admission import AccessPeer, Admission, ReplayMemory
 from .cookies import CookieJar
 from .corrosion import Corrosion
@@ -38,6 +39,9 @@ from .wg import parse_dump
 COUNTERS = CounterFile(layout.JIT_COUNTERS)
 
 REAP = 1.0  # seconds between looks at the kernel's access peers
+# Seconds between two comparisons of JIJI-ACCESS with what is wanted when nothing changed (an
+# install, a removal or a registry change compares at once).
+RULES_CHECK = 60.0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,6 +55,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--access-cidr", type=ipaddress.IPv4Network, help="the access range: its peers are reaped")
     p.add_argument("--idle-timeout", type=float, default=600.0, help="seconds without a handshake before a peer leaves the kernel")
     p.add_argument("--openings", type=float, default=50.0, help="initiations opened a second before cookie replies start")
+    p.add_argument("--mesh-address", help="this server's mesh address: peers' allowed ports are opened on it (JIJI-ACCESS)")
+    p.add_argument(
+        "--closed-ports",
+        default="",
+        help="comma-separated ports never opened to an access peer, whatever its allow says (Corrosion's)",
+    )
 
 
 class DeclaredPeers:
@@ -110,24 +120,38 @@ def reap_forever(
     declared: Callable[[], dict[bytes, AccessPeer]],
     activity: dict[str, tuple[int, float]],
     changed: threading.Event,
+    rules: AccessRules | None = None,
 ) -> None:
     """Removes the access peers that must leave the kernel, every REAP s and at once when the
-    declared peers changed (a revocation is acted on as soon as it is read), for ever."""
+    declared peers changed (a revocation is acted on as soon as it is read), for ever; and keeps
+    their allowed ports (JIJI-ACCESS) equal to the peers still in."""
+    checked = float("-inf")
     while True:
+        was_changed = changed.is_set()
         changed.clear()
         try:
             dump = subprocess.run(["wg", "show", args.interface, "dump"], capture_output=True, text=True, timeout=10)
             if dump.returncode == 0:
                 kernel = parse_dump(dump.stdout).peers
                 now = time.time()
-                for key, reason in jitpeers.leaving(kernel, declared(), args.access_cidr, now, args.idle_timeout, activity):
+                gone = jitpeers.leaving(kernel, declared(), args.access_cidr, now, args.idle_timeout, activity)
+                for key, reason in gone:
                     remove(args.interface, key)
                     activity.pop(key, None)
                     log("jit-removed", peer=key, reason=reason)
                     COUNTERS.add("removals", reason)
+                if rules is not None and (gone or was_changed or time.monotonic() - checked >= RULES_CHECK):
+                    checked = time.monotonic()  # a failing sync is tried again in RULES_CHECK, not every REAP
+                    sync_rules(rules, args.interface, declared)
         except (subprocess.SubprocessError, OSError, ValueError) as e:
             warn("jit-reap-failed", error=e)
         changed.wait(REAP)
+
+
+def sync_rules(rules: AccessRules, interface: str, declared: Callable[[], dict[bytes, AccessPeer]]) -> None:
+    written = rules.sync(present_peers(kernel_peers(interface), declared()))
+    if written is not None:
+        log("jit-rules", chain="JIJI-ACCESS", rules=written)
 
 
 class Refusals:
@@ -181,8 +205,12 @@ def run(args: argparse.Namespace) -> int:
             from_file.lookup(b"")  # reads the file again when it changed
             return from_file.peers
     activity: dict[str, tuple[int, float]] = {}
+    closed = {int(p) for p in args.closed_ports.split(",") if p}
+    rules = AccessRules(args.mesh_address, closed) if args.mesh_address else None
     if args.access_cidr is not None:
-        threading.Thread(target=reap_forever, args=(args, declared, activity, changed), name="reap", daemon=True).start()
+        threading.Thread(
+            target=reap_forever, args=(args, declared, activity, changed, rules), name="reap", daemon=True
+        ).start()
     admission = Admission(
         opener,
         lookup,
@@ -220,6 +248,12 @@ def run(args: argparse.Namespace) -> int:
         except (subprocess.SubprocessError, OSError) as e:
             warn("jit-install-failed", peer=key, error=e)  # the client's retry comes through here again
             continue
+        if rules is not None and verdict.peer.allow:
+            # After the hand-back: the client's answer does not wait for the firewall.
+            try:
+                sync_rules(rules, args.interface, declared)
+            except (subprocess.SubprocessError, OSError) as e:
+                warn("jit-rules-failed", peer=key, error=e)  # the reaper compares again within RULES_CHECK
         COUNTERS.add("installs")
         log("jit-installed", peer=key, address=verdict.peer.address, source=source,
             ms=round((time.monotonic() - started) * 1000, 1))  # fmt: skip

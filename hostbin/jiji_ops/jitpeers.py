@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
+from jiji_common import allow as allow_entries
 from jiji_common.logline import warn
 
 from .admission import AccessPeer
@@ -32,8 +33,14 @@ from .wg import Peer
 
 REFRESH = 1.0  # seconds between looks at the registry
 FULL_READ = 60.0  # seconds: the table is read whole at least this often, fingerprint or not
-QUERY = "SELECT name, public_key, address, expires_at FROM access_peers"
-FINGERPRINT = "SELECT count(*), total(col_version), max(db_version) FROM access_peers__crsql_clock"
+QUERY = (
+    "SELECT p.name, p.public_key, p.address, p.expires_at, coalesce(a.allow, '')"
+    " FROM access_peers p LEFT JOIN access_allow a ON a.name = p.name"
+)
+FINGERPRINT = (
+    "SELECT count(*), total(col_version), max(db_version) FROM (SELECT col_version, db_version FROM"
+    " access_peers__crsql_clock UNION ALL SELECT col_version, db_version FROM access_allow__crsql_clock)"
+)
 
 
 def parse_rows(
@@ -46,7 +53,7 @@ def parse_rows(
     problems = []
     for row in rows:
         try:
-            name, key_text, address, expires = row
+            name, key_text, address, expires, *rest = row
             key = base64.b64decode(str(key_text), validate=True)
             if len(key) != 32:
                 raise ValueError("not a 32-byte key")
@@ -55,7 +62,13 @@ def parse_rows(
             ip = ipaddress.IPv4Address(str(address))
             if access is not None and ip not in access:
                 raise ValueError(f"address {ip} is outside the access range {access}")
-            peers[key] = AccessPeer(key, str(ip), float(expires) if expires else None)
+            try:
+                opened = allow_entries.parse(str(rest[0])) if rest else ()
+            except ValueError as e:
+                # Let in all the same, with nothing beyond DNS and ping: a broken allow closes, never opens.
+                problems.append(f"{name}: allow {str(rest[0])[:100]!r}: {e}")
+                opened = ()
+            peers[key] = AccessPeer(key, str(ip), float(expires) if expires else None, allow=opened)
         except (ValueError, TypeError, binascii.Error) as e:
             problems.append(f"{row[0] if row else '?'}: {e}")
     return peers, problems

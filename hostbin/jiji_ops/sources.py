@@ -27,6 +27,7 @@ class HostConfig:
     domain: str
     corrosion_api: str
     access_cidr: str | None = None  # written only while the stack has access peers
+    gossip_port: int = 9280  # Corrosion's, on the mesh address: never opened to an access peer
 
     @classmethod
     def load(cls, path: str = HOST_CONFIG) -> HostConfig:
@@ -35,7 +36,7 @@ class HostConfig:
                 raw = json.load(f)
         except FileNotFoundError:
             raise SystemExit(f"jiji-net: {path} is missing: this server is not (yet) part of a mesh; run pulumi up") from None
-        return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw or k != "access_cidr"})
+        return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
 
 
 def run(argv: list[str], timeout: float = 10) -> tuple[int, str]:

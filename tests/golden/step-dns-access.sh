@@ -36,6 +36,7 @@ apply() {
   "container_engine": "podman",
   "corrosion_api": "127.0.0.1:9220",
   "domain": "jiji",
+  "gossip_port": 9280,
   "mesh_address": "10.210.1.1",
   "server": "web1",
   "subnet": "10.210.1.0/24"
@@ -127,12 +128,13 @@ After=wg-quick@jiji0.service jiji-corrosion.service
 
 [Service]
 Type=exec
-ExecStart=/usr/local/bin/jiji-net jit --interface jiji0 --port 51820 --key /etc/wireguard/jiji0.key --registry 127.0.0.1:9220 --access-cidr 10.211.0.0/16 --idle-timeout 600 --state /var/lib/jiji-jit/timestamps.json
+ExecStart=/usr/local/bin/jiji-net jit --interface jiji0 --port 51820 --key /etc/wireguard/jiji0.key --registry 127.0.0.1:9220 --access-cidr 10.211.0.0/16 --idle-timeout 600 --state /var/lib/jiji-jit/timestamps.json --mesh-address 10.210.1.1 --closed-ports 9280,9220
 Restart=always
 RestartSec=2
 # Root, for the interface's private key file and wireguard-go's control socket (both root's), but
 # with only the two capabilities it uses: a packet socket to see initiations and hand them back
-# (CAP_NET_RAW) and changing the interface's peers (CAP_NET_ADMIN). It writes only its state.
+# (CAP_NET_RAW) and changing the interface's peers and the peers' rules in JIJI-ACCESS
+# (CAP_NET_ADMIN). It writes only its state.
 CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW
 NoNewPrivileges=yes
 RuntimeDirectory=jiji-jit

@@ -35,6 +35,7 @@ apply() {
   "container_engine": "none",
   "corrosion_api": "127.0.0.1:9220",
   "domain": "jiji",
+  "gossip_port": 9280,
   "mesh_address": "10.210.1.1",
   "server": "web1",
   "subnet": "10.210.1.0/24"

@@ -99,6 +99,13 @@ BRIDGE=jiji-br0
 # Other servers' mesh addresses are the first host of their subnets: this mask picks the host part.
 HOST_PART=0.0.0.1/0.0.0.255
 
+# The chain jiji-jit fills with access peers' allowed ports: made here, left out of the restore
+# below (which would empty it), and removed with the rest.
+access_chain_gone() {
+    iptables -w -F JIJI-ACCESS 2>/dev/null || true
+    iptables -w -X JIJI-ACCESS 2>/dev/null || true
+}
+
 remove_rules() {
     iptables -w -D INPUT -j JIJI-INPUT 2>/dev/null || true
     iptables -w -D FORWARD -j JIJI-FORWARD 2>/dev/null || true
@@ -111,6 +118,7 @@ remove_rules() {
     done
     iptables -w -t nat -F JIJI-POSTROUTING 2>/dev/null || true
     iptables -w -t nat -X JIJI-POSTROUTING 2>/dev/null || true
+    access_chain_gone
 }
 
 # jump CHAIN TARGET [TABLE]: restore lines putting the jump from CHAIN to TARGET first in CHAIN
@@ -140,8 +148,9 @@ rules_filter() {
 -A JIJI-FROM-MESH -p icmp -j ACCEPT
 -A JIJI-FROM-MESH -j DROP
 -A JIJI-INPUT -i jiji0 -s $CLUSTER -j JIJI-FROM-MESH
-# Access peers (laptops, CI runners): DNS on this host's mesh address and ping; never gossip, the
-# Corrosion API or sshd.
+# Access peers (laptops, CI runners): DNS on this host's mesh address and ping, and what each
+# one's allow opens (JIJI-ACCESS, kept by jiji-jit); never gossip or the Corrosion API.
+-A JIJI-INPUT -i jiji0 -s 10.211.0.0/16 -j JIJI-ACCESS
 -A JIJI-INPUT -i jiji0 -s 10.211.0.0/16 -p tcp -d $MESH --dport 53 -j ACCEPT
 -A JIJI-INPUT -i jiji0 -s 10.211.0.0/16 -p udp -d $MESH --dport 53 -j ACCEPT
 -A JIJI-INPUT -i jiji0 -s 10.211.0.0/16 -p icmp -j ACCEPT
@@ -202,6 +211,7 @@ up)
     # The rules go in as one iptables-restore transaction per table, so the host never runs with a
     # partial firewall: --noflush keeps every other chain, each chain declared below is emptied and
     # refilled in the same commit, and the jump into it is moved to the top of its chain there too.
+    iptables -w -N JIJI-ACCESS 2>/dev/null || true
     {
         echo '*filter'
         rules_filter

@@ -99,6 +99,13 @@ BRIDGE=jiji-br0
 # Other servers' mesh addresses are the first host of their subnets: this mask picks the host part.
 HOST_PART=0.0.0.1/0.0.0.255
 
+# The chain jiji-jit fills with access peers' allowed ports: made here, left out of the restore
+# below (which would empty it), and removed with the rest.
+access_chain_gone() {
+    iptables -w -F JIJI-ACCESS 2>/dev/null || true
+    iptables -w -X JIJI-ACCESS 2>/dev/null || true
+}
+
 remove_rules() {
     iptables -w -D INPUT -j JIJI-INPUT 2>/dev/null || true
     iptables -w -D FORWARD -j JIJI-FORWARD 2>/dev/null || true
@@ -111,6 +118,7 @@ remove_rules() {
     done
     iptables -w -t nat -F JIJI-POSTROUTING 2>/dev/null || true
     iptables -w -t nat -X JIJI-POSTROUTING 2>/dev/null || true
+    access_chain_gone
 }
 
 # jump CHAIN TARGET [TABLE]: restore lines putting the jump from CHAIN to TARGET first in CHAIN
@@ -202,6 +210,8 @@ up)
         jump POSTROUTING JIJI-POSTROUTING nat
         echo COMMIT
     } | iptables-restore -w --noflush
+    # Access peers off: a chain left from when they were on goes.
+    access_chain_gone
     ;;
 down)
     remove_rules

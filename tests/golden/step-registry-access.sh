@@ -18,12 +18,14 @@ apply() {
  "access_peers": [
   {
    "address": "10.211.86.97",
+   "allow": [],
    "expires_at": 1798740000,
    "name": "ana-laptop",
    "public_key": "klju8D7Qb7cyc6j9YTI/g3g1R0cW9UhuZUn7fsgXaXw="
   },
   {
    "address": "10.211.0.10",
+   "allow": [],
    "expires_at": 0,
    "name": "ci-runner",
    "public_key": "mGiG6+h1d7yOB193s5I8Z8prY26VWMxf6u6Lkj71a28="
