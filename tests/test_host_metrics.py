@@ -102,3 +102,15 @@ def test_counter_files_are_written_whole_and_soon(tmp_path: Path) -> None:
         time.sleep(0.05)
     assert read(path) == {"errors": 1, "refusals": {"replay": 2}}
     assert read(tmp_path / "absent.json") is None
+
+
+def test_units_come_from_one_systemctl_show_and_absent_ones_are_left_out() -> None:
+    from jiji_ops.sources import parse_systemctl_show
+
+    text = (
+        "Id=jiji-dns.service\nLoadState=loaded\nActiveState=active\nNRestarts=2\n\n"
+        "Id=jiji-jit.service\nLoadState=not-found\nActiveState=inactive\nNRestarts=0\n\n"
+        "LoadState=loaded\n"
+    )
+    shown = parse_systemctl_show(text)
+    assert set(shown) == {"jiji-dns", "jiji-jit"} and shown["jiji-dns"]["NRestarts"] == "2"

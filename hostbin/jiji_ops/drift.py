@@ -32,6 +32,8 @@ from typing import Any
 from jiji_common import layout
 from jiji_common.digest import sha256_file
 
+from .sources import parse_systemctl_show
+
 KINDS = ("file", "unit", "chain")
 # The order the steps run in on a server: repair starts units in it.
 STEP_ORDER = ("network", "wireguard", "corrosion", "dns")
@@ -199,15 +201,13 @@ def all_unit_states(units: list[str]) -> dict[str, tuple[str, str]]:
     if not units:
         return {}
     result = _run(["systemctl", "show", "--property=Id,UnitFileState,ActiveState", *units])
-    out: dict[str, tuple[str, str]] = {}
     if result.returncode != 0:
-        return out
-    for block in result.stdout.decode(errors="replace").strip().split("\n\n"):
-        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
-        unit = props.get("Id", "").removesuffix(".service")
-        if unit:
-            out[unit] = (props.get("UnitFileState") or "not-found", props.get("ActiveState") or "unknown")
-    return out
+        return {}
+    shown = parse_systemctl_show(result.stdout.decode(errors="replace"))
+    return {
+        unit: (props.get("UnitFileState") or "not-found", props.get("ActiveState") or "unknown")
+        for unit, props in shown.items()
+    }
 
 
 def unit_problem(enabled: str, active: str) -> str | None:

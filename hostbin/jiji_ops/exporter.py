@@ -142,10 +142,8 @@ def unit_states(units: tuple[str, ...] = UNITS) -> dict[str, tuple[str, int]]:
     if code != 0:
         return {}
     out = {}
-    for block in text.strip().split("\n\n"):
-        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+    for name, props in sources.parse_systemctl_show(text).items():
         if props.get("LoadState") == "loaded":
-            name = props.get("Id", "").removesuffix(".service")
             restarts = props.get("NRestarts", "0")
             out[name] = (props.get("ActiveState", "unknown"), int(restarts) if restarts.isdigit() else 0)
     return out

@@ -53,6 +53,18 @@ def unit_state(unit: str) -> str:
     return run(["systemctl", "is-active", unit])[1].strip() or "unknown"
 
 
+def parse_systemctl_show(text: str) -> dict[str, dict[str, str]]:
+    """`systemctl show --property=Id,... UNIT...` output (a block of KEY=VALUE lines a unit): each
+    unit's properties, by its name without `.service`. A block without Id is left out."""
+    out = {}
+    for block in text.strip().split("\n\n"):
+        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        name = props.get("Id", "").removesuffix(".service")
+        if name:
+            out[name] = props
+    return out
+
+
 def wg_dump() -> tuple[int, str]:
     return run(["wg", "show", "jiji0", "dump"])
 
